@@ -423,6 +423,7 @@ def _make_callback_class():
             self.train_started = None
             self.train_seconds = 0.0
             self._window_open = None
+            self._first_step_scoring = False
             self._last_summary_write = 0.0
 
         # -- scoring batches for step 0 and for proxies that need extra passes -------------------
@@ -453,14 +454,39 @@ def _make_callback_class():
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.train_started = time.time()
-            if self.reallocator is not None:
+            if self.reallocator is None:
+                return
+            if self.config.mode == "dynamic" and self.reallocator.scores_from_training:
+                # Step 0 for free: with every B = 0 the model computes the same function whatever
+                # is enabled, so the first training batch, run with everything on, gives the scores;
+                # the selection is applied before the first optimizer step by dropping the
+                # gradients of the modules left off: exactly as if they had been off all along
+                # (unless gradient clipping triggers at step 0, which then saw their norms too).
+                self.reallocator.adapters.enable_all()
+                self._first_step_scoring = True
+            else:
                 self._reallocate(0)
-                self._write_progress(state, force=True)
+            self._write_progress(state, force=True)
+
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):
+            if not self._first_step_scoring:
+                return
+            self._first_step_scoring = False
+            self._close_window()
+            self._reallocate(0)
+            adapters = self.reallocator.adapters
+            enabled = set(adapters.enabled())
+            for module in adapters.modules_in_order():
+                if module.name not in enabled:
+                    module.lora_A.grad = None
+                    module.lora_B.grad = None
 
         def _window_for(self, step_index: int) -> bool:
             """True when the step about to run (0-based) is in the window before a reallocation."""
             if self.reallocator is None or not self.reallocator.scores_from_training:
                 return False
+            if self._first_step_scoring and step_index == 0:
+                return True
             w = self.config.score_window
             return any(s - w <= step_index < s for s in self.plan.realloc_steps)
 
@@ -469,10 +495,13 @@ def _make_callback_class():
                 self._window_open = self.reallocator.training_window()
                 self._window_open.__enter__()
 
-        def on_step_end(self, args, state, control, **kwargs):
+        def _close_window(self) -> None:
             if self._window_open is not None:
                 self._window_open.__exit__(None, None, None)
                 self._window_open = None
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self._close_window()
             if self.reallocator is not None and state.global_step in self.plan.realloc_steps:
                 self._reallocate(state.global_step)
             self._write_progress(state)
