@@ -14,7 +14,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .runs import DEFAULT_MODEL, MODES, PROXIES, RANKINGS, SCORE_NORMS, RunConfig
+from .runs import DEFAULT_MODEL, MODES, PROXIES, RANKINGS, SCORE_NORMS, RunConfig, RunRecord
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -26,7 +26,17 @@ def _quiet_libraries() -> None:
     during real work)."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_VERBOSITY", "error")  # the hub client's "Retrying in 1s" warnings
     warnings.filterwarnings("ignore")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error contract: one ``error: ...`` line on stderr, exit code 2
+    (argparse's own ``error`` prints the usage block first and prefixes the program name)."""
+
+    def error(self, message: str):
+        message = " ".join(str(message).split())
+        self.exit(EXIT_BAD_INPUT, f"error: {message} (see {self.prog} --help)\n")
 
 
 def _csv_list(text: str) -> list[str]:
@@ -72,8 +82,8 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m heterolora_core",
-                                     description="HeteroLoRA Studio engine: where should LoRA's trainable parameters go?")
+    parser = _Parser(prog="python -m heterolora_core",
+                     description="HeteroLoRA Studio engine: where should LoRA's trainable parameters go?")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="fine-tune with uniform LoRA, static or dynamic HeteroLoRA",
@@ -126,6 +136,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training import RunCancelled, check_budget, normalise_config, run_training, validate_config
 
     config = normalise_config(config_from_args(args))
+    if args.out and RunRecord(args.out).exists():  # refused before the heavy checks; run_training checks again
+        status = RunRecord(args.out).raw_summary().get("status")
+        if status != "queued":
+            raise ValueError(f"{args.out} already holds a run ({status}); choose another --out")
     validate_config(config)
     from .data import TASKS
 

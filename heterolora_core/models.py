@@ -41,7 +41,8 @@ def display_name(name: str) -> str:
 def check_model(name: str) -> str:
     """Cheap checks before anything heavy: a local folder must hold config.json and weights."""
     path = resolve_model(name)
-    looks_local = os.path.sep in name or name.startswith(".") or os.path.exists(path)
+    # "org/name" is a hub id; a path is absolute, explicit (./ ~/) or exists on disk
+    looks_local = os.path.isabs(path) or name.startswith((".", "~")) or os.path.exists(path)
     if looks_local:
         folder = Path(path)
         if not folder.is_dir():

@@ -79,6 +79,10 @@ def validate_config(config: RunConfig) -> None:
         raise ValueError("lr and epochs must be positive")
     if config.mode == "adalora" and config.shortcuts:
         raise ValueError("adalora mode adapts LoRA targets only: add --no-shortcuts")
+    if config.mode == "adalora":
+        from .baselines import check_adalora
+
+        check_adalora(config)
     check_task_source(config.task, train_file=config.train_file, dev_file=config.dev_file)
     check_model(config.model)
 
@@ -138,7 +142,7 @@ def reallocation_steps(steps_per_epoch: int, total_steps: int, fraction: float) 
     epochs = math.ceil(total_steps / steps_per_epoch)
     for e in range(epochs):
         for j in range(per_epoch):
-            s = e * steps_per_epoch + int(round(j * fraction * steps_per_epoch))
+            s = e * steps_per_epoch + int(math.floor(j * fraction * steps_per_epoch + 0.5))  # half rounds up
             if 0 < s < total_steps:
                 steps.add(s)
     # within one epoch, a fraction so small that rounding repeats a step: the set removes repeats
@@ -178,11 +182,22 @@ def _mean_across_ranks(scores: dict[str, float]) -> dict[str, float]:
     return {n: float(v) for n, v in zip(names, values.cpu())}
 
 
-def _install_signal_handlers() -> None:
+_NOT_INSTALLED = object()
+
+
+def _install_signal_handlers():
+    """SIGTERM raises RunCancelled. Returns the previous handler, to be restored when the run
+    ends; ``_NOT_INSTALLED`` off the main thread, where Python allows no signal handlers (the
+    run then simply cannot be cancelled by a signal)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return _NOT_INSTALLED
+
     def handler(signum, frame):
         raise RunCancelled(f"cancelled by signal {signal.Signals(signum).name}")
 
-    signal.signal(signal.SIGTERM, handler)
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def run_training(config: RunConfig, out_dir: str | Path | None = None, progress: bool = True) -> RunRecord:
@@ -204,19 +219,24 @@ def run_training(config: RunConfig, out_dir: str | Path | None = None, progress:
     record = RunRecord(out_dir)
     if main:
         record = _claim_record(record, config)
+    previous_handler = _NOT_INSTALLED
     try:
-        _install_signal_handlers()
+        previous_handler = _install_signal_handlers()
         _train(config, record, main, progress)
         return record
-    except RunCancelled as exc:
+    except (RunCancelled, KeyboardInterrupt) as exc:  # SIGTERM (dashboard's cancel) or Ctrl-C
         if main:
-            record.update_summary(status="cancelled", error=str(exc), pid=None)
+            record.update_summary(status="cancelled", error=str(exc) or "cancelled by SIGINT", pid=None)
         raise
     except BaseException as exc:
         if main:
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             record.update_summary(status="failed", error=f"{type(exc).__name__}: {message}", pid=None)
         raise
+    finally:
+        if previous_handler is not _NOT_INSTALLED:
+            # None: the previous handler was not installed from Python; the default is the best guess
+            signal.signal(signal.SIGTERM, previous_handler if previous_handler is not None else signal.SIG_DFL)
 
 
 def _claim_record(record: RunRecord, config: RunConfig) -> RunRecord:
@@ -270,11 +290,15 @@ def _train(config: RunConfig, record: RunRecord, main: bool, progress: bool) -> 
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
 
-    adapters = None
+    world = _world_size()
+    steps_per_epoch = max(1, math.ceil(len(train_rows) / (config.batch_size * world)))
+    total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
+
+    adapters = adalora = None
     if config.mode == "adalora":
         from .baselines import attach_adalora
 
-        model, adalora = attach_adalora(model, config, total_steps=None)
+        model, adalora = attach_adalora(model, config, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
     else:
         hetero = HeteroLoraConfig(rank=config.rank, alpha=config.alpha, lora_targets=tuple(config.lora_targets),
                                   shortcuts=config.shortcuts, init_seed=config.seed)
@@ -284,9 +308,6 @@ def _train(config: RunConfig, record: RunRecord, main: bool, progress: bool) -> 
         p.requires_grad_(True)
 
     collator = make_collator(tokenizer)
-    world = _world_size()
-    steps_per_epoch = max(1, math.ceil(len(train_rows) / (config.batch_size * world)))
-    total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
     plan = _Plan(steps_per_epoch, total_steps,
                  reallocation_steps(steps_per_epoch, total_steps, config.realloc_every) if config.mode == "dynamic" else [])
 
@@ -317,7 +338,8 @@ def _train(config: RunConfig, record: RunRecord, main: bool, progress: bool) -> 
                             primary=task.primary_split if len(dev_rows) > 1 else None, train_rows=train_rows,
                             collator=collator)
     trainer = Trainer(model=model, args=args, train_dataset=train_rows, eval_dataset=eval_dataset,
-                      data_collator=collator, compute_metrics=metrics_fn, callbacks=[callback])
+                      data_collator=collator, compute_metrics=metrics_fn,
+                      callbacks=[callback] + ([adalora.callback(record if main else None)] if adalora is not None else []))
     callback.trainer = trainer
     if main:
         counts = _parameter_counts(model, adapters, config)
@@ -339,7 +361,8 @@ def _train(config: RunConfig, record: RunRecord, main: bool, progress: bool) -> 
         summary = record.update_summary(
             status="done", progress=1.0, step=trainer.state.global_step, eta_seconds=0.0, pid=None,
             best_score=callback.best_score, final_score=callback.final_score,
-            num_reallocations=len(reallocator.history) if reallocator else (1 if adapters is not None else 0),
+            num_reallocations=len(reallocator.history) if reallocator else
+            (1 if adapters is not None else adalora.num_records if adalora is not None else 0),
             wall_seconds=round(wall, 2), search_seconds=round(reallocator.search_seconds, 3) if reallocator else 0.0,
             train_seconds=round(callback.train_seconds, 2), **counts)
         return summary
@@ -364,13 +387,11 @@ def _parameter_counts(model, adapters, config: RunConfig) -> dict[str, int]:
     from .adapters import head_parameter_count
 
     head = head_parameter_count(model)
-    if adapters is not None:
-        trainable = adapters.num_trainable()
-    else:  # AdaLoRA: counted by the baseline module
-        from .baselines import adalora_trainable_params
+    if adapters is None:  # AdaLoRA: kept ranks counted by the baseline module (+ initial/target counts)
+        from .baselines import adalora_parameter_counts
 
-        trainable = adalora_trainable_params(model)
-    return {"trainable_params": int(trainable), "head_params": int(head)}
+        return {**adalora_parameter_counts(model), "head_params": int(head)}
+    return {"trainable_params": int(adapters.num_trainable()), "head_params": int(head)}
 
 
 def _progress_bar(description: str, enabled: bool):
@@ -396,10 +417,10 @@ def _save_adapters(record: RunRecord, model, adapters) -> None:
             tensors[f"adapters.{module.name}.lora_A"] = module.lora_A.detach().cpu().contiguous()
             tensors[f"adapters.{module.name}.lora_B"] = module.lora_B.detach().cpu().contiguous()
         (folder / "enabled.json").write_text(json.dumps(adapters.enabled()))
-    else:
-        for name, p in model.named_parameters():
-            if p.requires_grad or "lora_" in name:
-                tensors[f"peft.{name}"] = p.detach().cpu().contiguous()
+    else:  # AdaLoRA: its A, E, B factors (pruned triplets have E = 0), read back by load_adalora_weights
+        from .baselines import adalora_state
+
+        tensors.update({f"peft.{name}": value for name, value in adalora_state(model).items()})
     for key, value in head_module(model).state_dict().items():
         tensors[f"head.{key}"] = value.detach().cpu().contiguous()
     save_file(tensors, str(folder / ADAPTER_FILE))
