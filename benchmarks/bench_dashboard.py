@@ -1,0 +1,176 @@
+"""Dashboard speed, measured in a real browser, and the default short run's wall time.
+
+Pages (default): a synthetic dynamic run record the size of the paper's OPT-350M search space
+(24 layers, 143 candidate modules, 100 reallocations) in a temporary data home; Streamlit on
+127.0.0.1 with no queue worker; Debian's Chromium through Playwright. "Fully drawn" = Streamlit has
+finished the script run and every Plotly chart of the page (heatmaps, timeline, score distribution)
+has drawn its traces. Three measurements, each repeated ``--repeats`` times, medians reported:
+
+- ``cold_first_load``: a freshly started server, a new browser, the Allocation page's URL opened
+  directly (the first script run imports pandas and Plotly and reads the record);
+- ``sidebar_click_first``: a freshly started server with the app open on the Runs page, then a click
+  on "Allocation" in the sidebar (the app is warm, the record is read for the first time);
+- ``sidebar_click_cached``: the same click again in the same session (the record is cached).
+
+Targets (the dashboard issue): sidebar click within 2 s, cold first load within 6 s.
+
+Short run (``--short-run``): the Launch page's default run (``heterolora_core.store.SHORT_RUN``)
+through the engine's CLI, ``--short-runs`` times (default 3), median wall time; target 2 minutes.
+
+    python benchmarks/bench_dashboard.py [--repeats 5] [--short-run] [--out data/results/bench_dashboard.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT_ROOT))
+
+from dashboard.synthetic import write_synthetic_run  # noqa: E402
+from dashboard.testing import JS_HEATMAPS, JS_PLOTS_DRAWN, StreamlitServer, launch_chromium  # noqa: E402
+from heterolora_core.runs import RunRecord  # noqa: E402
+from heterolora_core.store import SHORT_RUN, launch_config  # noqa: E402
+
+ALLOCATION_PLOTS = 3  # enable-frequency heatmaps, timeline, score distribution
+PAPER_LAYERS, PAPER_REALLOCATIONS = 24, 100
+
+
+def make_home(root: Path) -> Path:
+    """A data home holding the paper-sized dynamic record (newest) and two small ones."""
+    home = root / "home"
+    now = time.time()
+    write_synthetic_run(home / "runs" / "small-static", mode="static", created_at=now - 20)
+    write_synthetic_run(home / "runs" / "small-dynamic", proxy="snip", created_at=now - 10)
+    write_synthetic_run(home / "runs" / "opt350m-size-dynamic", n_layers=PAPER_LAYERS, n_reallocations=PAPER_REALLOCATIONS,
+                        created_at=now)
+    return home
+
+
+def wait_drawn(page, timeout_ms: int = 60_000) -> None:
+    page.wait_for_function(JS_PLOTS_DRAWN, arg=ALLOCATION_PLOTS, timeout=timeout_ms, polling="raf")
+
+
+def check_drawn(page) -> None:
+    heatmaps = page.evaluate(JS_HEATMAPS)
+    rows = [t["rows"] for t in heatmaps[0]]
+    assert rows == [PAPER_LAYERS, PAPER_LAYERS], f"heatmap rows {rows}, expected {PAPER_LAYERS} per panel"
+    assert heatmaps[1][0]["rows"] == 143, "timeline should have one row per module"
+
+
+def click_allocation(page) -> float:
+    """Seconds from the sidebar click to the Allocation page fully drawn."""
+    link = page.locator('[data-testid="stSidebarNav"]').get_by_text("Allocation", exact=True)
+    started = time.perf_counter()
+    link.click()
+    page.wait_for_selector('h1:has-text("Allocation")', timeout=60_000)
+    wait_drawn(page)
+    return time.perf_counter() - started
+
+
+def go_runs(page) -> None:
+    page.locator('[data-testid="stSidebarNav"]').get_by_text("Runs", exact=True).click()
+    page.wait_for_selector('h1:has-text("Runs")', timeout=60_000)
+    page.wait_for_function("() => document.querySelector('[data-testid=\"stApp\"]')"
+                           "?.getAttribute('data-test-script-state') === 'notRunning'", timeout=60_000)
+
+
+def bench_pages(repeats: int, shots: Path | None) -> dict:
+    from playwright.sync_api import sync_playwright
+
+    results = {"cold_first_load": [], "sidebar_click_first": [], "sidebar_click_cached": []}
+    env = {"HETEROLORA_DASHBOARD_WORKER": "0"}
+    with tempfile.TemporaryDirectory(prefix="bench-dashboard-") as tmp, sync_playwright() as pw:
+        home = make_home(Path(tmp))
+        browser = launch_chromium(pw)
+        try:
+            for i in range(repeats):
+                with StreamlitServer(home, env=env) as server:
+                    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                    started = time.perf_counter()
+                    page.goto(server.url + "/allocation")
+                    wait_drawn(page)
+                    results["cold_first_load"].append(time.perf_counter() - started)
+                    check_drawn(page)
+                    if shots and i == 0:
+                        page.screenshot(path=str(shots / "bench-allocation-143-modules.png"), full_page=True)
+                    page.close()
+                with StreamlitServer(home, env=env) as server:
+                    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                    page.goto(server.url + "/runs")
+                    page.wait_for_selector('h1:has-text("Runs")', timeout=60_000)
+                    go_runs(page)
+                    results["sidebar_click_first"].append(click_allocation(page))
+                    check_drawn(page)
+                    go_runs(page)
+                    results["sidebar_click_cached"].append(click_allocation(page))
+                    page.close()
+                print(f"repeat {i + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in results.items()), flush=True)
+        finally:
+            browser.close()
+    return {name: {"median_s": round(statistics.median(v), 3), "runs_s": [round(x, 3) for x in v]} for name, v in results.items()}
+
+
+def bench_short_run(runs: int) -> dict:
+    """The default short run through the engine's CLI, ``runs`` times; wall time of the process."""
+    config = launch_config(SHORT_RUN)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    glue = PROJECT_ROOT.parent / "shared" / "glue"
+    if not env.get("GLUE_DIR") and glue.is_dir():
+        env["GLUE_DIR"] = str(glue)
+    walls, summaries = [], []
+    with tempfile.TemporaryDirectory(prefix="bench-short-run-") as tmp:
+        for i in range(runs):
+            out = Path(tmp) / f"run{i}"
+            record = RunRecord.create(out, config, status="queued")
+            started = time.perf_counter()
+            proc = subprocess.run([sys.executable, "-m", "heterolora_core", "train", "--config", str(out / "config.json"),
+                                   "--out", str(out), "--no-progress"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
+            wall = time.perf_counter() - started
+            summary = record.raw_summary()
+            if proc.returncode != 0 or summary.get("status") != "done":
+                raise SystemExit(f"short run failed (code {proc.returncode}): {summary.get('error')}\n{proc.stderr[-2000:]}")
+            walls.append(wall)
+            summaries.append({k: summary.get(k) for k in ("wall_seconds", "search_seconds", "num_reallocations", "best_score", "step")})
+            print(f"short run {i + 1}/{runs}: {wall:.1f} s end to end, {summary.get('num_reallocations')} reallocations, "
+                  f"best {summary.get('metric')} {summary.get('best_score')}", flush=True)
+    return {"median_s": round(statistics.median(walls), 2), "runs_s": [round(w, 2) for w in walls], "summaries": summaries,
+            "config": {k: config[k] for k in SHORT_RUN}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=5, help="repetitions of each page measurement (median reported)")
+    parser.add_argument("--no-pages", action="store_true", help="skip the browser measurements")
+    parser.add_argument("--short-run", action="store_true", help="also time the default short run through the CLI")
+    parser.add_argument("--short-runs", type=int, default=3)
+    parser.add_argument("--screens", type=Path, default=Path("/tmp/heterolora_screens"), help="where the first page screenshot goes")
+    parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "data" / "results" / "bench_dashboard.json")
+    args = parser.parse_args(argv)
+
+    report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+              "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if not args.no_pages:
+        args.screens.mkdir(parents=True, exist_ok=True)
+        report["allocation_page"] = {"record": f"{PAPER_LAYERS} layers, 143 modules, {PAPER_REALLOCATIONS} reallocations",
+                                     "targets_s": {"sidebar_click": 2.0, "cold_first_load": 6.0},
+                                     **bench_pages(args.repeats, args.screens)}
+    if args.short_run:
+        report["short_run"] = {"target_s": 120.0, **bench_short_run(args.short_runs)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in report.items() if k != "machine"}, indent=2))
+    print(f"written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

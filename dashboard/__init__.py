@@ -1,0 +1,1 @@
+"""HeteroLoRA Studio: the Streamlit dashboard (``streamlit run dashboard/app.py``)."""

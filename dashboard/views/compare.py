@@ -1,0 +1,98 @@
+"""Compare page: several runs (a proxy sweep selects itself) side by side."""
+import streamlit as st
+
+from dashboard import charts, loaders
+from heterolora_core import analysis
+
+st.title("Compare")
+rows = loaders.list_runs()
+if len(rows) < 1:
+    st.info("No runs yet. A proxy sweep (Launch page) gives a ready-made comparison.")
+    st.page_link("views/launch.py", label="Launch a sweep", icon=":material/rocket_launch:")
+    st.stop()
+
+labels = loaders.labels_for(rows)
+row_by_id = loaders.by_id(rows)
+sweeps = loaders.store().sweeps()
+sweep_runs = {s["sweep_id"]: [rid for rid in s["run_ids"] if rid in row_by_id] for s in sweeps}
+
+
+def default_selection() -> list[str]:
+    """The newest sweep's runs; without a sweep, the two newest runs."""
+    for runs in sweep_runs.values():
+        if runs:
+            return runs
+    return list(row_by_id)[:2]
+
+
+def select_sweep() -> None:
+    chosen = st.session_state.get("compare_sweep")
+    if chosen in sweep_runs:
+        st.session_state["compare_runs"] = sweep_runs[chosen]
+
+
+if sweep_runs:
+    st.selectbox("Sweep", list(sweep_runs), index=0, key="compare_sweep", on_change=select_sweep,
+                 format_func=lambda sid: f"{sid} ({len(sweep_runs[sid])} runs)")
+if "compare_runs" not in st.session_state or not set(st.session_state["compare_runs"]) <= set(row_by_id):
+    st.session_state["compare_runs"] = default_selection()
+selected = st.multiselect("Runs", list(row_by_id), key="compare_runs",
+                          format_func=lambda rid: f"{labels[rid]} — {rid[-6:]}")
+if not selected:
+    st.info("Pick at least one run.")
+    st.stop()
+chosen = [row_by_id[rid] for rid in selected]
+
+st.subheader("Scores and costs")
+table = analysis.compare_table(chosen)
+st.dataframe(
+    table.drop(columns=["best_mean", "best_std"]).assign(
+        search=table["search_seconds"].map(analysis.format_duration),
+        wall=table["wall_seconds"].map(analysis.format_duration),
+    ).drop(columns=["search_seconds", "wall_seconds"]),
+    hide_index=True,
+    key="compare_table",
+    column_config={
+        "best_score": "best score (mean ± std over seeds)",
+        "trainable_params": st.column_config.NumberColumn("trainable params", format="localized"),
+        "search": "search time",
+        "wall": "wall time",
+    },
+)
+
+alloc_rows = {labels[r["run_id"]]: r for r in chosen if loaders.has_reallocations(r)}
+views = {label: loaders.allocation_view(r) for label, r in alloc_rows.items()}
+if views:
+    st.subheader("Enable frequency per layer")
+    st.plotly_chart(charts.compare_heatmaps({label: (v.lora_grid, v.shortcut_grid) for label, v in views.items()}),
+                    key="compare_heatmaps", config=charts.png_config("compare-enable-frequency"))
+
+st.subheader("Curves")
+series = {labels[r["run_id"]]: (loaders.metrics(r["path"]), r["summary"].get("metric")) for r in chosen}
+metric_col, loss_col = st.columns(2)
+metric_curves, loss_curves = analysis.curves_frame(series, "metric"), analysis.curves_frame(series, "loss")
+metric_name = next((m for _, m in series.values() if m), "metric")
+if not metric_curves.empty:
+    metric_col.plotly_chart(charts.curves_figure(metric_curves, metric_name), key="compare_metric", config=charts.png_config("compare-metric"))
+if not loss_curves.empty:
+    loss_col.plotly_chart(charts.curves_figure(loss_curves, "training loss"), key="compare_loss", config=charts.png_config("compare-loss"))
+
+if len(alloc_rows) >= 2:
+    st.subheader("Do the proxies agree?")
+    rule = st.radio("Enabled set", ["final", "majority"], horizontal=True, key="compare_set_rule",
+                    format_func={"final": "last selection", "majority": "enabled in ≥ half of the reallocations"}.get)
+    reallocs = {label: loaders.reallocations(r["path"]) for label, r in alloc_rows.items()}
+    sets = {label: analysis.enabled_set(rs, rule) for label, rs in reallocs.items()}
+    scores = {label: analysis.mean_scores(rs) for label, rs in reallocs.items()}
+    jaccard_col, spearman_col = st.columns(2)
+    with jaccard_col:
+        st.markdown("**Overlap of the enabled sets** (Jaccard)")
+        st.plotly_chart(charts.matrix_figure(analysis.jaccard_matrix(sets), 0, 1, "Blues", "Jaccard"), key="jaccard",
+                        config=charts.png_config("compare-jaccard"))
+    with spearman_col:
+        st.markdown("**Rank correlation of the scores** (Spearman, mean score per module)")
+        st.plotly_chart(charts.matrix_figure(analysis.spearman_matrix(scores), -1, 1, "RdBu", "Spearman"), key="spearman",
+                        config=charts.png_config("compare-spearman"))
+else:
+    st.caption("Pick two or more runs with recorded selections to see the overlap of their enabled sets "
+               "and the rank correlation of their proxy scores.")

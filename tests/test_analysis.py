@@ -1,0 +1,227 @@
+"""heterolora_core.analysis: pure functions over run records."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from heterolora_core import analysis as A
+
+REALLOCS = [
+    {"step": 0, "scores": {"layer.0.lora.q": 1.0, "layer.0.lora.v": 3.0, "layer.1.lora.q": 2.0, "layer.1.lora.v": 4.0,
+                           "layer.0.shortcut.res_attn": 0.1, "layer.1.shortcut.cross_ffn": 0.2},
+     "enabled": ["layer.0.lora.v", "layer.1.lora.v"]},
+    {"step": 5, "scores": {"layer.0.lora.q": 1.5, "layer.0.lora.v": 2.5, "layer.1.lora.q": 5.0, "layer.1.lora.v": 4.5,
+                           "layer.0.shortcut.res_attn": 0.3, "layer.1.shortcut.cross_ffn": 0.1},
+     "enabled": ["layer.1.lora.q", "layer.1.lora.v", "layer.0.shortcut.res_attn"]},
+]
+
+
+def test_parse_module_and_sort_order():
+    assert A.parse_module("layer.12.lora.ffn_in") == (12, "lora", "ffn_in")
+    assert A.parse_module("layer.3.shortcut.cross_attn") == (3, "shortcut", "cross_attn")
+    assert A.parse_module("classifier.dense") is None
+    names = ["layer.1.lora.q", "layer.0.shortcut.res_ffn", "layer.0.lora.v", "layer.0.lora.q", "layer.10.lora.q"]
+    assert sorted(names, key=A.module_sort_key) == [
+        "layer.0.lora.q", "layer.0.lora.v", "layer.0.shortcut.res_ffn", "layer.1.lora.q", "layer.10.lora.q"]
+
+
+def test_enable_frequency_counts_each_reallocation():
+    freq = A.enable_frequency(REALLOCS).set_index("module")
+    assert freq.loc["layer.1.lora.v", "frequency"] == 1.0
+    assert freq.loc["layer.0.lora.v", "frequency"] == 0.5
+    assert freq.loc["layer.0.lora.q", "frequency"] == 0.0
+    assert freq.loc["layer.0.shortcut.res_attn", "n_enabled"] == 1
+    assert set(freq["n_reallocations"]) == {2}
+    assert list(freq.columns) == ["layer", "family", "kind", "n_enabled", "n_reallocations", "frequency"]
+
+
+def test_enable_frequency_without_reallocations_is_empty():
+    assert A.enable_frequency([]).empty
+
+
+def test_frequency_grid_has_one_row_per_layer_and_nan_for_missing_candidates():
+    freq = A.enable_frequency(REALLOCS)
+    lora = A.frequency_grid(freq, "lora", n_layers=4)
+    assert list(lora.index) == [0, 1, 2, 3]
+    assert list(lora.columns) == ["q", "v"]
+    assert lora.loc[1, "q"] == 0.5 and lora.loc[0, "v"] == 0.5
+    assert lora.loc[3].isna().all()
+    shortcut = A.frequency_grid(freq, "shortcut")
+    assert list(shortcut.index) == [0, 1]
+    assert list(shortcut.columns) == ["res_attn", "cross_ffn"]  # canonical kind order
+    assert math.isnan(shortcut.loc[0, "cross_ffn"])  # no cross_ffn in layer 0
+    values = lora.stack().dropna()
+    assert ((values >= 0) & (values <= 1)).all()
+
+
+def test_n_layers_from_names_or_config():
+    assert A.n_layers_of(["layer.0.lora.q", "layer.23.shortcut.res_ffn"]) == 24
+    assert A.n_layers_of([], {"n_layers": 6}) == 6
+    assert A.n_layers_of(["layer.2.lora.q"], {"num_hidden_layers": 12}) == 12
+
+
+def test_timeline_matrices():
+    tl = A.timeline(REALLOCS)
+    assert tl.steps == [0, 5]
+    assert tl.enabled.shape == (6, 2)
+    assert tl.enabled.loc["layer.1.lora.q"].tolist() == [0, 1]
+    assert tl.scores.loc["layer.1.lora.q"].tolist() == [2.0, 5.0]
+    assert list(tl.enabled.index) == sorted(tl.enabled.index, key=A.module_sort_key)
+
+
+def test_score_distribution_long_format():
+    dist = A.score_distribution(REALLOCS)
+    assert len(dist) == 12
+    assert set(dist["family"]) == {"lora", "shortcut"}
+    row = dist[(dist["module"] == "layer.1.lora.q") & (dist["reallocation"] == 1)].iloc[0]
+    assert row["score"] == 5.0 and bool(row["enabled"]) and row["step"] == 5 and row["kind"] == "q"
+    assert A.score_distribution([]).empty
+
+
+def test_enabled_sets_and_jaccard():
+    assert A.enabled_set(REALLOCS) == {"layer.1.lora.q", "layer.1.lora.v", "layer.0.shortcut.res_attn"}
+    assert A.enabled_set(REALLOCS, "majority") == {"layer.0.lora.v", "layer.1.lora.v", "layer.1.lora.q", "layer.0.shortcut.res_attn"}
+    assert A.enabled_set([]) == frozenset()
+    with pytest.raises(ValueError):
+        A.enabled_set(REALLOCS, "best")
+    assert A.jaccard({"a", "b"}, {"b", "c"}) == pytest.approx(1 / 3)
+    assert math.isnan(A.jaccard(set(), set()))
+    matrix = A.jaccard_matrix({"x": {"a", "b"}, "y": {"b", "c"}, "z": {"a", "b"}})
+    assert matrix.loc["x", "z"] == 1.0 and matrix.loc["x", "y"] == pytest.approx(1 / 3)
+    assert (np.diag(matrix) == 1).all() and (matrix == matrix.T).all().all()
+
+
+def test_spearman_matrix_matches_scipy():
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(0)
+    modules = [f"layer.{i}.lora.v" for i in range(20)]
+    a = pd.Series(rng.normal(size=20), index=modules)
+    b = pd.Series(a.to_numpy() + rng.normal(scale=0.5, size=20), index=modules)
+    b.iloc[3] = b.iloc[4]  # a tie
+    c = pd.Series(1.0, index=modules)  # a constant proxy: no ranking at all
+    matrix = A.spearman_matrix({"a": a, "b": b, "c": c, "short": a.iloc[:2]})
+    assert matrix.loc["a", "b"] == pytest.approx(spearmanr(a, b).statistic)
+    assert matrix.loc["a", "a"] == pytest.approx(1.0)
+    assert math.isnan(matrix.loc["a", "c"])
+    assert math.isnan(matrix.loc["a", "short"])  # fewer than 3 common modules
+
+
+def test_spearman_uses_only_common_modules():
+    a = pd.Series({"m1": 1.0, "m2": 2.0, "m3": 3.0, "m4": 4.0})
+    b = pd.Series({"m2": 20.0, "m3": 30.0, "m4": 40.0, "m9": -1.0})
+    assert A.spearman_matrix({"a": a, "b": b}).loc["a", "b"] == pytest.approx(1.0)
+
+
+def test_mean_scores():
+    means = A.mean_scores(REALLOCS)
+    assert means["layer.1.lora.q"] == pytest.approx(3.5)
+
+
+def test_metrics_frame_and_metric_column():
+    lines = [{"step": 10, "epoch": 0.5, "loss": 0.6}, {"step": 20, "epoch": 1.0, "eval_accuracy": 0.8, "eval_loss": 0.5,
+             "eval_runtime": 1.2}, {"step": 5, "loss": 0.7}]
+    frame = A.metrics_frame(lines)
+    assert frame["step"].tolist() == [5, 10, 20]
+    assert A.metric_column(frame, "accuracy") == "eval_accuracy"
+    assert A.metric_column(frame, None) == "eval_accuracy"  # not a loss, not a timing
+    mnli = A.metrics_frame([{"step": 1, "eval_matched_accuracy": 0.7}])
+    assert A.metric_column(mnli, "accuracy") == "eval_matched_accuracy"
+    assert A.metrics_frame([]).empty
+
+
+def test_curves_frame_overlays_runs():
+    runs = {"r1": ([{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5, "eval_f1": 0.7}], "f1"),
+            "r2": ([{"step": 1, "loss": 0.9}], "f1")}
+    loss = A.curves_frame(runs, "loss")
+    assert loss.groupby("run").size().to_dict() == {"r1": 2, "r2": 1}
+    metric = A.curves_frame(runs, "metric")
+    assert metric.to_dict("records") == [{"run": "r1", "step": 2, "value": 0.7}]
+    assert list(A.curves_frame({}, "loss").columns) == ["run", "step", "value"]
+
+
+def test_mean_std_and_format():
+    mean, std, n = A.mean_std([0.8, 0.82, None, float("nan"), 0.84])
+    assert (round(mean, 4), round(std, 4), n) == (0.82, 0.02, 3)
+    assert A.format_mean_std(mean, std, n) == "0.8200 ± 0.0200 (n=3)"
+    assert A.format_mean_std(*A.mean_std([0.8])) == "0.8000"
+    assert A.format_mean_std(*A.mean_std([])) == "–"
+
+
+def _row(mode="dynamic", proxy="grad_norm", seed=0, best=0.8, **summary):
+    config = {"mode": mode, "proxy": proxy, "seed": seed, "rank": 32, "enable_ratio": 0.25, "task": "mrpc"}
+    return {"run_id": f"{mode}-{proxy}-{seed}", "path": "/x", "config": config,
+            "summary": {"status": "done", "best_score": best, "trainable_params": 1000, "wall_seconds": 60.0,
+                        "search_seconds": 2.0, "created_at": 100.0 + seed, **summary}}
+
+
+def test_compare_table_groups_seeds():
+    rows = [_row(seed=0, best=0.80), _row(seed=1, best=0.84), _row(proxy="snip", best=0.79), _row(mode="lora", best=0.9)]
+    table = A.compare_table(rows)
+    assert table["config"].tolist()[0] == "lora · r32"  # best first
+    grad = table[table["config"].str.contains("grad_norm")].iloc[0]
+    assert grad["runs"] == 2 and grad["seeds"] == "0, 1"
+    assert grad["best_mean"] == pytest.approx(0.82)
+    assert grad["best_score"].startswith("0.8200 ± 0.0283")
+    assert grad["search_seconds"] == 2.0
+
+
+def test_compare_table_keeps_different_configs_apart_even_with_equal_labels():
+    short, long_ = _row(seed=0, best=0.7), _row(seed=1, best=0.8)
+    short["config"]["max_steps"], long_["config"]["max_steps"] = 2, 4
+    long_["config"]["python"] = "3.11"  # environment keys written by the CLI do not split groups
+    table = A.compare_table([short, long_, _row(seed=2, best=0.9) | {"config": {**long_["config"], "seed": 2}}])
+    assert sorted(table["config"]) == ["dynamic · grad_norm · r32 · 25% · max_steps 2", "dynamic · grad_norm · r32 · 25% · max_steps 4"]
+    assert table.set_index("config")["runs"].to_dict() == {"dynamic · grad_norm · r32 · 25% · max_steps 4": 2,
+                                                            "dynamic · grad_norm · r32 · 25% · max_steps 2": 1}
+
+
+def test_runs_table_newest_first_with_progress():
+    rows = [_row(seed=0), _row(seed=5, status="running", progress=0.4, eta_seconds=30), _row(seed=2, status="failed", error="boom")]
+    table = A.runs_table(rows)
+    assert table["seed"].tolist() == [5, 2, 0]
+    assert table.loc[0, "progress"] == 0.4 and table.loc[0, "eta_seconds"] == 30
+    assert table.loc[2, "progress"] == 1.0  # done
+    assert table.loc[1, "error"] == "boom"
+    assert str(table["trainable_params"].dtype) == "Int64"
+
+
+def test_run_label():
+    assert A.run_label({"mode": "dynamic", "proxy": "snip", "rank": 32, "enable_ratio": 0.25, "seed": 3}) == "dynamic · snip · r32 · 25% · seed 3"
+    assert A.run_label({"mode": "static", "proxy": "snip", "rank": 32, "match_uniform_rank": 8, "ranking": "separated"},
+                       include_seed=False) == "static · snip · separated · r32 · ≈r8"
+    assert A.run_label({"mode": "lora", "rank": 8, "seed": 0}) == "lora · r8 · seed 0"
+
+
+def test_format_duration():
+    assert A.format_duration(95) == "1m 35s"
+    assert A.format_duration(3700) == "1h 01m"
+    assert A.format_duration(None) == "" and A.format_duration(float("nan")) == ""
+
+
+def test_synthetic_record_has_the_paper_search_space(make_run):
+    record = make_run("opt", n_layers=24, n_reallocations=100)
+    reallocs = record.reallocations()
+    freq = A.enable_frequency(reallocs)
+    assert len(freq) == 143 and len(reallocs) == 100
+    assert A.frequency_grid(freq, "lora").shape == (24, 2)
+    assert A.frequency_grid(freq, "shortcut").shape == (24, 4)
+    # value projections win over query, as in the paper's Figure 4
+    lora = A.frequency_grid(freq, "lora")
+    assert lora["v"].mean() > lora["q"].mean()
+
+
+def test_score_summary_matches_numpy_box_statistics():
+    rng = np.random.default_rng(1)
+    scores = np.concatenate([rng.normal(1.0, 0.1, 200), [5.0]])  # one outlier
+    dist = pd.DataFrame({"family": "lora", "kind": "v", "score": scores})
+    dist = pd.concat([dist, pd.DataFrame({"family": "lora", "kind": "q", "score": [1.0, 2.0, 3.0]})])
+    summary = A.score_summary(dist).set_index("kind")
+    assert list(summary.index) == ["q", "v"]  # canonical order
+    v = summary.loc["v"]
+    q1, med, q3 = np.quantile(scores, [0.25, 0.5, 0.75])
+    assert (v["q1"], v["median"], v["q3"]) == pytest.approx((q1, med, q3))
+    assert v["upperfence"] < 5.0 and v["max"] == 5.0 and v["n"] == 201  # the outlier is beyond the fence
+    assert summary.loc["q", "lowerfence"] == 1.0 and summary.loc["q", "upperfence"] == 3.0
+    assert A.score_summary(A.score_distribution([])).empty

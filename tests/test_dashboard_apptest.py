@@ -1,0 +1,311 @@
+"""Streamlit AppTest tests of every page's logic (no browser, no worker, a stand-in budget planner)."""
+import json
+import os
+import time
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from conftest import PROJECT_ROOT
+from heterolora_core.runs import RunConfig
+from heterolora_core.store import SHORT_RUN, RunStore
+
+APP = str(PROJECT_ROOT / "dashboard" / "app.py")
+
+
+@pytest.fixture(autouse=True)
+def app_env(home, fake_budget, monkeypatch):
+    """Every test: a fresh data home, no worker process, empty Streamlit caches."""
+    monkeypatch.setenv("HETEROLORA_DASHBOARD_WORKER", "0")
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield
+
+
+def open_page(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    if page:
+        at.switch_page(f"views/{page}.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def plotly_specs(at: AppTest) -> list[dict]:
+    return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+
+
+def run_dirs(home):
+    runs = home / "runs"
+    return sorted(p for p in runs.iterdir()) if runs.exists() else []
+
+
+# -- app ------------------------------------------------------------------------------------------
+
+
+def test_app_has_four_pages_and_opens_on_launch(home):
+    at = open_page()
+    assert at.title[0].value == "Launch"
+    for page, title in [("runs", "Runs"), ("allocation", "Allocation"), ("compare", "Compare")]:
+        at.switch_page(f"views/{page}.py").run()
+        assert not at.exception, [e.message for e in at.exception]
+        assert at.title[0].value == title
+    assert any(str(home) in c.value for c in at.sidebar.caption)
+
+
+def test_app_starts_the_worker(home, monkeypatch):
+    from heterolora_core import worker
+
+    started = []
+    monkeypatch.setenv("HETEROLORA_DASHBOARD_WORKER", "1")
+    monkeypatch.setattr(worker, "ensure_worker", lambda h=None: started.append(h) or 4242)
+    at = open_page()
+    assert started and str(started[0]) == str(home)
+    assert any("pid 4242" in c.value for c in at.sidebar.caption)
+
+
+# -- Launch ---------------------------------------------------------------------------------------
+
+
+def test_launch_shows_the_exact_budget_of_the_default_short_run():
+    at = open_page()
+    assert at.metric[0].value == f"{9 * 32 * 768:,}"
+    assert any("uniform LoRA q,v at rank 24" in m.value for m in at.markdown)
+    assert not at.error
+    assert not at.button(key="launch").disabled
+
+
+def test_budget_updates_as_inputs_change():
+    at = open_page()
+    at.number_input(key="rank").set_value(8).run()
+    assert at.metric[0].value == f"{9 * 8 * 768:,}"
+    at.radio(key="mode").set_value("lora").run()
+    assert at.metric[0].value == f"{35 * 8 * 768:,}"
+    assert at.selectbox(key="proxy").disabled
+
+
+@pytest.mark.parametrize("widget, value, message", [
+    ("rank", 0, "rank must be at least 1"),
+    ("model", "nobody/no-such-model", "does not exist"),
+    ("enable_ratio", 0.01, "enables nothing"),
+])
+def test_bad_input_gets_an_inline_error_and_launches_nothing(home, widget, value, message):
+    at = open_page()
+    element = at.text_input(key=widget) if widget == "model" else at.number_input(key=widget)
+    element.set_value(value).run()
+    assert any(message in e.value for e in at.error), [e.value for e in at.error]
+    assert at.button(key="launch").disabled and at.button(key="launch_sweep").disabled  # AppTest refuses a click
+    assert run_dirs(home) == []
+
+
+def test_launch_queues_the_run(home):
+    at = open_page()
+    at.number_input(key="seed").set_value(5).run()
+    at.button(key="launch").click().run()
+    assert not at.exception
+    (folder,) = run_dirs(home)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["seed"] == 5
+    assert {k: config[k] for k in SHORT_RUN if k != "seed"} == {k: v for k, v in SHORT_RUN.items() if k != "seed"}
+    assert json.loads((folder / "summary.json").read_text())["status"] == "queued"
+    assert any(folder.name in s.value for s in at.success)
+
+
+def test_custom_run_length(home):
+    at = open_page()
+    at.radio(key="length").set_value("custom").run()
+    at.number_input(key="max_steps").set_value(4).run()
+    at.number_input(key="train_limit").set_value(32).run()
+    at.button(key="launch").click().run()
+    (folder,) = run_dirs(home)
+    config = json.loads((folder / "config.json").read_text())
+    assert (config["max_steps"], config["train_limit"]) == (4, 32)
+
+
+def test_match_uniform_rank_budget(home):
+    at = open_page()
+    at.radio(key="budget").set_value("match uniform rank r").run()
+    at.number_input(key="match_uniform_rank").set_value(8).run()
+    assert at.metric[0].value == f"{(35 * 8 // 32) * 32 * 768:,}"
+    at.button(key="launch").click().run()
+    (folder,) = run_dirs(home)
+    assert json.loads((folder / "config.json").read_text())["match_uniform_rank"] == 8
+
+
+def test_proxy_sweep_queues_one_run_per_proxy_and_seed(home):
+    at = open_page()
+    at.multiselect(key="sweep_proxies").set_value(["grad_norm", "snip", "fisher"]).run()
+    at.text_input(key="sweep_seeds").set_value("0, 13").run()
+    assert "6 runs" in at.button(key="launch_sweep").label
+    at.button(key="launch_sweep").click().run()
+    configs = [json.loads((f / "config.json").read_text()) for f in run_dirs(home)]
+    assert len(configs) == 6 and len({c["sweep_id"] for c in configs}) == 1
+    assert sorted((c["proxy"], c["seed"]) for c in configs) == sorted((p, s) for p in ("grad_norm", "snip", "fisher") for s in (0, 13))
+    assert {c["rank"] for c in configs} == {SHORT_RUN["rank"]}
+
+
+def test_sweep_refuses_bad_seeds_and_uniform_mode(home):
+    at = open_page()
+    at.text_input(key="sweep_seeds").set_value("zero").run()
+    assert any("seeds must be whole numbers" in e.value for e in at.error)
+    assert at.button(key="launch_sweep").disabled
+    at.text_input(key="sweep_seeds").set_value("0").run()
+    at.radio(key="mode").set_value("lora").run()
+    assert at.button(key="launch_sweep").disabled and not at.button(key="launch").disabled
+
+
+# -- Runs -----------------------------------------------------------------------------------------
+
+
+def test_runs_page_without_runs_says_how_to_start():
+    at = open_page("runs")
+    assert "No runs yet" in at.info[0].value
+
+
+def test_runs_table_lists_every_run_with_its_state(home, make_run):
+    make_run("run-done", status="done")
+    make_run("run-failed", status="failed")
+    crashed = make_run("run-crashed", status="done")
+    crashed.update_summary(status="running", pid=999_999_999, started_at=time.time())  # no such process
+    at = open_page("runs")
+    table = at.dataframe[0].value
+    assert set(table["run_id"]) == {"run-done", "run-failed", "run-crashed"}
+    status = dict(zip(table["run_id"], table["status"]))
+    assert status == {"run-done": "done", "run-failed": "failed", "run-crashed": "failed"}
+    assert table.loc[table["run_id"] == "run-done", "progress"].item() == 1.0
+
+
+def test_running_run_shows_live_curves(home, make_run):
+    record = make_run("live", status="done")
+    record.update_summary(status="running", pid=os.getpid(), started_at=time.time(), progress=0.5, eta_seconds=30)
+    at = open_page("runs")
+    assert any(s.value == "Live curves" for s in at.subheader)
+    table = at.dataframe[0].value
+    assert table["eta"].item() == "30s" and table["progress"].item() == 0.5
+    assert at.selectbox(key="selected_run").value == "live"
+    assert not at.button(key="cancel").disabled
+
+
+def test_cancel_delete_rerun(home):
+    store = RunStore()
+    queued = store.enqueue(RunConfig(seed=1))
+    other = store.enqueue(RunConfig(seed=2))
+    at = open_page("runs")
+    at.selectbox(key="selected_run").set_value(queued.run_id).run()
+    at.button(key="cancel").click().run()
+    assert queued.raw_summary()["status"] == "cancelled"
+
+    at.selectbox(key="selected_run").set_value(other.run_id).run()
+    at.button(key="delete").click().run()
+    assert any("cannot be undone" in w.value for w in at.warning)
+    at.button(key="confirm_delete_no").click().run()
+    assert other.path.exists() and not at.warning
+    at.button(key="delete").click().run()
+    at.button(key="confirm_delete_yes").click().run()
+    assert not other.path.exists()
+
+    at.selectbox(key="selected_run").set_value(queued.run_id).run()
+    at.button(key="rerun").click().run()
+    runs = store.list_runs()
+    assert len(runs) == 2
+    new = next(r for r in runs if r["run_id"] != queued.run_id)
+    assert new["summary"]["status"] == "queued" and new["config"]["seed"] == 1
+
+
+# -- Allocation -----------------------------------------------------------------------------------
+
+
+def test_allocation_opens_on_the_newest_run_with_a_selection(make_run):
+    make_run("dyn-24", n_layers=24, n_reallocations=100)
+    make_run("static-6", mode="static")
+    RunStore().enqueue(RunConfig())  # newest, but has nothing to draw yet
+    at = open_page("allocation")
+    assert at.selectbox(key="allocation_run").value == "static-6"
+    assert any("Static run" in c.value for c in at.caption)
+    heatmaps, timeline, scores = plotly_specs(at)
+    lora, shortcut = heatmaps["data"]
+    assert len(lora["y"]) == 6 and len(lora["z"]) == 6 and len(shortcut["y"]) == 6
+    assert lora["coloraxis"] == shortcut["coloraxis"] == "coloraxis"
+    assert (heatmaps["layout"]["coloraxis"]["cmin"], heatmaps["layout"]["coloraxis"]["cmax"]) == (0, 1)
+    assert {v for row in lora["z"] for v in row} <= {0, 1}  # a static run is on or off
+    assert [b.proto.label for b in at.get("download_button")] == ["Download frequencies (CSV)"]
+
+
+def test_allocation_of_the_paper_sized_dynamic_run(make_run):
+    make_run("dyn-24", n_layers=24, n_reallocations=100)
+    at = open_page("allocation")
+    heatmaps, timeline, scores = plotly_specs(at)
+    lora, shortcut = heatmaps["data"]
+    assert len(lora["y"]) == 24 and lora["x"] == ["query", "value"]
+    assert shortcut["x"] == ["res_attn", "res_ffn", "cross_attn", "cross_ffn"]
+    assert len(timeline["data"][0]["y"]) == 143
+    assert {t["type"] for t in scores["data"]} == {"box"}
+    assert any("100 reallocations" in c.value for c in at.caption)
+
+
+def test_allocation_csv_and_png_downloads(make_run):
+    make_run("dyn", n_reallocations=5)
+    at = open_page("allocation")
+    for chart in at.get("plotly_chart"):
+        config = json.loads(chart.proto.config)
+        assert config["toImageButtonOptions"]["format"] == "png"
+        assert config["toImageButtonOptions"]["filename"].startswith("dyn-")
+
+
+def test_allocation_without_runs():
+    at = open_page("allocation")
+    assert "No runs yet" in at.info[0].value
+
+
+def test_allocation_of_a_queued_run_says_it_has_nothing_yet():
+    RunStore().enqueue(RunConfig())
+    at = open_page("allocation")
+    assert "no selection yet" in at.info[0].value
+    assert not at.get("plotly_chart")
+
+
+# -- Compare --------------------------------------------------------------------------------------
+
+
+def test_compare_opens_on_the_newest_sweep(make_run):
+    make_run("sweep-a", proxy="grad_norm", sweep_id="sweep-1")
+    make_run("sweep-b", proxy="snip", sweep_id="sweep-1")
+    make_run("lonely", proxy="fisher")  # newer, but not in the sweep
+    at = open_page("compare")
+    assert sorted(at.multiselect(key="compare_runs").value) == ["sweep-a", "sweep-b"]
+    table = at.dataframe[0].value
+    assert len(table) == 2 and set(table["runs"]) == {1}
+    specs = plotly_specs(at)
+    heatmaps = specs[0]
+    assert len([t for t in heatmaps["data"] if t["type"] == "heatmap"]) == 4  # 2 runs x (LoRA, shortcut)
+    assert {t["coloraxis"] for t in heatmaps["data"]} == {"coloraxis"}
+    jaccard, spearman = specs[-2], specs[-1]
+    assert jaccard["data"][0]["zmin"] == 0 and spearman["data"][0]["zmin"] == -1
+    assert len(jaccard["data"][0]["z"]) == 2
+
+
+def test_compare_without_sweep_takes_the_two_newest_and_groups_seeds(make_run):
+    make_run("old", proxy="snip")
+    make_run("s0", proxy="grad_norm", seed=0, best_score=0.80)
+    make_run("s1", proxy="grad_norm", seed=1, best_score=0.84)
+    at = open_page("compare")
+    assert sorted(at.multiselect(key="compare_runs").value) == ["s0", "s1"]
+    table = at.dataframe[0].value
+    assert len(table) == 1 and table["runs"].item() == 2
+    assert table["best_score"].item().startswith("0.8200 ± 0.0283")
+
+
+def test_compare_switches_sweeps(make_run):
+    make_run("a1", sweep_id="sweep-old")
+    make_run("a2", proxy="snip", sweep_id="sweep-old")
+    make_run("b1", sweep_id="sweep-new")
+    make_run("b2", proxy="snip", sweep_id="sweep-new")
+    at = open_page("compare")
+    assert sorted(at.multiselect(key="compare_runs").value) == ["b1", "b2"]
+    at.selectbox(key="compare_sweep").set_value("sweep-old").run()
+    assert sorted(at.multiselect(key="compare_runs").value) == ["a1", "a2"]
+
+
+def test_compare_without_runs():
+    at = open_page("compare")
+    assert "No runs yet" in at.info[0].value
