@@ -376,7 +376,8 @@ def _training_arguments(cls, config: RunConfig, output_dir: Path, device: str, t
         warmup_steps=0, per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=max(32, config.batch_size), num_train_epochs=config.epochs,
         max_steps=total_steps, eval_strategy=eval_strategy, eval_steps=config.eval_every,
-        logging_steps=config.logging_steps, save_strategy="no", report_to=[], seed=config.seed,
+        # short runs still log about eight loss points
+        logging_steps=max(1, min(config.logging_steps, total_steps // 8)), save_strategy="no", report_to=[], seed=config.seed,
         data_seed=config.seed, use_cpu=(device == "cpu"), bf16=config.bf16, dataloader_num_workers=0,
         disable_tqdm=not show_progress, ddp_find_unused_parameters=True, remove_unused_columns=False,
         ddp_backend="gloo" if device == "cpu" and _world_size() > 1 else None,
