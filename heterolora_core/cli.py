@@ -71,7 +71,7 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=S, help=f"per-device batch size (default: {d.batch_size})")
     p.add_argument("--max-length", type=int, default=S, help=f"truncate inputs to this many tokens (default: {d.max_length})")
     p.add_argument("--eval-every", type=int, default=S, help="evaluate every K steps (default: every epoch, and always at the end)")
-    p.add_argument("--logging-steps", type=int, default=S, help=f"log the training loss every K steps (default: {d.logging_steps})")
+    p.add_argument("--logging-steps", type=int, default=S, help="log the training loss every K steps (default: about eight times a run, at most every 10 steps)")
     p.add_argument("--seed", type=int, default=S, help="seed: same seed, same selections and metrics")
     p.add_argument("--device", default=S, help="auto (CUDA when present), cpu or cuda[:N]")
     p.add_argument("--bf16", action="store_true", default=S, help="bfloat16 autocast (CUDA with bf16 support)")

@@ -83,7 +83,7 @@ class RunConfig:
     batch_size: int = 16
     max_length: int = 128
     eval_every: int | None = None  # None: once per epoch (and always at the end)
-    logging_steps: int = 10
+    logging_steps: int | None = None  # None: about eight loss points per run, at most every 10 steps
     device: str = "auto"
     bf16: bool = False
     train_file: str | None = None

@@ -68,10 +68,10 @@ def validate_config(config: RunConfig) -> None:
         Budget(config.enable_ratio, config.match_uniform_rank)
     if not 0.0 < config.realloc_every <= 1.0:
         raise ValueError(f"realloc_every must be a fraction of an epoch in (0, 1], got {config.realloc_every}")
-    for name in ("batch_size", "max_length", "score_window", "logging_steps"):
+    for name in ("batch_size", "max_length", "score_window"):
         if int(getattr(config, name)) < 1:
             raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {getattr(config, name)}")
-    for name in ("max_steps", "train_limit", "dev_limit", "proxy_batches", "eval_every"):
+    for name in ("max_steps", "train_limit", "dev_limit", "proxy_batches", "eval_every", "logging_steps"):
         value = getattr(config, name)
         if value is not None and int(value) < 1:
             raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {value}")
@@ -376,8 +376,7 @@ def _training_arguments(cls, config: RunConfig, output_dir: Path, device: str, t
         warmup_steps=0, per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=max(32, config.batch_size), num_train_epochs=config.epochs,
         max_steps=total_steps, eval_strategy=eval_strategy, eval_steps=config.eval_every,
-        # short runs still log about eight loss points
-        logging_steps=max(1, min(config.logging_steps, total_steps // 8)), save_strategy="no", report_to=[], seed=config.seed,
+        logging_steps=config.logging_steps or max(1, min(10, total_steps // 8)), save_strategy="no", report_to=[], seed=config.seed,
         data_seed=config.seed, use_cpu=(device == "cpu"), bf16=config.bf16, dataloader_num_workers=0,
         disable_tqdm=not show_progress, ddp_find_unused_parameters=True, remove_unused_columns=False,
         ddp_backend="gloo" if device == "cpu" and _world_size() > 1 else None,
