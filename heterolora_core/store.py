@@ -37,6 +37,8 @@ from heterolora_core.runs import (
 )
 
 DB_NAME = "runs.sqlite"
+# Benchmark records (benchmarks/quality_grid.py) live here and are indexed too, so Compare opens them.
+RESULTS_DIR = "results"
 DELETE_WAIT_SECONDS = 15.0
 
 #: The default run of the Launch page: the embedded model on MRPC, dynamic HeteroLoRA with the
@@ -146,15 +148,16 @@ class RunStore:
 
     # -- disk <-> index ----------------------------------------------------------------------------
     def _scan_folders(self) -> list[Path]:
-        """Run folders under ``runs/``: folders holding a ``summary.json`` (or a ``config.json`` directly
+        """Run folders under ``runs/`` and ``results/``: folders holding a ``summary.json`` (or a ``config.json`` directly
         under ``runs/``), not nested inside another run folder (an adapter's own config.json)."""
         found: set[Path] = set()
-        if not self.runs_root.exists():
-            return []
-        for summary in self.runs_root.rglob(RunRecord.SUMMARY):
-            found.add(summary.parent)
-        for config in self.runs_root.glob(f"*/{RunRecord.CONFIG}"):
-            found.add(config.parent)
+        for root in (self.runs_root, self.home / RESULTS_DIR):
+            if not root.exists():
+                continue
+            for summary in root.rglob(RunRecord.SUMMARY):
+                found.add(summary.parent)
+            for config in root.glob(f"*/{RunRecord.CONFIG}"):
+                found.add(config.parent)
         folders = sorted(found, key=lambda p: len(p.parts))
         kept: list[Path] = []
         kept_set: set[Path] = set()
@@ -163,6 +166,14 @@ class RunStore:
                 kept.append(folder)
                 kept_set.add(folder)
         return kept
+
+    def _run_id_of(self, folder: Path) -> str:
+        """The folder name under ``runs/``; under ``results/`` the relative path (``results/mrpc/<row>/seed0``),
+        since benchmark folders share names such as ``seed0``."""
+        results = self.home / RESULTS_DIR
+        if folder.resolve().is_relative_to(results.resolve()):
+            return f"{RESULTS_DIR}/{folder.resolve().relative_to(results.resolve()).as_posix()}"
+        return folder.name
 
     def sync(self) -> None:
         """Make the index match the folders on disk and refresh every cached status.
@@ -182,7 +193,7 @@ class RunStore:
             if row is None:
                 config = record.config()
                 created = summary.get("created_at") or _mtime(folder)
-                inserts.append((key, record.run_id, float(created), config.get("sweep_id"), status, time.time()))
+                inserts.append((key, self._run_id_of(folder), float(created), config.get("sweep_id"), status, time.time()))
             elif row["status"] != status:
                 updates.append((status, time.time(), key))
         gone = [key for key in known if key not in on_disk]

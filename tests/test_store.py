@@ -243,3 +243,18 @@ def test_record_written_by_another_process_while_indexed(home):
     queued = RunStore().queued()
     assert len(queued) == 20
     assert len({q["queue_seq"] for q in queued}) == 20
+
+
+def test_benchmark_records_under_results_are_indexed(tmp_path):
+    """quality_grid.py writes records under <home>/results/<task>/<row>/seed<k>: Compare must see them."""
+    from heterolora_core.runs import RunRecord
+    from heterolora_core.store import RunStore
+
+    folders = [tmp_path / "results" / "mrpc" / row / "seed0" for row in ("lora-qv-r8", "dynamic-r32")]
+    for folder in folders:
+        RunRecord.create(folder, {"task": "mrpc", "mode": "lora"}, status="done")
+    store = RunStore(tmp_path)
+    rows = {r["run_id"]: r for r in store.list_runs()}
+    assert set(rows) == {"results/mrpc/lora-qv-r8/seed0", "results/mrpc/dynamic-r32/seed0"}  # unique ids
+    assert {r["path"] for r in rows.values()} == {f.resolve() for f in folders}
+    assert store.get("results/mrpc/lora-qv-r8/seed0").path == folders[0].resolve()
