@@ -120,14 +120,18 @@ def _record_layer_input(adapters: AdapterSet, l: int, mod, args, kwargs):
     adapters.context(l).h = _get_arg(args, kwargs, 0, "hidden_states")
 
 
-def _install_post_norm_inline(adapters: AdapterSet, layers: list[nn.Module], family: Family) -> None:
-    """OPT-350M style: LN1(h + dropout(attn)), LN2(u + dropout(ffn)); terms join the norms' inputs."""
+def _layers_with_shortcuts(adapters: AdapterSet, layers: list[nn.Module], family: Family):
+    """(l, layer, its shortcuts by kind, Norm1, Norm2) for every layer that has shortcut candidates."""
     norm1_name, norm2_name = family.norms
     for l, layer in enumerate(layers):
         sc = _shortcuts_of(adapters, l)
-        if not sc:
-            continue
-        norm1, norm2 = getattr(layer, norm1_name), getattr(layer, norm2_name)
+        if sc:
+            yield l, layer, sc, getattr(layer, norm1_name), getattr(layer, norm2_name)
+
+
+def _install_post_norm_inline(adapters: AdapterSet, layers: list[nn.Module], family: Family) -> None:
+    """OPT-350M style: LN1(h + dropout(attn)), LN2(u + dropout(ffn)); terms join the norms' inputs."""
+    for l, layer, sc, norm1, norm2 in _layers_with_shortcuts(adapters, layers, family):
 
         def norm1_input(mod, args, l=l, sc=sc):
             x = args[0]
@@ -150,12 +154,7 @@ def _install_post_norm_inline(adapters: AdapterSet, layers: list[nn.Module], fam
 
 def _install_pre_norm(adapters: AdapterSet, layers: list[nn.Module], family: Family) -> None:
     """Pre-norm: residual = h + terms while Norm1 still sees h; FFN-side terms join the output."""
-    norm1_name, norm2_name = family.norms
-    for l, layer in enumerate(layers):
-        sc = _shortcuts_of(adapters, l)
-        if not sc:
-            continue
-        norm1, norm2 = getattr(layer, norm1_name), getattr(layer, norm2_name)
+    for l, layer, sc, norm1, norm2 in _layers_with_shortcuts(adapters, layers, family):
 
         def layer_input(mod, args, kwargs, l=l, sc=sc):
             h = _get_arg(args, kwargs, 0, "hidden_states")
