@@ -224,6 +224,10 @@ class RunRecord:
         _atomic_write_json(record.path / cls.SUMMARY, {"status": status, "created_at": time.time()})
         return record
 
+    def write_config(self, config: dict[str, Any]) -> None:
+        """Replace ``config.json`` (atomic): a queued record's config, completed when it is claimed."""
+        _atomic_write_json(self.path / self.CONFIG, config)
+
     def update_summary(self, **fields: Any) -> dict[str, Any]:
         """Merge ``fields`` into ``summary.json`` (atomic). A field set to None is removed."""
         if "status" in fields and fields["status"] not in STATUSES:

@@ -248,9 +248,7 @@ def _claim_record(record: RunRecord, config: RunConfig) -> RunRecord:
         # keep the queued config's keys, updated with what this process will really run
         existing = record.config()
         existing.update(full_config)
-        from .runs import _atomic_write_json
-
-        _atomic_write_json(record.path / RunRecord.CONFIG, existing)
+        record.write_config(existing)
     else:
         RunRecord.create(record.path, full_config, status="queued")
     record.update_summary(status="running", pid=os.getpid(), started_at=time.time(), error=None, progress=0.0)
