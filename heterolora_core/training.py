@@ -77,8 +77,6 @@ def validate_config(config: RunConfig) -> None:
             raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {value}")
     if config.lr <= 0 or config.epochs <= 0:
         raise ValueError("lr and epochs must be positive")
-    if config.mode == "adalora" and config.shortcuts:
-        raise ValueError("adalora mode adapts LoRA targets only: add --no-shortcuts")
     if config.mode == "adalora":
         from .baselines import check_adalora
 
