@@ -64,6 +64,14 @@ def train_command(run_dir: Path) -> list[str]:
             "--out", str(run_dir), "--no-progress"]
 
 
+def _spawn_detached(command: list[str], log_path: Path, **popen_kwargs) -> subprocess.Popen:
+    """Start ``command`` from the project root in its own session (a Streamlit rerun or a closed
+    browser does not signal it), output appended to ``log_path``."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(command, cwd=str(PROJECT_ROOT), env=_child_env(), stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **popen_kwargs)
+
+
 def _child_env() -> dict[str, str]:
     """The worker's environment, with the project importable from anywhere."""
     env = dict(os.environ)
@@ -134,17 +142,7 @@ def ensure_worker(home: str | os.PathLike | None = None) -> int | None:
             return int(last_pid)
     except (OSError, ValueError):
         pass
-    log = open(home / LOG_NAME, "ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "heterolora_core.worker", "--home", str(home)],
-        cwd=str(PROJECT_ROOT),
-        env=_child_env(),
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    log.close()
+    proc = _spawn_detached([sys.executable, "-m", "heterolora_core.worker", "--home", str(home)], home / LOG_NAME)
     stamp.write_text(f"{proc.pid} {time.time()}")
     # Reap it when it exits so the app leaves no zombie behind.
     threading.Thread(target=proc.wait, name="heterolora-worker-reaper", daemon=True).start()
@@ -243,17 +241,8 @@ class Worker:
         run_id = record.run_id
         self.log(f"starting {run_id}")
         self.store.set_worker(run_id, os.getpid())
-        with open(record.path / TRAIN_LOG, "ab") as log:
-            proc = subprocess.Popen(
-                train_command(record.path),
-                cwd=str(PROJECT_ROOT),
-                env=_child_env(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent(os.getpid()),
-            )
+        proc = _spawn_detached(train_command(record.path), record.path / TRAIN_LOG,
+                               preexec_fn=_die_with_parent(os.getpid()))
         self.current = (record, proc)
         cancel_sent_at: float | None = None
         while proc.poll() is None:
