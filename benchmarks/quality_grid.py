@@ -354,8 +354,12 @@ def train_command(job: Job) -> list[str]:
             *job.config.to_cli_args()]
 
 
-def execute(jobs: list[Job], dry_run: bool = False, log=print) -> dict[str, int]:
-    """Run every job that is not done; returns counts of what happened (ran, skipped, failed, busy)."""
+PAUSE_FILE = "PAUSE"  # touch <results>/PAUSE to stop a long sitting after the run in progress
+
+
+def execute(jobs: list[Job], dry_run: bool = False, log=print, pause_file: Path | None = None) -> dict[str, int]:
+    """Run every job that is not done; returns counts of what happened (ran, skipped, failed, busy,
+    and paused when ``pause_file`` appeared between two runs)."""
     counts = {"ran": 0, "skipped": 0, "failed": 0, "busy": 0}
     env = _child_env()
     todo = [(job, job_state(job)) for job in jobs]
@@ -368,6 +372,11 @@ def execute(jobs: list[Job], dry_run: bool = False, log=print) -> dict[str, int]
     if counts["skipped"]:
         log(f"skip     {counts['skipped']} finished run(s)")
     for i, (job, state) in enumerate(pending, 1):
+        if pause_file is not None and pause_file.exists():
+            # Lets a sitting end (or a timing benchmark get the machine) between runs, losing none.
+            log(f"pause    {pause_file} exists: stopping before {job.name}; delete it and rerun to go on")
+            counts["paused"] = len(pending) - i + 1
+            break
         if dry_run:
             log(" ".join(train_command(job)))
             continue
@@ -621,7 +630,7 @@ def main(argv: list[str] | None = None) -> int:
         lrs = [float(x) for x in args.lr_sweep.split(",") if x.strip()]
         jobs = plan_lr_sweep(lrs, tasks, settings, results)
         if not args.report_only:
-            output["counts"] = execute(jobs, args.dry_run, log)
+            output["counts"] = execute(jobs, args.dry_run, log, results / PAUSE_FILE)
         runs = collect(jobs)
         print("\n" + lr_sweep_table(runs))
         output.update(kind="lr-sweep", lrs=lrs, runs=runs)
@@ -636,7 +645,7 @@ def main(argv: list[str] | None = None) -> int:
             memory_jobs = plan_memory(tasks[0], rounds, settings, results,
                                       None if smoke else args.memory_steps)
         if not args.report_only:
-            output["counts"] = execute(jobs + memory_jobs, args.dry_run, log)
+            output["counts"] = execute(jobs + memory_jobs, args.dry_run, log, results / PAUSE_FILE)
         runs = collect(jobs)
         table = aggregate(runs, settings.model)
         print("\n" + format_table(table))

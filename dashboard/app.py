@@ -14,10 +14,14 @@ if str(PROJECT_ROOT) not in sys.path:
 
 import streamlit as st  # noqa: E402
 
-from dashboard import loaders  # noqa: E402
-from heterolora_core.runs import data_home  # noqa: E402
+from dashboard import browser_hints  # noqa: E402
 
 st.set_page_config(page_title="HeteroLoRA Studio", page_icon=":material/tune:", layout="wide")
+# before the heavy imports below, so the browser loads the chart renderer while they run
+browser_hints.preload_plotly(st.sidebar)
+
+from dashboard import loaders  # noqa: E402
+from heterolora_core.runs import data_home  # noqa: E402
 
 worker_pid = loaders.start_worker()
 

@@ -152,6 +152,10 @@ def test_launch_run_allocation_compare_in_a_real_browser(tmp_path, screens, monk
                 assert trace["rows"] == n_layers and trace["z_rows"] == n_layers
                 assert trace["coloraxis"] == "coloraxis" and (trace["cmin"], trace["cmax"]) == (0, 1)
             expect(page.get_by_text(f"{n_layers} layers", exact=False)).to_be_visible()
+            # the app's preload hint and Streamlit's own import of the Plotly chunk share one fetch
+            fetches = page.evaluate("() => performance.getEntriesByType('resource')"
+                                    ".filter(e => e.name.includes('/PlotlyChart.')).length")
+            assert fetches == 1, f"Plotly chunk fetched {fetches} times"
             phase("allocation page")
             screens(page, "04-allocation")
 

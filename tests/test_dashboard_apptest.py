@@ -53,6 +53,21 @@ def test_app_has_four_pages_and_opens_on_launch(home):
     assert any(str(home) in c.value for c in at.sidebar.caption)
 
 
+def test_app_sends_the_plotly_preload_hint_first():
+    """The sidebar's first element preloads the Plotly chunk that Streamlit actually ships."""
+    from pathlib import Path
+
+    from dashboard import browser_hints
+
+    chunk = browser_hints.plotly_chunk()
+    assert chunk is not None and chunk.startswith("PlotlyChart.")
+    assert (Path(st.__file__).parent / "static" / "static" / "js" / chunk).is_file()
+    at = open_page()
+    first = at.sidebar.markdown[0]
+    assert first.value == f'<link rel="modulepreload" crossorigin href="./static/js/{chunk}">'
+    assert first.allow_html
+
+
 def test_app_starts_the_worker(home, monkeypatch):
     from heterolora_core import worker
 
