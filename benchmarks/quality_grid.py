@@ -448,7 +448,13 @@ def collect(jobs: list[Job]) -> list[dict[str, Any]]:
     """One dict per job: where it is, its status and what its summary reports."""
     out = []
     for job in jobs:
-        summary = RunRecord(job.path).summary() if RunRecord(job.path).exists() else {"status": "todo"}
+        record = RunRecord(job.path)
+        summary = record.summary() if record.exists() else {"status": "todo"}
+        churn = None
+        if job.config.mode == "dynamic" and summary.get("status") == "done":
+            from heterolora_core.analysis import set_churn  # pandas, only when there is a record to read
+
+            churn = set_churn(record.reallocations())
         out.append({
             "row": job.row.id, "task": job.task, "seed": job.seed, "kind": job.kind, **job.extra,
             "path": str(job.path), "status": summary.get("status"), "metric": summary.get("metric"),
@@ -457,7 +463,7 @@ def collect(jobs: list[Job]) -> list[dict[str, Any]]:
             "adalora_initial_params": summary.get("adalora_initial_params"),
             "wall_seconds": summary.get("wall_seconds"), "search_seconds": summary.get("search_seconds"),
             "process_seconds": summary.get("process_seconds"), "peak_rss_mb": summary.get("peak_rss_mb"),
-            "steps": summary.get("step"), "error": summary.get("error"),
+            "steps": summary.get("step"), "error": summary.get("error"), "churn": churn,
         })
     return out
 
@@ -494,6 +500,8 @@ def aggregate(runs: list[dict[str, Any]], model: str = EMBEDDED) -> list[dict[st
                 "wall_seconds": _mean([r["wall_seconds"] for r in mine]),
                 "search_seconds": _mean([r["search_seconds"] for r in mine]),
                 "peak_rss_mb": _mean([r["peak_rss_mb"] for r in mine]),
+                "mean_swapped": _mean([r["churn"]["mean_swapped"] for r in mine if r.get("churn")]),
+                "ever_enabled": _mean([r["churn"]["ever_enabled"] for r in mine if r.get("churn")]),
                 "reference": row.reference,
                 "vs_reference": None,
             }
@@ -509,15 +517,28 @@ def _pct(x: float | None, digits: int = 2) -> str:
     return "-" if x is None else f"{100 * x:.{digits}f}"
 
 
+def _final_text(stats: dict[str, Any]) -> str:
+    if stats["mean"] is None:
+        return "-"
+    return f"{_pct(stats['mean'])} ± {_pct(stats['std'])}" if stats["std"] is not None else _pct(stats["mean"])
+
+
+def _ci_text(ci: list[float] | None) -> str:
+    return "" if ci is None else f"[{_pct(ci[0], 1)}, {_pct(ci[1], 1)}]"
+
+
+def _seconds(x: float | None, digits: int = 0) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
 def format_table(table: list[dict[str, Any]]) -> str:
     """The table as text; scores in percent of the task's headline metric."""
     head = (f"{'row':<12} {'configuration':<38} {'task':<5} {'trainable':>10} {'n':>3}  {'final mean ± std':<17} {'95% CI':<15} "
             f"{'best':>6}  {'Δ vs ref (95% CI)':<31} {'wall s':>7} {'search s':>8} {'RSS MiB':>8}")
     lines = [head, "-" * len(head)]
     for e in table:
-        f, b = e["final"], e["best"]
-        final = "-" if f["mean"] is None else (f"{_pct(f['mean'])} ± {_pct(f['std'])}" if f["std"] is not None else _pct(f["mean"]))
-        ci = "-" if f["ci95"] is None else f"[{_pct(f['ci95'][0], 1)}, {_pct(f['ci95'][1], 1)}]"
+        b = e["best"]
+        final, ci = _final_text(e["final"]), _ci_text(e["final"]["ci95"]) or "-"
         params = e["trainable_params"]
         params_text = f"{params:,}" if isinstance(params, int) else ("-" if params is None else "mixed")
         if not e["params_ok"]:
@@ -526,11 +547,8 @@ def format_table(table: list[dict[str, Any]]) -> str:
         if vs is None:
             vs_text = "(reference)" if e["reference"] is None else "-"
         else:
-            ci_text = "" if vs["ci95"] is None else f" [{_pct(vs['ci95'][0], 1)}, {_pct(vs['ci95'][1], 1)}]"
-            vs_text = f"{e['reference']}: {100 * vs['mean']:+.2f}{ci_text} {vs['verdict']}"
-        wall = "-" if e["wall_seconds"] is None else f"{e['wall_seconds']:.0f}"
-        search = "-" if e["search_seconds"] is None else f"{e['search_seconds']:.1f}"
-        rss = "-" if e["peak_rss_mb"] is None else f"{e['peak_rss_mb']:.0f}"
+            vs_text = f"{e['reference']}: {100 * vs['mean']:+.2f} {_ci_text(vs['ci95'])} {vs['verdict']}"
+        wall, search, rss = _seconds(e["wall_seconds"]), _seconds(e["search_seconds"], 1), _seconds(e["peak_rss_mb"])
         n = f"{e['done']}" if e["done"] == e["planned"] else f"{e['done']}/{e['planned']}"
         lines.append(f"{e['row']:<12} {e['label'][:38]:<38} {e['task']:<5} {params_text:>10} {n:>3}  {final:<17} {ci:<15} "
                      f"{_pct(b['mean']):>6}  {vs_text:<31} {wall:>7} {search:>8} {rss:>8}")
@@ -544,6 +562,41 @@ def format_table(table: list[dict[str, Any]]) -> str:
     if any(not e["params_ok"] for e in table):
         lines.append("!: trainable parameters differ from the row's stated budget")
     return "\n".join(lines)
+
+
+def format_markdown(table: list[dict[str, Any]], runs: list[dict[str, Any]]) -> str:
+    """The table as Markdown for ``docs/results.md``: one section per task, then every run.
+    "set swapped / ever on": a dynamic row's mean share of its enabled set switched off per
+    reallocation, and how many modules were ever on (:func:`heterolora_core.analysis.set_churn`)."""
+    out = []
+    for task in dict.fromkeys(e["task"] for e in table):
+        metric = next((e["metric"] for e in table if e["task"] == task and e["metric"]), "score")
+        out += [f"#### {task.upper()} ({metric}, %)", "",
+                "| row | configuration | trainable | seeds | final mean ± std | 95% CI | best epoch | Δ vs ref (95% CI) "
+                "| wall s | search s | set swapped / ever on |",
+                "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for e in (e for e in table if e["task"] == task):
+            vs = e["vs_reference"]
+            if vs is None:
+                vs_text = "(reference)" if e["reference"] is None else "-"
+            else:
+                vs_text = f"vs {e['reference']}: {100 * vs['mean']:+.2f} {_ci_text(vs['ci95'])} {vs['verdict']}"
+            params = e["trainable_params"]
+            churn = "-" if e.get("mean_swapped") is None else f"{100 * e['mean_swapped']:.0f}% / {e['ever_enabled']:.0f}"
+            out.append(f"| {e['row']} | {e['label']} | {f'{params:,}' if isinstance(params, int) else '-'} "
+                       f"| {','.join(map(str, e['seeds'])) or '-'} | {_final_text(e['final'])} | {_ci_text(e['final']['ci95']) or '-'} "
+                       f"| {_pct(e['best']['mean'])} | {vs_text} | {_seconds(e['wall_seconds'])} "
+                       f"| {_seconds(e['search_seconds'], 1)} | {churn} |")
+        out.append("")
+    out += ["#### Every run", "", "| task | row | seed | final | best | steps | wall s | search s | set swapped / ever on |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(runs, key=lambda r: (r["task"], r["row"], r["seed"])):
+        if r["status"] != "done":
+            continue
+        churn = "-" if not r.get("churn") else f"{100 * r['churn']['mean_swapped']:.0f}% / {r['churn']['ever_enabled']}"
+        out.append(f"| {r['task']} | {r['row']} | {r['seed']} | {_pct(r['final_score'])} | {_pct(r['best_score'])} | {r.get('steps', '-')} "
+                   f"| {_seconds(r['wall_seconds'])} | {_seconds(r['search_seconds'] or 0.0, 1)} | {churn} |")
+    return "\n".join(out) + "\n"
 
 
 def lr_sweep_table(runs: list[dict[str, Any]]) -> str:
@@ -600,6 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-steps", type=int, default=100, help="steps of each memory run (default: 100)")
     p.add_argument("--smoke", action="store_true", help="tiny runs (train/dev limit 32, 4 steps, length 32) in a temp folder")
     p.add_argument("--report-only", action="store_true", help="no training: the table from the records there are")
+    p.add_argument("--markdown", help="also write the grid's tables as Markdown to this file (for docs/results.md)")
     p.add_argument("--dry-run", action="store_true", help="print the commands of the runs still to do")
     return p
 
@@ -649,6 +703,9 @@ def main(argv: list[str] | None = None) -> int:
         runs = collect(jobs)
         table = aggregate(runs, settings.model)
         print("\n" + format_table(table))
+        if args.markdown and not args.dry_run:
+            Path(args.markdown).write_text(format_markdown(table, runs))
+            print(f"wrote {args.markdown}")
         output.update(kind="grid", rows={r.id: dataclasses.asdict(r) for r in ROWS if r.id in rows},
                       table=table, runs=runs)
         if memory_jobs:

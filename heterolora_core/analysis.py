@@ -259,6 +259,27 @@ def enabled_set(reallocations: Sequence[Mapping[str, Any]], which: str = "final"
     raise ValueError(f"unknown enabled-set rule {which!r}; expected 'final' or 'majority'")
 
 
+def set_churn(reallocations: Sequence[Mapping[str, Any]]) -> dict[str, float | int]:
+    """How much a dynamic search moves its enabled set.
+
+    Over consecutive reallocations t-1 -> t with enabled sets E: ``changes`` counts the
+    reallocations whose set differs from the previous one; ``mean_swapped`` is the mean fraction
+    of the previous set that was switched off, |E_{t-1} \\ E_t| / |E_{t-1}| (0 = frozen, 1 = all
+    replaced); ``ever_enabled`` counts the modules that were on at least once, against
+    ``set_size`` = |E| of the first selection. Empty record: zeros.
+    """
+    sets = [frozenset(r.get("enabled") or []) for r in reallocations]
+    pairs = list(zip(sets, sets[1:]))
+    swapped = [len(prev - cur) / len(prev) for prev, cur in pairs if prev]
+    return {
+        "reallocations": len(sets),
+        "changes": sum(prev != cur for prev, cur in pairs),
+        "mean_swapped": float(np.mean(swapped)) if swapped else 0.0,
+        "ever_enabled": len(frozenset().union(*sets)) if sets else 0,
+        "set_size": len(sets[0]) if sets else 0,
+    }
+
+
 def jaccard(a: Iterable[str], b: Iterable[str]) -> float:
     """|a ∩ b| / |a ∪ b|; NaN when both are empty."""
     a, b = set(a), set(b)

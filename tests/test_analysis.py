@@ -79,6 +79,16 @@ def test_score_distribution_long_format():
     assert A.score_distribution([]).empty
 
 
+def test_set_churn_by_hand():
+    reallocs = [{"enabled": ["a", "b", "c", "d"]}, {"enabled": ["a", "b", "c", "d"]},
+                {"enabled": ["a", "b", "e", "f"]}, {"enabled": ["a", "g", "e", "f"]}]
+    churn = A.set_churn(reallocs)
+    # pairs: unchanged (0/4), c,d off (2/4), b off (1/4)
+    assert churn == {"reallocations": 4, "changes": 2, "mean_swapped": pytest.approx(0.25),
+                     "ever_enabled": 7, "set_size": 4}
+    assert A.set_churn([]) == {"reallocations": 0, "changes": 0, "mean_swapped": 0.0, "ever_enabled": 0, "set_size": 0}
+
+
 def test_enabled_sets_and_jaccard():
     assert A.enabled_set(REALLOCS) == {"layer.1.lora.q", "layer.1.lora.v", "layer.0.shortcut.res_attn"}
     assert A.enabled_set(REALLOCS, "majority") == {"layer.0.lora.v", "layer.1.lora.v", "layer.1.lora.q", "layer.0.shortcut.res_attn"}

@@ -120,8 +120,20 @@ def test_aggregate_reports_intervals_and_noise():
     assert table["8"]["vs_reference"]["verdict"] == "noise"
     text = qg.format_table(qg.aggregate(runs))
     assert "81.00 ± 1.00" in text and "4: +1.00" in text and "better" in text and "noise" in text
+    markdown = qg.format_markdown(qg.aggregate(runs), runs)
+    assert "| 6 | dynamic combined grad_norm r32, 9/35 | 221,184 | 0,1,2 | 82.00 ± 1.00 |" in markdown
+    assert "vs 4: +1.00 [" in markdown and markdown.count("| mrpc | 8 |") == 3
     single = qg.aggregate(_runs("4", [0.8]) + _runs("6", [0.9]))
     assert single[1]["vs_reference"]["verdict"] == "n/a (1 seed)" and single[1]["final"]["ci95"] is None
+
+
+def test_pause_file_stops_before_the_next_run(tmp_path):
+    jobs = qg.plan(["4", "6"], ["mrpc"], [0], qg.Settings(), tmp_path)
+    (tmp_path / qg.PAUSE_FILE).touch()
+    logged = []
+    counts = qg.execute(jobs, log=logged.append, pause_file=tmp_path / qg.PAUSE_FILE)
+    assert counts["ran"] == 0 and counts["paused"] == 2
+    assert not any(job.path.exists() for job in jobs) and "pause" in logged[-1]
 
 
 def test_peak_rss_is_measured_per_child(tmp_path):
@@ -153,8 +165,12 @@ def test_memory_summary_pairs_rounds():
 def test_smoke_grid_writes_table_and_resumes(tmp_path):
     env = {**os.environ, "GLUE_DIR": str(_glue_dir()), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     cmd = [sys.executable, str(SCRIPT), "--smoke", "--rows", "6", "--results", str(tmp_path / "results")]
-    first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    first = subprocess.run(cmd + ["--markdown", str(tmp_path / "grid.md")], capture_output=True, text=True, env=env, timeout=240)
     assert first.returncode == 0, first.stdout + first.stderr
+    # the dynamic run's set churn is read from its record: at least its step-0 selection of 9 modules was on
+    (line,) = [l for l in (tmp_path / "grid.md").read_text().splitlines() if l.startswith("| mrpc | 6 | 0 |")]
+    swapped, ever_on = line.rsplit("|", 2)[1].split("/")
+    assert swapped.strip().endswith("%") and int(ever_on) >= 9
     data = json.loads((tmp_path / "results" / "quality_grid.json").read_text())
     assert data["smoke"] and data["settings"]["max_steps"] == 4 and data["counts"]["ran"] == 1
     (entry,) = data["table"]
