@@ -94,6 +94,7 @@ class RowSpec:
     expected_params: int | None = None
     reference: str | None = None
     tasks: tuple[str, ...] | None = None
+    diagnostic: bool = False  # a remedy tried on row 6, not part of "all"
 
 
 _LORA_ONLY = dict(shortcuts=False, lora_targets=["q", "v"])
@@ -121,6 +122,18 @@ ROWS: tuple[RowSpec, ...] = (
     RowSpec(f"6.{proxy}", f"dynamic-combined-{proxy.replace('_', '')}-r32", "B", f"row 6 with {proxy}",
             {**_DYNAMIC_B, "proxy": proxy}, 221_184, "6", tasks=("mrpc",))
     for proxy in ("snip", "synflow", "fisher", "alpha_test")
+) + (
+    # Remedies for a dynamic search that does not beat uniform LoRA (the method doc's suspects):
+    # raw instead of per-kind normalised combined ranking; fewer set changes (one reallocation per
+    # epoch; a single static selection); the authors' scoring (every module on, 32 extra batches).
+    RowSpec("6.raw", "dynamic-combined-gradnorm-r32-raw", "B", "row 6 ranking raw scores",
+            {**_DYNAMIC_B, "score_norm": "raw"}, 221_184, "6", tasks=("mrpc",), diagnostic=True),
+    RowSpec("6.epoch", "dynamic-combined-gradnorm-r32-per-epoch", "B", "row 6 reallocating once per epoch",
+            {**_DYNAMIC_B, "realloc_every": 1.0}, 221_184, "6", tasks=("mrpc",), diagnostic=True),
+    RowSpec("6.static", "static-combined-gradnorm-r32", "B", "row 6 as one static selection",
+            {**_DYNAMIC_B, "mode": "static"}, 221_184, "6", tasks=("mrpc",), diagnostic=True),
+    RowSpec("6.authors", "dynamic-combined-gradnorm-r32-authors", "B", "row 6 with the authors' scoring",
+            {**_DYNAMIC_B, "proxy_batches": 32}, 221_184, "6", tasks=("mrpc",), diagnostic=True),
 )
 ROW_BY_ID = {row.id: row for row in ROWS}
 
@@ -186,13 +199,15 @@ def parse_rows(text: str) -> list[str]:
     out: list[str] = []
     for token in [t.strip() for t in text.split(",") if t.strip()]:
         if token == "all":
-            out += [r.id for r in ROWS]
+            out += [r.id for r in ROWS if not r.diagnostic]
         elif token == "sweep":
-            out += [r.id for r in ROWS if r.id.startswith("6.")]
+            out += [r.id for r in ROWS if r.id.startswith("6.") and not r.diagnostic]
+        elif token == "diagnostics":
+            out += [r.id for r in ROWS if r.diagnostic]
         elif token in ROW_BY_ID:
             out.append(token)
         else:
-            raise SystemExit(f"unknown row {token!r}; rows are {', '.join(ROW_BY_ID)} (or all, sweep)")
+            raise SystemExit(f"unknown row {token!r}; rows are {', '.join(ROW_BY_ID)} (or all, sweep, diagnostics)")
     return list(dict.fromkeys(out))
 
 
@@ -637,7 +652,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", help="comma list (default: mrpc,rte; smoke: mrpc)")
     p.add_argument("--seeds", help="comma list (default: 0,1,2; smoke: 0)")
-    p.add_argument("--rows", help="all, sweep, or row ids such as 4,6,8,9,6.snip (default: all; smoke: 4,6)")
+    p.add_argument("--rows", help="all, sweep, diagnostics, or row ids such as 4,6,8,9,6.snip (default: all; smoke: 4,6)")
     p.add_argument("--epochs", type=float, default=3.0, help="training epochs of every row (default: 3)")
     p.add_argument("--max-steps", type=int, help="stop every run after N steps (a trial; overrides --epochs)")
     p.add_argument("--lr", type=float, default=5e-4, help="learning rate of every row (default: 5e-4)")
