@@ -37,7 +37,11 @@ def ddp_runs(tmp_path_factory):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                str(REPO / "tests" / "ddp_probe.py"), str(root / "probe"), *pairs]
     result = subprocess.run(command, cwd=REPO, env=cli_env(root / "home"), capture_output=True, text=True, timeout=480)
-    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-5000:])
+    if result.returncode != 0:
+        # pytest.fail keeps the whole text (an assert message is cut short): torchrun's own error
+        # summary hides the rank's traceback, which is in stderr above it.
+        pytest.fail(f"torchrun exited {result.returncode}\n--- stdout ---\n{result.stdout[-3000:]}"
+                    f"\n--- stderr ---\n{result.stderr[-12000:]}", pytrace=False)
     runs = {}
     for i, proxy in enumerate(PROXIES):
         ranks = [torch.load(root / "probe" / f"run{i}-rank{r}.pt", weights_only=False) for r in (0, 1)]
