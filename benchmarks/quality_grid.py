@@ -563,7 +563,7 @@ def format_table(table: list[dict[str, Any]]) -> str:
             vs_text = "(reference)" if e["reference"] is None else "-"
         else:
             vs_text = f"{e['reference']}: {100 * vs['mean']:+.2f} {_ci_text(vs['ci95'])} {vs['verdict']}"
-        wall, search, rss = _seconds(e["wall_seconds"]), _seconds(e["search_seconds"], 1), _seconds(e["peak_rss_mb"])
+        wall, search, rss = _seconds(e["wall_seconds"]), _seconds(e["search_seconds"], 2), _seconds(e["peak_rss_mb"])
         n = f"{e['done']}" if e["done"] == e["planned"] else f"{e['done']}/{e['planned']}"
         lines.append(f"{e['row']:<12} {e['label'][:38]:<38} {e['task']:<5} {params_text:>10} {n:>3}  {final:<17} {ci:<15} "
                      f"{_pct(b['mean']):>6}  {vs_text:<31} {wall:>7} {search:>8} {rss:>8}")
@@ -601,7 +601,7 @@ def format_markdown(table: list[dict[str, Any]], runs: list[dict[str, Any]]) -> 
             out.append(f"| {e['row']} | {e['label']} | {f'{params:,}' if isinstance(params, int) else '-'} "
                        f"| {','.join(map(str, e['seeds'])) or '-'} | {_final_text(e['final'])} | {_ci_text(e['final']['ci95']) or '-'} "
                        f"| {_pct(e['best']['mean'])} | {vs_text} | {_seconds(e['wall_seconds'])} "
-                       f"| {_seconds(e['search_seconds'], 1)} | {churn} |")
+                       f"| {_seconds(e['search_seconds'], 2)} | {churn} |")
         out.append("")
     out += ["#### Every run", "", "| task | row | seed | final | best | steps | wall s | search s | set swapped / ever on |",
             "|---|---|---|---|---|---|---|---|---|"]
@@ -610,7 +610,7 @@ def format_markdown(table: list[dict[str, Any]], runs: list[dict[str, Any]]) -> 
             continue
         churn = "-" if not r.get("churn") else f"{100 * r['churn']['mean_swapped']:.0f}% / {r['churn']['ever_enabled']}"
         out.append(f"| {r['task']} | {r['row']} | {r['seed']} | {_pct(r['final_score'])} | {_pct(r['best_score'])} | {r.get('steps', '-')} "
-                   f"| {_seconds(r['wall_seconds'])} | {_seconds(r['search_seconds'] or 0.0, 1)} | {churn} |")
+                   f"| {_seconds(r['wall_seconds'])} | {_seconds(r['search_seconds'] or 0.0, 2)} | {churn} |")
     return "\n".join(out) + "\n"
 
 
