@@ -467,9 +467,10 @@ def collect(jobs: list[Job]) -> list[dict[str, Any]]:
         summary = record.summary() if record.exists() else {"status": "todo"}
         churn = None
         if job.config.mode == "dynamic" and summary.get("status") == "done":
-            from heterolora_core.analysis import set_churn  # pandas, only when there is a record to read
+            from heterolora_core.analysis import score_drift, set_churn  # pandas, only when there is a record to read
 
-            churn = set_churn(record.reallocations())
+            reallocations = record.reallocations()
+            churn = {**set_churn(reallocations), "on_over_off": score_drift(reallocations)["on_over_off"]}
         out.append({
             "row": job.row.id, "task": job.task, "seed": job.seed, "kind": job.kind, **job.extra,
             "path": str(job.path), "status": summary.get("status"), "metric": summary.get("metric"),
@@ -517,6 +518,7 @@ def aggregate(runs: list[dict[str, Any]], model: str = EMBEDDED) -> list[dict[st
                 "peak_rss_mb": _mean([r["peak_rss_mb"] for r in mine]),
                 "mean_swapped": _mean([r["churn"]["mean_swapped"] for r in mine if r.get("churn")]),
                 "ever_enabled": _mean([r["churn"]["ever_enabled"] for r in mine if r.get("churn")]),
+                "on_over_off": _mean([r["churn"]["on_over_off"] for r in mine if r.get("churn")]),
                 "reference": row.reference,
                 "vs_reference": None,
             }
@@ -582,14 +584,16 @@ def format_table(table: list[dict[str, Any]]) -> str:
 def format_markdown(table: list[dict[str, Any]], runs: list[dict[str, Any]]) -> str:
     """The table as Markdown for ``docs/results.md``: one section per task, then every run.
     "set swapped / ever on": a dynamic row's mean share of its enabled set switched off per
-    reallocation, and how many modules were ever on (:func:`heterolora_core.analysis.set_churn`)."""
+    reallocation, and how many modules were ever on (:func:`heterolora_core.analysis.set_churn`);
+    "drift on/off": the median score change of modules that were trained since the last
+    reallocation over that of the resting ones (:func:`heterolora_core.analysis.score_drift`)."""
     out = []
     for task in dict.fromkeys(e["task"] for e in table):
         metric = next((e["metric"] for e in table if e["task"] == task and e["metric"]), "score")
         out += [f"#### {task.upper()} ({metric}, %)", "",
                 "| row | configuration | trainable | seeds | final mean ± std | 95% CI | best epoch | Δ vs ref (95% CI) "
-                "| wall s | search s | set swapped / ever on |",
-                "|---|---|---|---|---|---|---|---|---|---|---|"]
+                "| wall s | search s | set swapped / ever on | drift on/off |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for e in (e for e in table if e["task"] == task):
             vs = e["vs_reference"]
             if vs is None:
@@ -601,16 +605,17 @@ def format_markdown(table: list[dict[str, Any]], runs: list[dict[str, Any]]) -> 
             out.append(f"| {e['row']} | {e['label']} | {f'{params:,}' if isinstance(params, int) else '-'} "
                        f"| {','.join(map(str, e['seeds'])) or '-'} | {_final_text(e['final'])} | {_ci_text(e['final']['ci95']) or '-'} "
                        f"| {_pct(e['best']['mean'])} | {vs_text} | {_seconds(e['wall_seconds'])} "
-                       f"| {_seconds(e['search_seconds'], 2)} | {churn} |")
+                       f"| {_seconds(e['search_seconds'], 2)} | {churn} | {_seconds(e.get('on_over_off'), 2)} |")
         out.append("")
-    out += ["#### Every run", "", "| task | row | seed | final | best | steps | wall s | search s | set swapped / ever on |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    out += ["#### Every run", "", "| task | row | seed | final | best | steps | wall s | search s | set swapped / ever on | drift on/off |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(runs, key=lambda r: (r["task"], r["row"], r["seed"])):
         if r["status"] != "done":
             continue
         churn = "-" if not r.get("churn") else f"{100 * r['churn']['mean_swapped']:.0f}% / {r['churn']['ever_enabled']}"
         out.append(f"| {r['task']} | {r['row']} | {r['seed']} | {_pct(r['final_score'])} | {_pct(r['best_score'])} | {r.get('steps', '-')} "
-                   f"| {_seconds(r['wall_seconds'])} | {_seconds(r['search_seconds'] or 0.0, 2)} | {churn} |")
+                   f"| {_seconds(r['wall_seconds'])} | {_seconds(r['search_seconds'] or 0.0, 2)} | {churn} "
+                   f"| {_seconds((r.get('churn') or {}).get('on_over_off'), 2)} |")
     return "\n".join(out) + "\n"
 
 

@@ -280,6 +280,32 @@ def set_churn(reallocations: Sequence[Mapping[str, Any]]) -> dict[str, float | i
     }
 
 
+def score_drift(reallocations: Sequence[Mapping[str, Any]]) -> dict[str, float | int | None]:
+    """Does training a module lower its own proxy score? The signature of a self-defeating search.
+
+    For every module m and consecutive reallocations t-1 -> t with s_{t-1}(m) > 0, the ratio
+    s_t(m) / s_{t-1}(m), split by whether m was in the enabled set E_{t-1} (trained in between) or
+    not (resting). ``on_median`` / ``off_median`` are the medians of the two groups and
+    ``on_over_off`` their quotient: below 1, the modules being trained lose score against the resting
+    ones, so a top-k selection swaps them out at the next reallocation (churn). ``pairs_on`` /
+    ``pairs_off`` count the ratios. A group with no ratio gives None.
+    """
+    on, off = [], []
+    for prev, cur in zip(reallocations, reallocations[1:]):
+        enabled = set(prev.get("enabled") or [])
+        before, after = prev.get("scores") or {}, cur.get("scores") or {}
+        for module, old in before.items():
+            if old > 0 and module in after:
+                (on if module in enabled else off).append(after[module] / old)
+    on_median = float(np.median(on)) if on else None
+    off_median = float(np.median(off)) if off else None
+    return {
+        "on_median": on_median, "off_median": off_median,
+        "on_over_off": on_median / off_median if on_median is not None and off_median else None,
+        "pairs_on": len(on), "pairs_off": len(off),
+    }
+
+
 def jaccard(a: Iterable[str], b: Iterable[str]) -> float:
     """|a ∩ b| / |a ∪ b|; NaN when both are empty."""
     a, b = set(a), set(b)

@@ -89,6 +89,21 @@ def test_set_churn_by_hand():
     assert A.set_churn([]) == {"reallocations": 0, "changes": 0, "mean_swapped": 0.0, "ever_enabled": 0, "set_size": 0}
 
 
+def test_score_drift_by_hand():
+    reallocs = [
+        {"enabled": ["a"], "scores": {"a": 2.0, "b": 1.0, "c": 0.0}},
+        {"enabled": ["b"], "scores": {"a": 1.0, "b": 3.0, "c": 5.0}},  # a (on) 1/2; b (off) 3; c skipped (was 0)
+        {"enabled": ["b"], "scores": {"a": 4.0, "b": 1.5, "c": 10.0}},  # b (on) 1/2; a (off) 4; c (off) 2
+    ]
+    drift = A.score_drift(reallocs)
+    assert drift["pairs_on"] == 2 and drift["pairs_off"] == 3
+    assert drift["on_median"] == pytest.approx(0.5)
+    assert drift["off_median"] == pytest.approx(3.0)  # median of 3, 4, 2
+    assert drift["on_over_off"] == pytest.approx(0.5 / 3.0)
+    assert A.score_drift(reallocs[:1]) == {"on_median": None, "off_median": None, "on_over_off": None,
+                                           "pairs_on": 0, "pairs_off": 0}
+
+
 def test_enabled_sets_and_jaccard():
     assert A.enabled_set(REALLOCS) == {"layer.1.lora.q", "layer.1.lora.v", "layer.0.shortcut.res_attn"}
     assert A.enabled_set(REALLOCS, "majority") == {"layer.0.lora.v", "layer.1.lora.v", "layer.1.lora.q", "layer.0.shortcut.res_attn"}
