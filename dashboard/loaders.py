@@ -98,6 +98,8 @@ class AllocationView(NamedTuple):
     score_summary: pd.DataFrame  # per (family, kind): n, quartiles, fences, mean of the proxy scores
     n_layers: int
     n_reallocations: int
+    churn: dict  # analysis.set_churn: changes, mean_swapped, ever_enabled, set_size
+    drift: dict  # analysis.score_drift: on_median, off_median, on_over_off
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
@@ -115,6 +117,8 @@ def _allocation_view(path: str, stamp: tuple[int, int], layers_hint: int) -> All
         score_summary=analysis.score_summary(analysis.score_distribution(reallocs)),
         n_layers=n_layers,
         n_reallocations=len(reallocs),
+        churn=analysis.set_churn(reallocs),
+        drift=analysis.score_drift(reallocs),
     )
 
 

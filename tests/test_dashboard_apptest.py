@@ -8,6 +8,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from conftest import PROJECT_ROOT
+from heterolora_core import analysis as A
 from heterolora_core.runs import RunConfig
 from heterolora_core.store import SHORT_RUN, RunStore
 
@@ -256,6 +257,26 @@ def test_allocation_of_the_paper_sized_dynamic_run(make_run):
     assert len(timeline["data"][0]["y"]) == 143
     assert {t["type"] for t in scores["data"]} == {"box"}
     assert any("100 reallocations" in c.value for c in at.caption)
+
+
+def test_allocation_shows_how_much_a_dynamic_search_moves(make_run):
+    record = make_run("dyn", n_reallocations=6)
+    reallocs = record.reallocations()
+    churn, drift = A.set_churn(reallocs), A.score_drift(reallocs)
+    at = open_page("allocation")
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics == {
+        "Set changes": f"{churn['changes']} of 5",
+        "Swapped per reallocation": f"{churn['mean_swapped']:.0%}",
+        "Modules ever on": f"{churn['ever_enabled']} of {len(A.enable_frequency(reallocs))}",
+        "Score drift on/off": f"{drift['on_over_off']:.2f}",
+    }
+    assert churn["changes"] > 0  # the synthetic search does move, so the numbers are not all zero
+
+
+def test_allocation_of_a_static_run_has_no_churn(make_run):
+    make_run("static", mode="static")
+    assert not open_page("allocation").metric
 
 
 def test_allocation_csv_and_png_downloads(make_run):

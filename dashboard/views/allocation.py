@@ -45,6 +45,18 @@ st.download_button("Download frequencies (CSV)", analysis.frequency_csv_frame(vi
 st.subheader("Timeline")
 st.caption("Each column is one reallocation; a filled cell is an enabled module. Hover for the step and the proxy score.")
 st.plotly_chart(charts.timeline_figure(view.timeline), key="timeline", config=charts.png_config(f"{run_id}-timeline"))
+if config.get("mode") == "dynamic" and view.n_reallocations >= 2:
+    churn, drift = view.churn, view.drift
+    changes, swapped, ever, drift_cell = st.columns(4)
+    changes.metric("Set changes", f"{churn['changes']} of {churn['reallocations'] - 1}",
+                   help="reallocations whose enabled set differs from the previous one")
+    swapped.metric("Swapped per reallocation", f"{churn['mean_swapped']:.0%}",
+                   help="mean share of the enabled set switched off at a reallocation")
+    ever.metric("Modules ever on", f"{churn['ever_enabled']} of {len(view.frequency)}",
+                help=f"{churn['set_size']} on at a time")
+    drift_cell.metric("Score drift on/off", "-" if drift["on_over_off"] is None else f"{drift['on_over_off']:.2f}",
+                      help="median score change of the modules trained since the last reallocation over that of "
+                           "the resting ones: below 1, the search swaps out what it has just trained")
 
 st.subheader("Score distribution per module kind")
 log_scale = st.toggle("Log scale", value=False, key="score_log",
