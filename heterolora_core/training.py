@@ -313,8 +313,7 @@ def _train(config: RunConfig, record: RunRecord, main: bool, progress: bool) -> 
             model, adapters, config.proxy, Budget(config.enable_ratio, config.match_uniform_rank),
             ranking=config.ranking, score_norm=config.score_norm, seed=config.seed,
             proxy_batches=config.proxy_batches, reduce_scores=_mean_across_ranks,
-            on_record=(lambda r: record.append_reallocation(r.step, r.scores, r.enabled, seconds=round(r.seconds, 4)))
-            if main else None,
+            on_record=(lambda r: _record_reallocation(record, adapters, r)) if main else None,
             progress=_progress_bar("scoring", progress and main))
     elif adapters is not None:
         adapters.enable_all()
@@ -339,6 +338,9 @@ def _train(config: RunConfig, record: RunRecord, main: bool, progress: bool) -> 
     callback.trainer = trainer
     if main:
         counts = _parameter_counts(model, adapters, config)
+        if reallocator is not None and not reallocator.history:
+            # every candidate is still on until the search selects: the count comes with the first selection
+            counts["trainable_params"] = None
         record.update_summary(metric=metric_name, max_steps=total_steps, step=0, num_reallocations=0,
                               realloc_steps=plan.realloc_steps, num_labels=task.num_labels,
                               label_names=task.label_names, is_regression=task.is_regression,
@@ -379,7 +381,14 @@ def _training_arguments(cls, config: RunConfig, output_dir: Path, device: str, t
     )
 
 
-def _parameter_counts(model, adapters, config: RunConfig) -> dict[str, int]:
+def _record_reallocation(record, adapters, reallocation) -> None:
+    """Append a selection to the record, and keep the summary's count on what is enabled now."""
+    record.append_reallocation(reallocation.step, reallocation.scores, reallocation.enabled,
+                               seconds=round(reallocation.seconds, 4))
+    record.update_summary(trainable_params=int(adapters.num_trainable()))
+
+
+def _parameter_counts(model, adapters, config: RunConfig) -> dict[str, int | None]:
     from .adapters import head_parameter_count
 
     head = head_parameter_count(model)

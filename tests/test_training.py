@@ -83,9 +83,14 @@ def windowed_run(tiny_bert, tmp_path_factory):
     seen = []
     original = search.Reallocator.reallocate
 
+    def counted() -> int | None:  # what the Runs page shows as trainable parameters at this moment
+        return json.loads((out / "summary.json").read_text()).get("trainable_params")
+
     def spy(self, step, batches=None):
-        seen.append({"step": step, "calls": dict(self.collector.calls), "batches": batches})
-        return original(self, step, batches)
+        seen.append({"step": step, "calls": dict(self.collector.calls), "batches": batches, "params_before": counted()})
+        result = original(self, step, batches)
+        seen[-1]["params_after"] = counted()
+        return result
 
     with pytest.MonkeyPatch.context() as env:
         env.setattr(search.Reallocator, "reallocate", spy)
@@ -111,6 +116,18 @@ def test_each_reallocation_scores_exactly_its_window(windowed_run):
         assert s["batches"] is None
         assert set(s["calls"]) == names
         assert set(s["calls"].values()) == {3}, s
+
+
+@needs_glue
+def test_summary_counts_the_selected_modules_from_the_first_selection(windowed_run):
+    record, seen = windowed_run
+    enabled_params = record.summary()["trainable_params"]
+    # tiny BERT: every candidate costs the same, so each selection of the same size costs the same
+    n_candidates = len(record.reallocations()[0]["scores"])
+    assert len(record.reallocations()[0]["enabled"]) < n_candidates
+    # before the search has selected, every candidate is on: no count rather than the all-on count
+    assert seen[0]["params_before"] is None
+    assert [s["params_after"] for s in seen] == [enabled_params] * 3
 
 
 @needs_glue
