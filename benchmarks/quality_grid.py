@@ -136,6 +136,7 @@ ROWS: tuple[RowSpec, ...] = (
             {**_DYNAMIC_B, "proxy_batches": 32}, 221_184, "6", tasks=("mrpc",), diagnostic=True),
 )
 ROW_BY_ID = {row.id: row for row in ROWS}
+UNIFORM_OF_BUDGET = {"A": "1", "B": "4"}  # plain LoRA at each budget
 
 # "rows 4, 6, 8, 9 on MRPC; the same on RTE; rows 1 and 3; the rest" (None: every task)
 RUN_ORDER: tuple[tuple[tuple[str, ...], tuple[str, ...] | None], ...] = (
@@ -526,6 +527,12 @@ def aggregate(runs: list[dict[str, Any]], model: str = EMBEDDED) -> list[dict[st
                                   or entry["trainable_params"] == entry["expected_params"])
             if row.reference and (row.reference, task) in finals and (row.id, task) in finals:
                 entry["vs_reference"] = paired_difference(finals[(row.id, task)], finals[(row.reference, task)])
+            # rows compared with row 6 (proxy sweep, remedies) also against their budget's uniform row
+            uniform = UNIFORM_OF_BUDGET.get(row.budget)
+            entry["uniform"] = uniform if uniform not in (None, row.id, row.reference) else None
+            entry["vs_uniform"] = None
+            if entry["uniform"] and (uniform, task) in finals and (row.id, task) in finals:
+                entry["vs_uniform"] = paired_difference(finals[(row.id, task)], finals[(uniform, task)])
             table.append(entry)
     return table
 
@@ -600,6 +607,9 @@ def format_markdown(table: list[dict[str, Any]], runs: list[dict[str, Any]]) -> 
                 vs_text = "(reference)" if e["reference"] is None else "-"
             else:
                 vs_text = f"vs {e['reference']}: {100 * vs['mean']:+.2f} {_ci_text(vs['ci95'])} {vs['verdict']}"
+            if e.get("vs_uniform"):
+                vu = e["vs_uniform"]
+                vs_text += f"; vs {e['uniform']}: {100 * vu['mean']:+.2f} {_ci_text(vu['ci95'])} {vu['verdict']}"
             params = e["trainable_params"]
             churn = "-" if e.get("mean_swapped") is None else f"{100 * e['mean_swapped']:.0f}% / {e['ever_enabled']:.0f}"
             out.append(f"| {e['row']} | {e['label']} | {f'{params:,}' if isinstance(params, int) else '-'} "

@@ -123,6 +123,12 @@ def test_aggregate_reports_intervals_and_noise():
     markdown = qg.format_markdown(qg.aggregate(runs), runs)
     assert "| 6 | dynamic combined grad_norm r32, 9/35 | 221,184 | 0,1,2 | 82.00 ± 1.00 |" in markdown
     assert "vs 4: +1.00 [" in markdown and markdown.count("| mrpc | 8 |") == 3
+    # a remedy for row 6 is compared with row 6 and with the budget's uniform row 4
+    remedy = {e["row"]: e for e in qg.aggregate(runs + _runs("6.epoch", [0.84, 0.80, 0.81]))}["6.epoch"]
+    assert remedy["vs_reference"]["mean"] == pytest.approx(-0.01 / 3)  # vs 6: +0.03, -0.03, -0.01
+    assert (remedy["uniform"], remedy["vs_uniform"]["mean"]) == ("4", pytest.approx(0.02 / 3))  # +0.04, -0.02, 0
+    assert table["6"]["vs_uniform"] is None and table["4"]["vs_uniform"] is None
+    assert "; vs 4: +0.67 [" in qg.format_markdown(qg.aggregate(runs + _runs("6.epoch", [0.84, 0.80, 0.81])), runs)
     single = qg.aggregate(_runs("4", [0.8]) + _runs("6", [0.9]))
     assert single[1]["vs_reference"]["verdict"] == "n/a (1 seed)" and single[1]["final"]["ci95"] is None
 
