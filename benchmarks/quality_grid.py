@@ -551,6 +551,11 @@ def _ci_text(ci: list[float] | None) -> str:
     return "" if ci is None else f"[{_pct(ci[0], 1)}, {_pct(ci[1], 1)}]"
 
 
+def _difference_text(other: str, vs: dict[str, Any]) -> str:
+    """``"4: +1.00 [0.2, 1.8] better"``: a paired difference against row ``other``, in points."""
+    return f"{other}: {100 * vs['mean']:+.2f} {_ci_text(vs['ci95'])} {vs['verdict']}"
+
+
 def _seconds(x: float | None, digits: int = 0) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
@@ -571,7 +576,7 @@ def format_table(table: list[dict[str, Any]]) -> str:
         if vs is None:
             vs_text = "(reference)" if e["reference"] is None else "-"
         else:
-            vs_text = f"{e['reference']}: {100 * vs['mean']:+.2f} {_ci_text(vs['ci95'])} {vs['verdict']}"
+            vs_text = _difference_text(e["reference"], vs)
         wall, search, rss = _seconds(e["wall_seconds"]), _seconds(e["search_seconds"], 2), _seconds(e["peak_rss_mb"])
         n = f"{e['done']}" if e["done"] == e["planned"] else f"{e['done']}/{e['planned']}"
         lines.append(f"{e['row']:<12} {e['label'][:38]:<38} {e['task']:<5} {params_text:>10} {n:>3}  {final:<17} {ci:<15} "
@@ -602,14 +607,12 @@ def format_markdown(table: list[dict[str, Any]], runs: list[dict[str, Any]]) -> 
                 "| wall s | search s | set swapped / ever on | drift on/off |",
                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for e in (e for e in table if e["task"] == task):
-            vs = e["vs_reference"]
-            if vs is None:
+            if e["vs_reference"] is None:
                 vs_text = "(reference)" if e["reference"] is None else "-"
             else:
-                vs_text = f"vs {e['reference']}: {100 * vs['mean']:+.2f} {_ci_text(vs['ci95'])} {vs['verdict']}"
+                vs_text = "vs " + _difference_text(e["reference"], e["vs_reference"])
             if e.get("vs_uniform"):
-                vu = e["vs_uniform"]
-                vs_text += f"; vs {e['uniform']}: {100 * vu['mean']:+.2f} {_ci_text(vu['ci95'])} {vu['verdict']}"
+                vs_text += "; vs " + _difference_text(e["uniform"], e["vs_uniform"])
             params = e["trainable_params"]
             churn = "-" if e.get("mean_swapped") is None else f"{100 * e['mean_swapped']:.0f}% / {e['ever_enabled']:.0f}"
             out.append(f"| {e['row']} | {e['label']} | {f'{params:,}' if isinstance(params, int) else '-'} "

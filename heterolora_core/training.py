@@ -388,7 +388,7 @@ def _record_reallocation(record, adapters, reallocation) -> None:
     record.update_summary(trainable_params=int(adapters.num_trainable()))
 
 
-def _parameter_counts(model, adapters, config: RunConfig) -> dict[str, int | None]:
+def _parameter_counts(model, adapters, config: RunConfig) -> dict[str, int]:
     from .adapters import head_parameter_count
 
     head = head_parameter_count(model)
