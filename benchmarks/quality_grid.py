@@ -373,9 +373,18 @@ def train_command(job: Job) -> list[str]:
 PAUSE_FILE = "PAUSE"  # touch <results>/PAUSE to stop a long sitting after the run in progress
 
 
-def execute(jobs: list[Job], dry_run: bool = False, log=print, pause_file: Path | None = None) -> dict[str, int]:
+def execute(jobs: list[Job], dry_run: bool = False, log=print, pause_file: Path | None = None,
+            parallel: int = 1, deadline: float | None = None) -> dict[str, int]:
     """Run every job that is not done; returns counts of what happened (ran, skipped, failed, busy,
-    and paused when ``pause_file`` appeared between two runs)."""
+    and paused when ``pause_file`` appeared, or the ``time.monotonic()`` ``deadline`` passed,
+    before a run could start).
+
+    ``parallel`` runs that many jobs at once, each its own process, started in ``jobs`` order
+    (for a GPU, where one small run leaves most of the device idle; on a CPU keep 1, since runs
+    would share the cores and their wall times would mean nothing)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
     counts = {"ran": 0, "skipped": 0, "failed": 0, "busy": 0}
     env = _child_env()
     todo = [(job, job_state(job)) for job in jobs]
@@ -387,15 +396,31 @@ def execute(jobs: list[Job], dry_run: bool = False, log=print, pause_file: Path 
             log(f"busy     {job.name} (another process is running it)")
     if counts["skipped"]:
         log(f"skip     {counts['skipped']} finished run(s)")
-    for i, (job, state) in enumerate(pending, 1):
-        if pause_file is not None and pause_file.exists():
-            # Lets a sitting end (or a timing benchmark get the machine) between runs, losing none.
-            log(f"pause    {pause_file} exists: stopping before {job.name}; delete it and rerun to go on")
-            counts["paused"] = len(pending) - i + 1
-            break
-        if dry_run:
+    if dry_run:
+        for job, _ in pending:
             log(" ".join(train_command(job)))
-            continue
+        return counts
+    lock = threading.Lock()
+    stop_reason: list[str] = []
+
+    def may_start(job: Job) -> bool:
+        with lock:
+            if not stop_reason:
+                if pause_file is not None and pause_file.exists():
+                    # Lets a sitting end (or a timing benchmark get the machine) between runs, losing none.
+                    stop_reason.append(f"{pause_file} exists: stopping before {job.name}; delete it and rerun to go on")
+                elif deadline is not None and time.monotonic() >= deadline:
+                    stop_reason.append(f"deadline passed: stopping before {job.name}; rerun to go on")
+                if stop_reason:
+                    log(f"pause    {stop_reason[0]}")
+            if stop_reason:
+                counts["paused"] = counts.get("paused", 0) + 1
+                return False
+            return True
+
+    def run_one(i: int, job: Job, state: str) -> None:
+        if not may_start(job):
+            return
         if state == "rerun":
             previous = RunRecord(job.path).summary()
             log(f"rerun    {job.name} (was {previous.get('status')}: {previous.get('error', '')})")
@@ -404,17 +429,28 @@ def execute(jobs: list[Job], dry_run: bool = False, log=print, pause_file: Path 
         code, seconds, peak = run_measured(train_command(job), job.path / "grid.log", env)
         record = RunRecord(job.path)
         if record.exists():
-            record.update_summary(process_seconds=round(seconds, 2),
+            record.update_summary(process_seconds=round(seconds, 2), parallel_runs=parallel,
                                   peak_rss_mb=round(peak, 1) if peak is not None else None)
         summary = record.summary()
-        if code == 0 and summary.get("status") == "done":
-            counts["ran"] += 1
-            log(f"         done in {seconds:.0f} s: final {summary.get('final_score')}  best {summary.get('best_score')}  "
-                f"trainable {summary.get('trainable_params')}  peak RSS {peak or float('nan'):.0f} MiB")
-        else:
-            counts["failed"] += 1
-            tail = (job.path / "grid.log").read_text(errors="replace").strip().splitlines()[-1:] if (job.path / "grid.log").exists() else []
-            log(f"         FAILED (exit {code}): {summary.get('error') or (tail[0] if tail else '')}")
+        with lock:
+            if code == 0 and summary.get("status") == "done":
+                counts["ran"] += 1
+                log(f"         done in {seconds:.0f} s ({job.name}): final {summary.get('final_score')}  "
+                    f"best {summary.get('best_score')}  trainable {summary.get('trainable_params')}  "
+                    f"peak RSS {peak or float('nan'):.0f} MiB")
+            else:
+                counts["failed"] += 1
+                tail = (job.path / "grid.log").read_text(errors="replace").strip().splitlines()[-1:] \
+                    if (job.path / "grid.log").exists() else []
+                log(f"         FAILED (exit {code}) {job.name}: {summary.get('error') or (tail[0] if tail else '')}")
+
+    if parallel <= 1:
+        for i, (job, state) in enumerate(pending, 1):
+            run_one(i, job, state)
+    else:
+        with ThreadPoolExecutor(max_workers=parallel) as pool:  # submitted in order, started in order
+            for future in [pool.submit(run_one, i, job, state) for i, (job, state) in enumerate(pending, 1)]:
+                future.result()
     return counts
 
 
@@ -480,6 +516,8 @@ def collect(jobs: list[Job]) -> list[dict[str, Any]]:
             "adalora_initial_params": summary.get("adalora_initial_params"),
             "wall_seconds": summary.get("wall_seconds"), "search_seconds": summary.get("search_seconds"),
             "process_seconds": summary.get("process_seconds"), "peak_rss_mb": summary.get("peak_rss_mb"),
+            "peak_gpu_mb": summary.get("peak_gpu_mb"), "device": summary.get("device"),
+            "parallel_runs": summary.get("parallel_runs"),
             "steps": summary.get("step"), "error": summary.get("error"), "churn": churn,
         })
     return out
@@ -517,6 +555,7 @@ def aggregate(runs: list[dict[str, Any]], model: str = EMBEDDED) -> list[dict[st
                 "wall_seconds": _mean([r["wall_seconds"] for r in mine]),
                 "search_seconds": _mean([r["search_seconds"] for r in mine]),
                 "peak_rss_mb": _mean([r["peak_rss_mb"] for r in mine]),
+                "peak_gpu_mb": _mean([r.get("peak_gpu_mb") for r in mine]),
                 "mean_swapped": _mean([r["churn"]["mean_swapped"] for r in mine if r.get("churn")]),
                 "ever_enabled": _mean([r["churn"]["ever_enabled"] for r in mine if r.get("churn")]),
                 "on_over_off": _mean([r["churn"]["on_over_off"] for r in mine if r.get("churn")]),
@@ -598,14 +637,16 @@ def format_markdown(table: list[dict[str, Any]], runs: list[dict[str, Any]]) -> 
     "set swapped / ever on": a dynamic row's mean share of its enabled set switched off per
     reallocation, and how many modules were ever on (:func:`heterolora_core.analysis.set_churn`);
     "drift on/off": the median score change of modules that were trained since the last
-    reallocation over that of the resting ones (:func:`heterolora_core.analysis.score_drift`)."""
+    reallocation over that of the resting ones (:func:`heterolora_core.analysis.score_drift`);
+    "RSS MiB" / "GPU MiB": the runs' mean peak resident memory (``os.wait4``) and peak GPU memory
+    allocated (``torch.cuda.max_memory_allocated``; "-" on a CPU)."""
     out = []
     for task in dict.fromkeys(e["task"] for e in table):
         metric = next((e["metric"] for e in table if e["task"] == task and e["metric"]), "score")
         out += [f"#### {task.upper()} ({metric}, %)", "",
                 "| row | configuration | trainable | seeds | final mean ± std | 95% CI | best epoch | Δ vs ref (95% CI) "
-                "| wall s | search s | set swapped / ever on | drift on/off |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                "| wall s | search s | set swapped / ever on | drift on/off | RSS MiB | GPU MiB |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for e in (e for e in table if e["task"] == task):
             if e["vs_reference"] is None:
                 vs_text = "(reference)" if e["reference"] is None else "-"
@@ -618,7 +659,8 @@ def format_markdown(table: list[dict[str, Any]], runs: list[dict[str, Any]]) -> 
             out.append(f"| {e['row']} | {e['label']} | {f'{params:,}' if isinstance(params, int) else '-'} "
                        f"| {','.join(map(str, e['seeds'])) or '-'} | {_final_text(e['final'])} | {_ci_text(e['final']['ci95']) or '-'} "
                        f"| {_pct(e['best']['mean'])} | {vs_text} | {_seconds(e['wall_seconds'])} "
-                       f"| {_seconds(e['search_seconds'], 2)} | {churn} | {_seconds(e.get('on_over_off'), 2)} |")
+                       f"| {_seconds(e['search_seconds'], 2)} | {churn} | {_seconds(e.get('on_over_off'), 2)} "
+                       f"| {_seconds(e['peak_rss_mb'])} | {_seconds(e.get('peak_gpu_mb'))} |")
         out.append("")
     out += ["#### Every run", "", "| task | row | seed | final | best | steps | wall s | search s | set swapped / ever on | drift on/off |",
             "|---|---|---|---|---|---|---|---|---|---|"]
@@ -688,6 +730,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-only", action="store_true", help="no training: the table from the records there are")
     p.add_argument("--markdown", help="also write the grid's tables as Markdown to this file (for docs/results.md)")
     p.add_argument("--dry-run", action="store_true", help="print the commands of the runs still to do")
+    p.add_argument("--parallel", type=int, default=1,
+                   help="runs at once (default 1; more only on a GPU: CPU runs would share the cores)")
+    p.add_argument("--deadline-minutes", type=float,
+                   help="start no run after this many minutes (what is left runs on the next invocation)")
     return p
 
 
@@ -710,6 +756,8 @@ def main(argv: list[str] | None = None) -> int:
     json_path = Path(args.json) if args.json else results / "quality_grid.json"
     print(f"results: {results}", flush=True)
     log = lambda message: print(message, flush=True)  # noqa: E731
+    run_options = dict(parallel=max(1, args.parallel),
+                       deadline=time.monotonic() + 60 * args.deadline_minutes if args.deadline_minutes else None)
 
     output: dict[str, Any] = {"generated_at": time.strftime("%Y-%m-%d %H:%M:%S"), "results": str(results),
                               "settings": settings.to_dict(), "smoke": smoke}
@@ -717,7 +765,7 @@ def main(argv: list[str] | None = None) -> int:
         lrs = [float(x) for x in args.lr_sweep.split(",") if x.strip()]
         jobs = plan_lr_sweep(lrs, tasks, settings, results)
         if not args.report_only:
-            output["counts"] = execute(jobs, args.dry_run, log, results / PAUSE_FILE)
+            output["counts"] = execute(jobs, args.dry_run, log, results / PAUSE_FILE, **run_options)
         runs = collect(jobs)
         print("\n" + lr_sweep_table(runs))
         output.update(kind="lr-sweep", lrs=lrs, runs=runs)
@@ -732,7 +780,7 @@ def main(argv: list[str] | None = None) -> int:
             memory_jobs = plan_memory(tasks[0], rounds, settings, results,
                                       None if smoke else args.memory_steps)
         if not args.report_only:
-            output["counts"] = execute(jobs + memory_jobs, args.dry_run, log, results / PAUSE_FILE)
+            output["counts"] = execute(jobs + memory_jobs, args.dry_run, log, results / PAUSE_FILE, **run_options)
         runs = collect(jobs)
         table = aggregate(runs, settings.model)
         print("\n" + format_table(table))

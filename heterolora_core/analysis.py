@@ -259,6 +259,21 @@ def enabled_set(reallocations: Sequence[Mapping[str, Any]], which: str = "final"
     raise ValueError(f"unknown enabled-set rule {which!r}; expected 'final' or 'majority'")
 
 
+def slot_shares(reallocations: Sequence[Mapping[str, Any]]) -> dict[str, dict[Any, float]]:
+    """Where a run's enabled slots went: ``{"layer": {layer: share}, "family": {family: share}}``.
+
+    A module's weight is its enable frequency (reallocations it was on in / all reallocations);
+    share = Σ weight over the group / Σ weight over every module, so each mapping sums to 1
+    (empty mappings when nothing was ever enabled).
+    """
+    freq = enable_frequency(reallocations)
+    total = float(freq["frequency"].sum()) if len(freq) else 0.0
+    if not total or np.isnan(total):
+        return {"layer": {}, "family": {}}
+    return {key: {k: float(v) / total for k, v in freq.groupby(key)["frequency"].sum().items()}
+            for key in ("layer", "family")}
+
+
 def set_churn(reallocations: Sequence[Mapping[str, Any]]) -> dict[str, float | int]:
     """How much a dynamic search moves its enabled set.
 

@@ -356,7 +356,9 @@ def _train(config: RunConfig, record: RunRecord, main: bool, progress: bool) -> 
         counts = _parameter_counts(model, adapters, config)
         _save_adapters(record, model, adapters)
         wall = time.time() - started
-        summary = record.update_summary(
+        # peak of tensors this process allocated on the GPU (the allocator's view; RSS is the CPU's)
+        peak_gpu = round(torch.cuda.max_memory_allocated() / 2**20, 1) if device.startswith("cuda") else None
+        summary = record.update_summary(device=device, peak_gpu_mb=peak_gpu,
             status="done", progress=1.0, step=trainer.state.global_step, eta_seconds=0.0, pid=None,
             best_score=callback.best_score, final_score=callback.final_score,
             num_reallocations=len(reallocator.history) if reallocator else

@@ -36,6 +36,14 @@ def test_enable_frequency_counts_each_reallocation():
     assert list(freq.columns) == ["layer", "family", "kind", "n_enabled", "n_reallocations", "frequency"]
 
 
+def test_slot_shares_weight_modules_by_their_enable_frequency():
+    # on-frequencies: layer.0.lora.v 0.5, layer.1.lora.v 1.0, layer.1.lora.q 0.5, layer.0.shortcut.res_attn 0.5
+    shares = A.slot_shares(REALLOCS)
+    assert shares["layer"] == pytest.approx({0: 1.0 / 2.5, 1: 1.5 / 2.5})
+    assert shares["family"] == pytest.approx({"lora": 2.0 / 2.5, "shortcut": 0.5 / 2.5})
+    assert A.slot_shares([]) == {"layer": {}, "family": {}}
+
+
 def test_enable_frequency_without_reallocations_is_empty():
     assert A.enable_frequency([]).empty
 
