@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Mapping
 
+import torch
 from torch import nn
 
 from .adapters import LORA, SHORTCUT, AdapterSet
@@ -144,7 +145,15 @@ class Reallocator:
         with self.adapters.collecting(self.collector):
             yield
 
+    def _synchronize(self) -> None:
+        """On a GPU, wait for queued kernels, so ``search_seconds`` times the search alone (not the
+        training step still running when the search first reads a score)."""
+        param = next(self.model.parameters(), None)
+        if param is not None and param.is_cuda:
+            torch.cuda.synchronize(param.device)
+
     def reallocate(self, step: int, batches: list[Batch] | None = None) -> Reallocation:
+        self._synchronize()
         start = time.perf_counter()
         if self.scores_from_training and len(self.collector) > 0:
             scores = scores_from_gradients(self.proxy, self.adapters, self.collector, self.seed)
@@ -158,6 +167,7 @@ class Reallocator:
         enabled = select(scores, self.groups, self.allocation, self.ranking, self.score_norm, self.costs,
                          seed=self.seed * 1_000_003 + int(step))
         self.adapters.set_enabled(enabled)
+        self._synchronize()
         seconds = time.perf_counter() - start
         self.search_seconds += seconds
         record = Reallocation(int(step), {n: float(s) for n, s in scores.items()}, enabled, seconds)
