@@ -137,6 +137,7 @@ ROWS: tuple[RowSpec, ...] = (
 )
 ROW_BY_ID = {row.id: row for row in ROWS}
 UNIFORM_OF_BUDGET = {"A": "1", "B": "4"}  # plain LoRA at each budget
+CONTROL_OF_BUDGET = {"B": "8"}  # the same search with the constant proxy: a random selection
 
 # "rows 4, 6, 8, 9 on MRPC; the same on RTE; rows 1 and 3; the rest" (None: every task)
 RUN_ORDER: tuple[tuple[tuple[str, ...], tuple[str, ...] | None], ...] = (
@@ -572,6 +573,13 @@ def aggregate(runs: list[dict[str, Any]], model: str = EMBEDDED) -> list[dict[st
             entry["vs_uniform"] = None
             if entry["uniform"] and (uniform, task) in finals and (row.id, task) in finals:
                 entry["vs_uniform"] = paired_difference(finals[(row.id, task)], finals[(uniform, task)])
+            # searched rows also against the random control: is the proxy better than chance?
+            control = CONTROL_OF_BUDGET.get(row.budget)
+            searched = row.overrides.get("mode") in ("static", "dynamic")
+            entry["control"] = control if searched and control not in (row.id, row.reference, entry["uniform"]) else None
+            entry["vs_control"] = None
+            if entry["control"] and (control, task) in finals and (row.id, task) in finals:
+                entry["vs_control"] = paired_difference(finals[(row.id, task)], finals[(control, task)])
             table.append(entry)
     return table
 
@@ -654,6 +662,8 @@ def format_markdown(table: list[dict[str, Any]], runs: list[dict[str, Any]]) -> 
                 vs_text = "vs " + _difference_text(e["reference"], e["vs_reference"])
             if e.get("vs_uniform"):
                 vs_text += "; vs " + _difference_text(e["uniform"], e["vs_uniform"])
+            if e.get("vs_control"):
+                vs_text += "; vs " + _difference_text(e["control"], e["vs_control"])
             params = e["trainable_params"]
             churn = "-" if e.get("mean_swapped") is None else f"{100 * e['mean_swapped']:.0f}% / {e['ever_enabled']:.0f}"
             out.append(f"| {e['row']} | {e['label']} | {f'{params:,}' if isinstance(params, int) else '-'} "

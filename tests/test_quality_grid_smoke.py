@@ -129,6 +129,11 @@ def test_aggregate_reports_intervals_and_noise():
     assert (remedy["uniform"], remedy["vs_uniform"]["mean"]) == ("4", pytest.approx(0.02 / 3))  # +0.04, -0.02, 0
     assert table["6"]["vs_uniform"] is None and table["4"]["vs_uniform"] is None
     assert "; vs 4: +0.67 [" in qg.format_markdown(qg.aggregate(runs + _runs("6.epoch", [0.84, 0.80, 0.81])), runs)
+    # searched rows of budget B are also compared with the random control (row 8); row 8 and plain rows are not
+    assert (table["6"]["control"], table["6"]["vs_control"]["mean"]) == ("8", pytest.approx(0.02))  # +.11, -.07, +.02
+    assert remedy["vs_control"]["mean"] == pytest.approx(0.05 / 3)  # +.14, -.10, +.01
+    assert table["8"]["vs_control"] is None and table["4"]["vs_control"] is None
+    assert "; vs 8: +2.00 [" in markdown
     single = qg.aggregate(_runs("4", [0.8]) + _runs("6", [0.9]))
     assert single[1]["vs_reference"]["verdict"] == "n/a (1 seed)" and single[1]["final"]["ci95"] is None
 
