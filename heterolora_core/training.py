@@ -268,6 +268,8 @@ def _train(config: RunConfig, record: RunRecord, main: bool, progress: bool) -> 
     from .search import Reallocator
 
     hf_logging.set_verbosity_error()
+    if not (progress and main):  # --no-progress: no bar at all, also not transformers' weight loading
+        hf_logging.disable_progress_bar()
     started = time.time()
     device = resolve_device(config.device)
     if config.bf16 and not (device.startswith("cuda") and torch.cuda.is_bf16_supported()):

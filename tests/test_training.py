@@ -168,6 +168,7 @@ def contract_run(tmp_path_factory):
 def test_cli_run_record_contract(contract_run):
     out, result = contract_run
     assert result.stdout.strip().splitlines()[-1].startswith(f"done: {out}")
+    assert "it/s]" not in result.stderr and "Loading weights" not in result.stderr  # --no-progress: no bar at all
     record = RunRecord(out)
 
     config = json.loads((out / "config.json").read_text())
