@@ -42,7 +42,7 @@ def row_shares(results: Path, task: str, row_id: str, seeds: list[int]) -> dict[
         "row": row_id, "label": row.label, "seeds": len(per_seed),
         "layer": {k: statistics.fmean(s["layer"].get(k, 0.0) for s in per_seed) for k in layers},
         "lora": statistics.fmean(s["family"].get("lora", 0.0) for s in per_seed),
-        "final": statistics.fmean(f for f in finals if f is not None) if any(f is not None for f in finals) else None,
+        "final": qg._mean(finals),
     }
 
 

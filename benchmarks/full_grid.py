@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
 import tempfile
@@ -144,12 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"results: {results}", flush=True)
     log = lambda message: print(message, flush=True)  # noqa: E731
     deadline = time.monotonic() + 60 * args.deadline_minutes if args.deadline_minutes else None
+    execute = functools.partial(qg.execute, log=log, pause_file=results / qg.PAUSE_FILE,
+                                parallel=args.parallel, deadline=deadline)  # one deadline for every step
     counts: dict[str, dict[str, int]] = {}
 
     sweep_jobs = qg.plan_lr_sweep(lrs, tasks, settings, results)
     if not args.report_only:
-        counts["lr-sweep"] = qg.execute(sweep_jobs, log=log, pause_file=results / qg.PAUSE_FILE,
-                                        parallel=args.parallel, deadline=deadline)
+        counts["lr-sweep"] = execute(sweep_jobs)
     sweep_runs = qg.collect(sweep_jobs)
     print("\n" + qg.lr_sweep_table(sweep_runs), flush=True)
     choice = choose_lrs(sweep_runs)
@@ -158,8 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     groups = grid_groups(choice, rows, diagnostics=not args.smoke)
     jobs = plan_grid(groups, seeds, settings, results)
     if not args.report_only:
-        counts["grid"] = qg.execute(jobs, log=log, pause_file=results / qg.PAUSE_FILE,
-                                    parallel=args.parallel, deadline=deadline)
+        counts["grid"] = execute(jobs)
     tables, markdown = report(groups, seeds, settings, results)
     output = {"generated_at": time.strftime("%Y-%m-%d %H:%M:%S"), "results": str(results),
               "settings": settings.to_dict(), "smoke": args.smoke, "lrs": lrs, "parallel": args.parallel,
