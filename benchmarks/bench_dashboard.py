@@ -14,7 +14,7 @@ has drawn its traces. Three measurements, each repeated ``--repeats`` times, med
 
 Targets (the dashboard issue): sidebar click within 2 s, cold first load within 6 s.
 
-Short run (``--short-run``): the Launch page's default run (``heterolora_core.store.SHORT_RUN``)
+Short run (``--short-run``): the Launch page's default run (``dashboard.components.forms.SHORT_RUN``)
 through the engine's CLI, ``--short-runs`` times (default 3), median wall time; target 2 minutes.
 
     python benchmarks/bench_dashboard.py [--repeats 5] [--short-run] [--out data/results/bench_dashboard.json]
@@ -33,12 +33,10 @@ import time
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT_ROOT))
-
-from dashboard.synthetic import write_synthetic_run  # noqa: E402
-from dashboard.testing import JS_HEATMAPS, JS_PLOTS_DRAWN, StreamlitServer, launch_chromium  # noqa: E402
-from heterolora_core.runs import RunRecord  # noqa: E402
-from heterolora_core.store import SHORT_RUN, launch_config  # noqa: E402
+from heterolora_testing.synthetic import write_synthetic_run
+from heterolora_testing.server import JS_HEATMAPS, JS_PLOTS_DRAWN, StreamlitServer, launch_chromium
+from heterolora_core.records.record import RunRecord
+from dashboard.components.forms import SHORT_RUN, launch_config
 
 ALLOCATION_PLOTS = 3  # enable-frequency heatmaps, timeline, score distribution
 PAPER_LAYERS, PAPER_REALLOCATIONS = 24, 100
@@ -136,12 +134,12 @@ def bench_short_run(runs: int) -> dict:
                                    "--out", str(out), "--no-progress"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
             wall = time.perf_counter() - started
             summary = record.raw_summary()
-            if proc.returncode != 0 or summary.get("status") != "done":
-                raise SystemExit(f"short run failed (code {proc.returncode}): {summary.get('error')}\n{proc.stderr[-2000:]}")
+            if proc.returncode != 0 or summary.status != "done":
+                raise SystemExit(f"short run failed (code {proc.returncode}): {summary.error}\n{proc.stderr[-2000:]}")
             walls.append(wall)
-            summaries.append({k: summary.get(k) for k in ("wall_seconds", "search_seconds", "num_reallocations", "best_score", "step")})
-            print(f"short run {i + 1}/{runs}: {wall:.1f} s end to end, {summary.get('num_reallocations')} reallocations, "
-                  f"best {summary.get('metric')} {summary.get('best_score')}", flush=True)
+            summaries.append({k: getattr(summary, k) for k in ("wall_seconds", "search_seconds", "num_reallocations", "best_score", "step")})
+            print(f"short run {i + 1}/{runs}: {wall:.1f} s end to end, {summary.num_reallocations} reallocations, "
+                  f"best {summary.metric} {summary.best_score}", flush=True)
     return {"median_s": round(statistics.median(walls), 2), "runs_s": [round(w, 2) for w in walls], "summaries": summaries,
             "config": {k: config[k] for k in SHORT_RUN}}
 

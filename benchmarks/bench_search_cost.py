@@ -17,9 +17,6 @@ times. Reports wall time (process start to end of the run record) and the traini
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import statistics
 import subprocess
 import sys
@@ -27,10 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from heterolora_core.runs import RunRecord  # noqa: E402
+from benchmarks import common
+from heterolora_core.records.home import PROJECT_ROOT as ROOT
+from heterolora_core.records.record import RunRecord
 
 CONFIGS = {
     "uniform": ["--mode", "lora", "--rank", "24", "--no-shortcuts"],
@@ -48,20 +44,18 @@ def run_once(name: str, args, out_dir: Path) -> dict:
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
     summary = RunRecord(out_dir).summary()
-    return {"process_seconds": wall, "train_seconds": summary["train_seconds"], "wall_seconds": summary["wall_seconds"],
-            "search_seconds": summary["search_seconds"], "final_score": summary["final_score"],
-            "trainable_params": summary["trainable_params"], "num_reallocations": summary["num_reallocations"]}
+    return {"process_seconds": wall, "train_seconds": summary.train_seconds, "wall_seconds": summary.wall_seconds,
+            "search_seconds": summary.search_seconds, "final_score": summary.final_score,
+            "trainable_params": summary.trainable_params, "num_reallocations": summary.num_reallocations}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__, "search_cost.json")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-steps", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--configs", default="uniform,dynamic,authors")
-    parser.add_argument("--out", default="benchmarks/results/search_cost.json")
     args = parser.parse_args()
-    os.environ.setdefault("GLUE_DIR", str(ROOT.parent / "shared" / "glue"))
     names = args.configs.split(",")
     runs: dict[str, list[dict]] = {n: [] for n in names}
     with tempfile.TemporaryDirectory() as tmp:
@@ -96,10 +90,7 @@ def main() -> None:
               f"{row['median_train_seconds']:>9.1f} {row['median_search_seconds']:>9.2f} "
               f"{row.get('process_ratio_vs_uniform', 1.0):>10.3f} {row.get('train_ratio_vs_uniform', 1.0):>8.3f}  "
               f"{', '.join(f'{s:.4f}' for s in row['dev_accuracy'])}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"max_steps": args.max_steps, "rounds": args.rounds, "runs": runs, "table": table}, indent=2))
-    print(f"wrote {out}")
+    common.write_json(args.out, {"max_steps": args.max_steps, "rounds": args.rounds, "runs": runs, "table": table})
 
 
 if __name__ == "__main__":

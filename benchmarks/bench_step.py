@@ -16,22 +16,17 @@ time(ours) / time(reference). Prints a table and writes JSON.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
+from benchmarks import common
 
-from heterolora_core import HeteroLoraConfig, attach  # noqa: E402
-from heterolora_core.adapters import head_module  # noqa: E402
-from heterolora_core.data import load_task, make_collator, tokenize_examples  # noqa: E402
-from heterolora_core.models import load_classifier, load_tokenizer  # noqa: E402
+from heterolora_core import HeteroLoraConfig, attach
+from heterolora_core.adapters.modules import head_module
+from heterolora_core.training.data import load_task, make_collator, tokenize_examples
+from heterolora_core.training.models import load_classifier, load_tokenizer
 
 
 def real_batch(batch_size: int, max_length: int) -> dict:
@@ -99,13 +94,11 @@ def time_pairs(step_a, step_b, batch, pairs: int, warmup: int = 3) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__, "step.json")
     parser.add_argument("--pairs", type=int, default=15)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--out", default="benchmarks/results/step.json")
     args = parser.parse_args()
-    os.environ.setdefault("GLUE_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "glue"))
     batch = real_batch(args.batch_size, args.max_length)
     results = {"torch_threads": torch.get_num_threads(), "batch_size": args.batch_size,
                "tokens": int(batch["attention_mask"].numel())}
@@ -116,10 +109,7 @@ def main() -> None:
         r = results[name]
         print(f"{name:<20} {1e3 * r['median_a_s']:>12.1f} {1e3 * r['median_b_s']:>12.1f} "
               f"{r['median_pair_ratio']:>11.3f} {r['ratio_of_medians']:>15.3f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {out}")
+    common.write_json(args.out, results)
 
 
 if __name__ == "__main__":

@@ -1,29 +1,24 @@
-"""HeteroLoRA Studio, the dashboard: ``streamlit run dashboard/app.py``.
+"""HeteroLoRA Studio, the dashboard: ``streamlit run dashboard/app.py`` (or ``python -m dashboard``).
 
-The pages (``dashboard/views/``) lay out what :mod:`heterolora_core.analysis` computes from the run
-records that :mod:`heterolora_core.store` indexes; training happens in the queue worker
-(:mod:`heterolora_core.worker`), which this script starts when none is alive, never in here.
+The pages (``dashboard/views/``: a folder named ``pages/`` would make Streamlit run a page file
+on its own, as a legacy multipage app, skipping this script) lay out what
+:mod:`heterolora_core.analysis` computes from the run records that :mod:`heterolora_core.records.store` indexes; training happens in the queue worker
+(:mod:`heterolora_core.records.worker`), which this script starts when none is alive, never in here.
 """
-import sys
-from pathlib import Path
+import streamlit as st
 
-# `streamlit run dashboard/app.py` puts dashboard/ on sys.path, not the project root.
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-if str(PROJECT_ROOT) not in sys.path:
-    sys.path.insert(0, str(PROJECT_ROOT))
-
-import streamlit as st  # noqa: E402
-
-from dashboard import browser_hints  # noqa: E402
+from dashboard import guard
+from dashboard.components import browser_hints
 
 st.set_page_config(page_title="HeteroLoRA Studio", page_icon=":material/tune:", layout="wide")
+guard.refuse_public_default()  # the app launches training processes: local unless asked otherwise
 # before the heavy imports below, so the browser loads the chart renderer while they run
 browser_hints.preload_plotly(st.sidebar)
 
-from dashboard import loaders  # noqa: E402
-from heterolora_core.runs import data_home  # noqa: E402
+from dashboard import data  # noqa: E402
+from heterolora_core.records.home import data_home  # noqa: E402
 
-worker_pid = loaders.start_worker()
+worker_pid = data.start_worker()
 
 PAGES = [
     st.Page("views/launch.py", title="Launch", icon=":material/rocket_launch:", default=True),

@@ -1,6 +1,19 @@
 """HeteroLoRA Studio engine: where LoRA's trainable parameters should go in a Transformer.
 
-Public API (imported lazily so that light modules such as ``heterolora_core.runs`` load
+The layout, one home per concept::
+
+    vocab.py      the names of the search space and its settings (groups, kinds, proxies, ...)
+    adapters/     the search space: config, modules, where they attach per model family, checkpoints
+    search/       budgets, selection, zero-cost proxies, the reallocator
+    methods/      uniform LoRA, static / dynamic HeteroLoRA, AdaLoRA: one file each, a registry
+    training/     RunConfig and its validation, data, models, metrics, the Trainer loop
+    records/      run folders, the run store and queue, the worker
+    analysis/     pure pandas functions over records: allocation, comparison, statistics
+    planning.py   the one check before a launch, the exact budget, scores without training
+    cli.py        ``python -m heterolora_core``
+    inference.py  a finished run's model, and predictions
+
+Public API (imported lazily, so that light modules such as ``heterolora_core.records`` load
 without torch)::
 
     from heterolora_core import HeteroLoraConfig, attach
@@ -11,25 +24,32 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _EXPORTS = {
-    "HeteroLoraConfig": "config",
-    "LORA_TARGETS": "config",
-    "SHORTCUT_KINDS": "config",
-    "attach": "architectures",
-    "UnsupportedModelError": "architectures",
-    "SUPPORTED_FAMILIES": "architectures",
-    "AdapterSet": "adapters",
-    "AdapterModule": "adapters",
-    "Budget": "budget",
-    "plan_budget": "budget",
-    "select": "search",
-    "Reallocator": "search",
-    "compute_scores": "proxies",
-    "PROXIES": "proxies",
-    "RunConfig": "runs",
-    "RunRecord": "runs",
+    "HeteroLoraConfig": "adapters.config",
+    "attach": "adapters.families",
+    "UnsupportedModelError": "adapters.families",
+    "SUPPORTED_FAMILIES": "adapters.families",
+    "AdapterSet": "adapters.modules",
+    "AdapterModule": "adapters.modules",
+    "export_peft": "adapters.checkpoint",
+    "Budget": "search.budget",
+    "resolve": "search.budget",
+    "select": "search.selection",
+    "Reallocator": "search.reallocator",
+    "compute_scores": "search.proxies",
+    "plan_budget": "planning",
+    "check_run": "planning",
+    "RunConfig": "training.run_config",
+    "run_training": "training.trainer",
+    "RunRecord": "records.record",
+    "RunSummary": "records.record",
+    "RunStore": "records.store",
+    "Proxy": "vocab",
+    "Ranking": "vocab",
+    "LORA_TARGETS": "vocab",
+    "SHORTCUT_KINDS": "vocab",
 }
 
 __all__ = sorted(_EXPORTS)

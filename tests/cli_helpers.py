@@ -27,14 +27,14 @@ needs_glue = pytest.mark.skipif(GLUE is None, reason="no GLUE_DIR and no ../shar
 
 
 def cli_env(home: Path | None = None, **extra: str) -> dict[str, str]:
-    """The environment of a CLI subprocess: GLUE_DIR, a private HETEROLORA_HOME, the repository
-    on PYTHONPATH, the hub offline (no test may reach the network)."""
+    """The environment of a CLI subprocess: GLUE_DIR, a private HETEROLORA_HOME, the hub offline
+    (no test may reach the network). The packages are installed (``pip install -e .``), so the
+    subprocess imports them without any path set here."""
     env = dict(os.environ)
     if GLUE is not None:
         env["GLUE_DIR"] = str(GLUE)
     if home is not None:
         env["HETEROLORA_HOME"] = str(home)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.update(extra)
@@ -53,7 +53,7 @@ def save_tiny_bert(folder: Path, layers: int = 2, hidden: int = 32, seed: int = 
     import torch
     import transformers as tf
 
-    from heterolora_core.models import embedded_model_path
+    from heterolora_core.training.models import embedded_model_path
 
     torch.manual_seed(seed)
     config = tf.BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,

@@ -3,7 +3,7 @@
     python -m torch.distributed.run --nproc_per_node 2 tests/ddp_probe.py PROBE_DIR CONFIG_JSON RUN_DIR [CONFIG_JSON RUN_DIR ...]
 
 For each (CONFIG_JSON, RUN_DIR) pair in turn (several runs share one launch, which is the slow
-part), each rank calls :func:`heterolora_core.training.run_training` with the RunConfig in
+part), each rank calls :func:`heterolora_core.training.trainer.run_training` with the RunConfig in
 CONFIG_JSON and RUN_DIR as ``--out``, exactly as ``python -m heterolora_core train`` does, and then
 writes ``PROBE_DIR/run<i>-rank<r>.pt`` with:
 
@@ -15,9 +15,10 @@ writes ``PROBE_DIR/run<i>-rank<r>.pt`` with:
 * ``world_size`` and the distributed backend.
 
 Nothing in the engine is changed: the probe substitutes a thin subclass of ``Reallocator`` that
-remembers its instance (``training._train`` imports it at call time), wraps
-``training._RunCallback`` to reach the Trainer, and wraps ``training._mean_across_ranks`` to see
-the scores before and after the all-reduce.
+remembers its instance (``methods.heterolora`` builds it when the run's method is prepared), a thin
+subclass of ``Trainer`` (``training.trainer._train`` builds it) to reach the Trainer, and wraps
+``training.trainer.mean_across_ranks`` (handed to the method as its score reduction) to see the
+scores before and after the all-reduce.
 """
 from __future__ import annotations
 
@@ -31,26 +32,26 @@ def main(probe_dir: str, pairs: list[str]) -> None:
     import torch
     import torch.distributed as dist
 
-    import heterolora_core.search as search
-    import heterolora_core.training as training
-    from heterolora_core.adapters import head_module
-    from heterolora_core.runs import RunConfig
+    import heterolora_core.methods.heterolora as heterolora
+    import heterolora_core.training.trainer as training
+    from heterolora_core.adapters.modules import head_module
+    from heterolora_core.training.run_config import RunConfig
 
     seen: dict = {}
-    make_callback = training._RunCallback
-    reduce = training._mean_across_ranks
+    reduce = training.mean_across_ranks
 
-    def probe_callback(*args, **kwargs):
-        seen["callback"] = make_callback(*args, **kwargs)  # its ``trainer`` is set right after
-        return seen["callback"]
+    class ProbeTrainer(training.Trainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            seen["trainer"] = self
 
-    class ProbeReallocator(search.Reallocator):
+    class ProbeReallocator(heterolora.Reallocator):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             seen["reallocator"] = self
 
         def reallocate(self, step, batches=None):
-            trainer = seen["callback"].trainer if seen.get("callback") is not None else None
+            trainer = seen.get("trainer")
             wrapped = getattr(trainer, "model_wrapped", None) if trainer is not None else None
             seen["wrapped_types"].append(type(wrapped).__name__)
             return super().reallocate(step, batches)
@@ -59,19 +60,19 @@ def main(probe_dir: str, pairs: list[str]) -> None:
         seen["local_scores"].append(dict(scores))
         return reduce(scores)
 
-    training._RunCallback = probe_callback
-    search.Reallocator = ProbeReallocator
-    training._mean_across_ranks = probe_reduce
+    training.Trainer = ProbeTrainer
+    heterolora.Reallocator = ProbeReallocator
+    training.mean_across_ranks = probe_reduce
 
     for index in range(len(pairs) // 2):
         config_path, run_dir = pairs[2 * index], pairs[2 * index + 1]
         seen.clear()
-        seen.update(callback=None, reallocator=None, local_scores=[], wrapped_types=[])
+        seen.update(trainer=None, reallocator=None, local_scores=[], wrapped_types=[])
         config = RunConfig.from_dict(json.loads(Path(config_path).read_text()))
         training.run_training(config, run_dir, progress=False)
 
         r = seen["reallocator"]
-        model = seen["callback"].trainer.model
+        model = seen["trainer"].model
         rank = dist.get_rank() if dist.is_initialized() else 0
         dump = {
             "rank": rank,
@@ -91,7 +92,6 @@ def main(probe_dir: str, pairs: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if len(sys.argv) < 4 or len(sys.argv) % 2:
         sys.exit("usage: ddp_probe.py PROBE_DIR CONFIG_JSON RUN_DIR [CONFIG_JSON RUN_DIR ...]")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from heterolora_core import HeteroLoraConfig, attach
-from heterolora_core.architectures import UnsupportedModelError
+from heterolora_core.adapters.families import UnsupportedModelError
 from tiny_models import FAMILY_KINDS, random_batches, tiny_model
 
 ALL_TARGETS = ("q", "k", "v", "o", "ffn_in", "ffn_out")

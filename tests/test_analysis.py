@@ -1,13 +1,28 @@
-"""heterolora_core.analysis: pure functions over run records."""
+"""heterolora_core.analysis: pure functions over run records (allocation, compare)."""
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from heterolora_core import analysis as A
+from dashboard.components.formatting import format_mean_std, run_label
+from heterolora_core.analysis import allocation as A
+from heterolora_core.analysis import compare as C
+from heterolora_core.records.record import ReallocationLine, RunSummary
+from heterolora_core.records.store import StoredRun
+from heterolora_core.training.run_config import RunConfig
+from heterolora_core.vocab import Group, ModuleName, module_sort_key
 
-REALLOCS = [
+
+def lines(dicts):
+    """The test's reallocation dicts as the records' :class:`ReallocationLine` list."""
+    out = [ReallocationLine.from_dict(d) for d in dicts]
+    assert all(line is not None for line in out)
+    return out
+
+
+REALLOC_DICTS = [
     {"step": 0, "scores": {"layer.0.lora.q": 1.0, "layer.0.lora.v": 3.0, "layer.1.lora.q": 2.0, "layer.1.lora.v": 4.0,
                            "layer.0.shortcut.res_attn": 0.1, "layer.1.shortcut.cross_ffn": 0.2},
      "enabled": ["layer.0.lora.v", "layer.1.lora.v"]},
@@ -15,14 +30,16 @@ REALLOCS = [
                            "layer.0.shortcut.res_attn": 0.3, "layer.1.shortcut.cross_ffn": 0.1},
      "enabled": ["layer.1.lora.q", "layer.1.lora.v", "layer.0.shortcut.res_attn"]},
 ]
+REALLOCS = lines(REALLOC_DICTS)
 
 
 def test_parse_module_and_sort_order():
-    assert A.parse_module("layer.12.lora.ffn_in") == (12, "lora", "ffn_in")
-    assert A.parse_module("layer.3.shortcut.cross_attn") == (3, "shortcut", "cross_attn")
-    assert A.parse_module("classifier.dense") is None
+    assert ModuleName.parse("layer.12.lora.ffn_in") == ModuleName(12, Group.LORA, "ffn_in")
+    parsed = ModuleName.parse("layer.3.shortcut.cross_attn")
+    assert (parsed.layer, parsed.group, parsed.kind) == (3, "shortcut", "cross_attn")
+    assert ModuleName.parse("classifier.dense") is None
     names = ["layer.1.lora.q", "layer.0.shortcut.res_ffn", "layer.0.lora.v", "layer.0.lora.q", "layer.10.lora.q"]
-    assert sorted(names, key=A.module_sort_key) == [
+    assert sorted(names, key=module_sort_key) == [
         "layer.0.lora.q", "layer.0.lora.v", "layer.0.shortcut.res_ffn", "layer.1.lora.q", "layer.10.lora.q"]
 
 
@@ -33,15 +50,15 @@ def test_enable_frequency_counts_each_reallocation():
     assert freq.loc["layer.0.lora.q", "frequency"] == 0.0
     assert freq.loc["layer.0.shortcut.res_attn", "n_enabled"] == 1
     assert set(freq["n_reallocations"]) == {2}
-    assert list(freq.columns) == ["layer", "family", "kind", "n_enabled", "n_reallocations", "frequency"]
+    assert list(freq.columns) == ["layer", "group", "kind", "n_enabled", "n_reallocations", "frequency"]
 
 
 def test_slot_shares_weight_modules_by_their_enable_frequency():
     # on-frequencies: layer.0.lora.v 0.5, layer.1.lora.v 1.0, layer.1.lora.q 0.5, layer.0.shortcut.res_attn 0.5
     shares = A.slot_shares(REALLOCS)
     assert shares["layer"] == pytest.approx({0: 1.0 / 2.5, 1: 1.5 / 2.5})
-    assert shares["family"] == pytest.approx({"lora": 2.0 / 2.5, "shortcut": 0.5 / 2.5})
-    assert A.slot_shares([]) == {"layer": {}, "family": {}}
+    assert shares["group"] == pytest.approx({"lora": 2.0 / 2.5, "shortcut": 0.5 / 2.5})
+    assert A.slot_shares([]) == {"layer": {}, "group": {}}
 
 
 def test_enable_frequency_without_reallocations_is_empty():
@@ -65,8 +82,8 @@ def test_frequency_grid_has_one_row_per_layer_and_nan_for_missing_candidates():
 
 def test_n_layers_from_names_or_config():
     assert A.n_layers_of(["layer.0.lora.q", "layer.23.shortcut.res_ffn"]) == 24
-    assert A.n_layers_of([], {"n_layers": 6}) == 6
-    assert A.n_layers_of(["layer.2.lora.q"], {"num_hidden_layers": 12}) == 12
+    assert A.n_layers_of([], 6) == 6  # the record's n_layers
+    assert A.n_layers_of(["layer.2.lora.q"], 12) == 12
 
 
 def test_timeline_matrices():
@@ -75,21 +92,21 @@ def test_timeline_matrices():
     assert tl.enabled.shape == (6, 2)
     assert tl.enabled.loc["layer.1.lora.q"].tolist() == [0, 1]
     assert tl.scores.loc["layer.1.lora.q"].tolist() == [2.0, 5.0]
-    assert list(tl.enabled.index) == sorted(tl.enabled.index, key=A.module_sort_key)
+    assert list(tl.enabled.index) == sorted(tl.enabled.index, key=module_sort_key)
 
 
 def test_score_distribution_long_format():
     dist = A.score_distribution(REALLOCS)
     assert len(dist) == 12
-    assert set(dist["family"]) == {"lora", "shortcut"}
+    assert set(dist["group"]) == {"lora", "shortcut"}
     row = dist[(dist["module"] == "layer.1.lora.q") & (dist["reallocation"] == 1)].iloc[0]
     assert row["score"] == 5.0 and bool(row["enabled"]) and row["step"] == 5 and row["kind"] == "q"
     assert A.score_distribution([]).empty
 
 
 def test_set_churn_by_hand():
-    reallocs = [{"enabled": ["a", "b", "c", "d"]}, {"enabled": ["a", "b", "c", "d"]},
-                {"enabled": ["a", "b", "e", "f"]}, {"enabled": ["a", "g", "e", "f"]}]
+    reallocs = lines([{"enabled": ["a", "b", "c", "d"]}, {"enabled": ["a", "b", "c", "d"]},
+                      {"enabled": ["a", "b", "e", "f"]}, {"enabled": ["a", "g", "e", "f"]}])
     churn = A.set_churn(reallocs)
     # pairs: unchanged (0/4), c,d off (2/4), b off (1/4)
     assert churn == {"reallocations": 4, "changes": 2, "mean_swapped": pytest.approx(0.25),
@@ -98,11 +115,11 @@ def test_set_churn_by_hand():
 
 
 def test_score_drift_by_hand():
-    reallocs = [
+    reallocs = lines([
         {"enabled": ["a"], "scores": {"a": 2.0, "b": 1.0, "c": 0.0}},
         {"enabled": ["b"], "scores": {"a": 1.0, "b": 3.0, "c": 5.0}},  # a (on) 1/2; b (off) 3; c skipped (was 0)
         {"enabled": ["b"], "scores": {"a": 4.0, "b": 1.5, "c": 10.0}},  # b (on) 1/2; a (off) 4; c (off) 2
-    ]
+    ])
     drift = A.score_drift(reallocs)
     assert drift["pairs_on"] == 2 and drift["pairs_off"] == 3
     assert drift["on_median"] == pytest.approx(0.5)
@@ -118,9 +135,9 @@ def test_enabled_sets_and_jaccard():
     assert A.enabled_set([]) == frozenset()
     with pytest.raises(ValueError):
         A.enabled_set(REALLOCS, "best")
-    assert A.jaccard({"a", "b"}, {"b", "c"}) == pytest.approx(1 / 3)
-    assert math.isnan(A.jaccard(set(), set()))
-    matrix = A.jaccard_matrix({"x": {"a", "b"}, "y": {"b", "c"}, "z": {"a", "b"}})
+    assert C.jaccard({"a", "b"}, {"b", "c"}) == pytest.approx(1 / 3)
+    assert math.isnan(C.jaccard(set(), set()))
+    matrix = C.jaccard_matrix({"x": {"a", "b"}, "y": {"b", "c"}, "z": {"a", "b"}})
     assert matrix.loc["x", "z"] == 1.0 and matrix.loc["x", "y"] == pytest.approx(1 / 3)
     assert (np.diag(matrix) == 1).all() and (matrix == matrix.T).all().all()
 
@@ -134,7 +151,7 @@ def test_spearman_matrix_matches_scipy():
     b = pd.Series(a.to_numpy() + rng.normal(scale=0.5, size=20), index=modules)
     b.iloc[3] = b.iloc[4]  # a tie
     c = pd.Series(1.0, index=modules)  # a constant proxy: no ranking at all
-    matrix = A.spearman_matrix({"a": a, "b": b, "c": c, "short": a.iloc[:2]})
+    matrix = C.spearman_matrix({"a": a, "b": b, "c": c, "short": a.iloc[:2]})
     assert matrix.loc["a", "b"] == pytest.approx(spearmanr(a, b).statistic)
     assert matrix.loc["a", "a"] == pytest.approx(1.0)
     assert math.isnan(matrix.loc["a", "c"])
@@ -144,7 +161,7 @@ def test_spearman_matrix_matches_scipy():
 def test_spearman_uses_only_common_modules():
     a = pd.Series({"m1": 1.0, "m2": 2.0, "m3": 3.0, "m4": 4.0})
     b = pd.Series({"m2": 20.0, "m3": 30.0, "m4": 40.0, "m9": -1.0})
-    assert A.spearman_matrix({"a": a, "b": b}).loc["a", "b"] == pytest.approx(1.0)
+    assert C.spearman_matrix({"a": a, "b": b}).loc["a", "b"] == pytest.approx(1.0)
 
 
 def test_mean_scores():
@@ -155,82 +172,81 @@ def test_mean_scores():
 def test_metrics_frame_and_metric_column():
     lines = [{"step": 10, "epoch": 0.5, "loss": 0.6}, {"step": 20, "epoch": 1.0, "eval_accuracy": 0.8, "eval_loss": 0.5,
              "eval_runtime": 1.2}, {"step": 5, "loss": 0.7}]
-    frame = A.metrics_frame(lines)
+    frame = C.metrics_frame(lines)
     assert frame["step"].tolist() == [5, 10, 20]
-    assert A.metric_column(frame, "accuracy") == "eval_accuracy"
-    assert A.metric_column(frame, None) == "eval_accuracy"  # not a loss, not a timing
-    mnli = A.metrics_frame([{"step": 1, "eval_matched_accuracy": 0.7}])
-    assert A.metric_column(mnli, "accuracy") == "eval_matched_accuracy"
-    assert A.metrics_frame([]).empty
+    assert C.metric_column(frame, "accuracy") == "eval_accuracy"
+    assert C.metric_column(frame, None) == "eval_accuracy"  # not a loss, not a timing
+    mnli = C.metrics_frame([{"step": 1, "eval_matched_accuracy": 0.7}])
+    assert C.metric_column(mnli, "accuracy") == "eval_matched_accuracy"
+    assert C.metrics_frame([]).empty
 
 
 def test_curves_frame_overlays_runs():
     runs = {"r1": ([{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5, "eval_f1": 0.7}], "f1"),
             "r2": ([{"step": 1, "loss": 0.9}], "f1")}
-    loss = A.curves_frame(runs, "loss")
+    loss = C.curves_frame(runs, "loss")
     assert loss.groupby("run").size().to_dict() == {"r1": 2, "r2": 1}
-    metric = A.curves_frame(runs, "metric")
+    metric = C.curves_frame(runs, "metric")
     assert metric.to_dict("records") == [{"run": "r1", "step": 2, "value": 0.7}]
-    assert list(A.curves_frame({}, "loss").columns) == ["run", "step", "value"]
+    assert list(C.curves_frame({}, "loss").columns) == ["run", "step", "value"]
 
 
-def test_mean_std_and_format():
-    mean, std, n = A.mean_std([0.8, 0.82, None, float("nan"), 0.84])
-    assert (round(mean, 4), round(std, 4), n) == (0.82, 0.02, 3)
-    assert A.format_mean_std(mean, std, n) == "0.8200 ± 0.0200 (n=3)"
-    assert A.format_mean_std(*A.mean_std([0.8])) == "0.8000"
-    assert A.format_mean_std(*A.mean_std([])) == "–"
+def _row(mode="dynamic", proxy="grad_norm", seed=0, best=0.8, config=None, **summary):
+    """A store row as :meth:`RunStore.list_runs` gives it (the config read with ``RunConfig.from_dict``,
+    as the store reads ``config.json``)."""
+    config = config or {"mode": mode, "proxy": proxy, "seed": seed, "rank": 32, "enable_ratio": 0.25, "task": "mrpc"}
+    return StoredRun(
+        run_id=f"{mode}-{proxy}-{seed}", path=Path("/x"), created_at=100.0 + seed, sweep_id=None, queue_seq=None,
+        config=RunConfig.from_dict(config),
+        summary=RunSummary.from_dict({"status": "done", "best_score": best, "trainable_params": 1000,
+                                      "wall_seconds": 60.0, "search_seconds": 2.0, "created_at": 100.0 + seed,
+                                      **summary}))
 
 
-def _row(mode="dynamic", proxy="grad_norm", seed=0, best=0.8, **summary):
-    config = {"mode": mode, "proxy": proxy, "seed": seed, "rank": 32, "enable_ratio": 0.25, "task": "mrpc"}
-    return {"run_id": f"{mode}-{proxy}-{seed}", "path": "/x", "config": config,
-            "summary": {"status": "done", "best_score": best, "trainable_params": 1000, "wall_seconds": 60.0,
-                        "search_seconds": 2.0, "created_at": 100.0 + seed, **summary}}
+def _label(configs, key):
+    """The Compare page's ``config`` column: the configuration's label without the seed."""
+    return run_label(configs[key], include_seed=False)
 
 
 def test_compare_table_groups_seeds():
     rows = [_row(seed=0, best=0.80), _row(seed=1, best=0.84), _row(proxy="snip", best=0.79), _row(mode="lora", best=0.9)]
-    table = A.compare_table(rows)
-    assert table["config"].tolist()[0] == "lora · r32"  # best first
-    grad = table[table["config"].str.contains("grad_norm")].iloc[0]
-    assert grad["runs"] == 2 and grad["seeds"] == "0, 1"
+    table, configs = C.compare_table(rows)
+    assert list(table.columns) == C.COMPARE_COLUMNS + ["mode", "proxy"]  # the differing settings get columns
+    assert _label(configs, table["key"].tolist()[0]) == "lora · r32"  # best first
+    labels = table["key"].map(lambda k: _label(configs, k))
+    grad = table[labels.str.contains("grad_norm")]
+    assert len(grad) == 1
+    grad = grad.iloc[0]
+    assert grad["runs"] == 2 and grad["seeds"] == [0, 1] and grad["n_seeds"] == 2
     assert grad["best_mean"] == pytest.approx(0.82)
-    assert grad["best_score"].startswith("0.8200 ± 0.0283")
+    assert format_mean_std(grad["best_mean"], grad["best_std"], grad["n_seeds"]).startswith("0.8200 ± 0.0283")
     assert grad["search_seconds"] == 2.0
 
 
 def test_compare_table_keeps_different_configs_apart_even_with_equal_labels():
-    short, long_ = _row(seed=0, best=0.7), _row(seed=1, best=0.8)
-    short["config"]["max_steps"], long_["config"]["max_steps"] = 2, 4
-    long_["config"]["python"] = "3.11"  # environment keys written by the CLI do not split groups
-    table = A.compare_table([short, long_, _row(seed=2, best=0.9) | {"config": {**long_["config"], "seed": 2}}])
-    assert sorted(table["config"]) == ["dynamic · grad_norm · r32 · 25% · max_steps 2", "dynamic · grad_norm · r32 · 25% · max_steps 4"]
-    assert table.set_index("config")["runs"].to_dict() == {"dynamic · grad_norm · r32 · 25% · max_steps 4": 2,
-                                                            "dynamic · grad_norm · r32 · 25% · max_steps 2": 1}
+    base = {"mode": "dynamic", "proxy": "grad_norm", "rank": 32, "enable_ratio": 0.25, "task": "mrpc"}
+    short = _row(seed=0, best=0.7, config={**base, "seed": 0, "max_steps": 2})
+    # environment keys written by the CLI (python, versions) do not split groups
+    long_ = _row(seed=1, best=0.8, config={**base, "seed": 1, "max_steps": 4, "python": "3.11"})
+    long_2 = _row(seed=2, best=0.9, config={**base, "seed": 2, "max_steps": 4})
+    table, configs = C.compare_table([short, long_, long_2])
+    assert len(table) == 2
+    # both configurations read the same label; the differing setting is a column of its own
+    assert {_label(configs, k) for k in table["key"]} == {"dynamic · grad_norm · r32 · 25%"}
+    assert list(table.columns) == C.COMPARE_COLUMNS + ["max_steps"]
+    assert sorted(table["max_steps"]) == [2, 4]
+    assert table.set_index("max_steps")["runs"].to_dict() == {4: 2, 2: 1}
+    assert table.set_index("max_steps")["seeds"].to_dict() == {4: [1, 2], 2: [0]}
 
 
 def test_runs_table_newest_first_with_progress():
     rows = [_row(seed=0), _row(seed=5, status="running", progress=0.4, eta_seconds=30), _row(seed=2, status="failed", error="boom")]
-    table = A.runs_table(rows)
+    table = C.runs_table(rows)
     assert table["seed"].tolist() == [5, 2, 0]
     assert table.loc[0, "progress"] == 0.4 and table.loc[0, "eta_seconds"] == 30
     assert table.loc[2, "progress"] == 1.0  # done
     assert table.loc[1, "error"] == "boom"
     assert str(table["trainable_params"].dtype) == "Int64"
-
-
-def test_run_label():
-    assert A.run_label({"mode": "dynamic", "proxy": "snip", "rank": 32, "enable_ratio": 0.25, "seed": 3}) == "dynamic · snip · r32 · 25% · seed 3"
-    assert A.run_label({"mode": "static", "proxy": "snip", "rank": 32, "match_uniform_rank": 8, "ranking": "separated"},
-                       include_seed=False) == "static · snip · separated · r32 · ≈r8"
-    assert A.run_label({"mode": "lora", "rank": 8, "seed": 0}) == "lora · r8 · seed 0"
-
-
-def test_format_duration():
-    assert A.format_duration(95) == "1m 35s"
-    assert A.format_duration(3700) == "1h 01m"
-    assert A.format_duration(None) == "" and A.format_duration(float("nan")) == ""
 
 
 def test_synthetic_record_has_the_paper_search_space(make_run):
@@ -248,8 +264,8 @@ def test_synthetic_record_has_the_paper_search_space(make_run):
 def test_score_summary_matches_numpy_box_statistics():
     rng = np.random.default_rng(1)
     scores = np.concatenate([rng.normal(1.0, 0.1, 200), [5.0]])  # one outlier
-    dist = pd.DataFrame({"family": "lora", "kind": "v", "score": scores})
-    dist = pd.concat([dist, pd.DataFrame({"family": "lora", "kind": "q", "score": [1.0, 2.0, 3.0]})])
+    dist = pd.DataFrame({"group": "lora", "kind": "v", "score": scores})
+    dist = pd.concat([dist, pd.DataFrame({"group": "lora", "kind": "q", "score": [1.0, 2.0, 3.0]})])
     summary = A.score_summary(dist).set_index("kind")
     assert list(summary.index) == ["q", "v"]  # canonical order
     v = summary.loc["v"]

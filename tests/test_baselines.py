@@ -8,9 +8,10 @@ import json
 import pytest
 import torch
 
-from heterolora_core.baselines import (adalora_layers, adalora_parameter_counts, adalora_schedule, attach_adalora,
-                                       check_adalora, kept_ranks)
-from heterolora_core.runs import RunConfig
+from heterolora_core.methods import registry
+from heterolora_core.methods.adalora import adalora_layers, adalora_parameter_counts, adalora_schedule, kept_ranks
+from heterolora_core.methods.base import MethodContext
+from heterolora_core.training.run_config import RunConfig
 from tiny_models import random_batches, tiny_model
 
 
@@ -26,20 +27,22 @@ def test_schedule_keeps_three_phases_for_any_length():
 
 @pytest.mark.parametrize("changes, message", [
     (dict(adalora_target_r=40), "adalora-target-r must be in"),
-    (dict(adalora_init_r=0), "adalora-init-r must be >= 1"),
+    (dict(adalora_init_r=0), r"adalora-init-r must be at least 1 \(got 0\)"),
     (dict(shortcuts=True), "--no-shortcuts"),
     (dict(max_steps=1), "at least 2 training steps"),
 ])
 def test_bad_settings_are_one_line_errors(changes, message):
     config = RunConfig(**{"mode": "adalora", "shortcuts": False, **changes})
     with pytest.raises(ValueError, match=message):
-        check_adalora(config)
+        config.validate()  # the one validation: generic ranges, then AdaLora.validate
 
 
 def test_wiring_on_a_tiny_bert():
     model = tiny_model("bert", layers=3, hidden=32)  # eval mode: no dropout, so two forwards agree
     config = RunConfig(mode="adalora", shortcuts=False, lora_targets=["q", "v"], adalora_init_r=4, adalora_target_r=2)
-    peft_model, run = attach_adalora(model, config, total_steps=10, steps_per_epoch=5)
+    config.validate()
+    run = registry.load("adalora").prepare(model, config, MethodContext(steps_per_epoch=5, total_steps=10))
+    peft_model = run.model
 
     assert run.names["layer.0.lora.q"] == "bert.encoder.layer.0.attention.self.query"
     assert list(run.names)[-1] == "layer.2.lora.v" and len(run.names) == 6
@@ -81,9 +84,10 @@ def _write_pairs(path, n: int, seed: int) -> None:
 def test_adalora_run_records_counted_params_and_predicts(tmp_path):
     from safetensors.torch import load_file
 
+    from heterolora_core.adapters.checkpoint import WEIGHTS_FILE
     from heterolora_core.inference import load_run_for_inference, predict
-    from heterolora_core.runs import RunRecord
-    from heterolora_core.training import ADAPTER_FILE, run_training
+    from heterolora_core.records.record import RunRecord
+    from heterolora_core.training.trainer import run_training
 
     _write_pairs(tmp_path / "train.csv", 32, seed=0)
     _write_pairs(tmp_path / "dev.csv", 16, seed=1)
@@ -92,11 +96,11 @@ def test_adalora_run_records_counted_params_and_predicts(tmp_path):
                        batch_size=8, device="cpu", logging_steps=2)
     record = run_training(config, tmp_path / "run", progress=False)
     summary = record.summary()
-    assert summary["status"] == "done", summary.get("error")
-    assert summary["adalora_schedule"] == {"total_step": 6, "tinit": 1, "tfinal": 3, "deltaT": 1, "orth_reg_weight": 0.1}
+    assert summary.status == "done", summary.error
+    assert summary.adalora_schedule == {"total_step": 6, "tinit": 1, "tfinal": 3, "deltaT": 1, "orth_reg_weight": 0.1}
 
     # independent count: kept triplets are the non-zero singular values of the saved factors
-    tensors = load_file(str(record.path / RunRecord.ADAPTERS / ADAPTER_FILE))
+    tensors = load_file(str(record.path / RunRecord.ADAPTERS / WEIGHTS_FILE))
     counted, kept_total = 0, 0
     for key, E in tensors.items():
         if key.endswith(".lora_E.default"):
@@ -105,23 +109,24 @@ def test_adalora_run_records_counted_params_and_predicts(tmp_path):
             assert E.shape == (32, 1)  # PEFT masks, it does not shrink
             counted += kept * (A.shape[1] + B.shape[0] + 1)
             kept_total += kept
-    assert summary["trainable_params"] == counted == 24 * 12 * 769 == 221_472
-    assert summary["adalora_initial_params"] == 32 * 12 * 769 == 295_296
-    assert summary["head_params"] == 384 * 2 + 2
+    assert summary.trainable_params == counted == 24 * 12 * 769 == 221_472
+    assert summary.adalora_initial_params == 32 * 12 * 769 == 295_296
+    assert summary.head_params == 384 * 2 + 2
 
     # the allocation, under our module names, for the dashboard
     lines = record.reallocations()
     final = lines[-1]
-    assert final["final"] is True and final["step"] == 6 and summary["num_reallocations"] == len(lines)
-    assert sum(final["ranks"].values()) == kept_total == final["budget"]
-    assert set(final["ranks"]) == {f"layer.{l}.lora.{t}" for l in range(6) for t in ("q", "v")}
-    assert all(final["scores"][n] == pytest.approx(r / 32) for n, r in final["ranks"].items())
-    assert final["enabled"] == [n for n, r in final["ranks"].items() if r > 0]
-    budgets = [line["budget"] for line in lines]
+    assert final.extra["final"] is True and final.step == 6 and summary.num_reallocations == len(lines)
+    assert sum(final.ranks.values()) == kept_total == final.extra["budget"]
+    assert set(final.ranks) == {f"layer.{l}.lora.{t}" for l in range(6) for t in ("q", "v")}
+    assert all(final.scores[n] == pytest.approx(r / 32) for n, r in final.ranks.items())
+    assert final.enabled == [n for n, r in final.ranks.items() if r > 0]
+    budgets = [line.extra["budget"] for line in lines]
     assert budgets == sorted(budgets, reverse=True)  # pruning only shrinks the total
 
     loaded = load_run_for_inference(record.path)
     out = predict(loaded, "the cat is here", "a cat was there")
     assert out["label"] in (0, 1) and sum(out["probabilities"]) == pytest.approx(1.0, abs=1e-4)
     assert sum(int((layer.lora_E["default"] != 0).sum()) for _, layer in adalora_layers(loaded.model)) == kept_total
-    json.dumps(summary)  # the record stays plain JSON
+    json.dumps(summary.to_dict())  # the record stays plain JSON
+    assert json.loads((record.path / RunRecord.SUMMARY).read_text())["trainable_params"] == 221_472

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PROJECT_ROOT
-from dashboard.testing import CHROMIUM_MISSING, JS_HEATMAPS, JS_PLOTS_DRAWN, StreamlitServer, chromium_path, launch_chromium
-from heterolora_core import analysis
-from heterolora_core.runs import RunRecord
-from heterolora_core.store import RunStore
+from heterolora_core.analysis import allocation as alloc
+from heterolora_core.records.home import PROJECT_ROOT
+from heterolora_core.records.record import RunRecord
+from heterolora_core.records.store import RunStore
+from heterolora_testing.server import (CHROMIUM_MISSING, JS_HEATMAPS, JS_PLOTS_DRAWN, StreamlitServer, chromium_path,
+                                       launch_chromium)
 
 SCREENS = Path("/tmp/heterolora_screens")
 TINY_RUN = {"Max steps (0: by epochs)": "4", "Training examples (0: all)": "32", "Dev examples (0: all)": "32"}
@@ -104,6 +105,14 @@ def test_launch_run_allocation_compare_in_a_real_browser(tmp_path, screens, monk
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(60_000)
 
+            # -- a page's URL as the fresh server's first request still runs inside app.py: its sidebar
+            # and navigation, not Streamlit's legacy pages/ mode (which would skip the app's bind guard)
+            page.goto(server.url + "/runs")
+            page.wait_for_selector('h1:has-text("Runs")')
+            expect(page.locator('[data-testid="stSidebar"]').get_by_text(str(home), exact=False).first).to_be_visible()
+            expect(page.locator('[data-testid="stSidebarNav"]').get_by_text("Allocation", exact=True)).to_be_visible()
+            phase("deep link")
+
             # -- Launch: the budget preview, then a tiny run and its second seed
             page.goto(server.url)
             page.wait_for_selector('h1:has-text("Launch")')
@@ -122,9 +131,9 @@ def test_launch_run_allocation_compare_in_a_real_browser(tmp_path, screens, monk
             page.get_by_role("button", name="Launch run").click()
             wait_idle(page)
             runs = RunStore(home).list_runs()
-            assert len(runs) == 2 and {r["config"]["seed"] for r in runs} == {0, 1}
-            assert sorted(r["config"]["max_steps"] for r in runs) == [2, 4]
-            assert all(r["config"]["train_limit"] == 32 for r in runs)
+            assert len(runs) == 2 and {r.config.seed for r in runs} == {0, 1}
+            assert sorted(r.config.max_steps for r in runs) == [2, 4]
+            assert all(r.config.train_limit == 32 for r in runs)
 
             phase("two runs queued")
             # -- Runs: live progress, then both done without a manual refresh
@@ -138,11 +147,11 @@ def test_launch_run_allocation_compare_in_a_real_browser(tmp_path, screens, monk
             phase("both runs trained")
             screens(page, "03-runs-done")
             runs = RunStore(home).list_runs()
-            assert [r["summary"]["status"] for r in runs] == ["done", "done"], [r["summary"].get("error") for r in runs]
+            assert [r.summary.status for r in runs] == ["done", "done"], [r.summary.error for r in runs]
 
             # -- Allocation: heatmaps with one row per model layer, one 0–1 colour axis
             newest = runs[0]
-            n_layers = analysis.n_layers_of(analysis.all_modules(RunRecord(newest["path"]).reallocations()))
+            n_layers = alloc.n_layers_of(alloc.all_modules(RunRecord(newest.path).reallocations()))
             assert n_layers == EMBEDDED_LAYERS
             open_sidebar_page(page, "Allocation")
             page.wait_for_function(JS_PLOTS_DRAWN, arg=3, timeout=60_000)
@@ -170,3 +179,104 @@ def test_launch_run_allocation_compare_in_a_real_browser(tmp_path, screens, monk
             screens(page, "05-compare")
         finally:
             browser.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# Reliability: a polling page replaces a dead worker; the server binds 127.0.0.1 from anywhere
+# ----------------------------------------------------------------------------------------------
+
+def test_a_polling_runs_page_replaces_a_killed_worker(tmp_path):
+    """SIGKILL the worker while the Runs page only polls: its run is marked failed with the reason,
+    a new worker starts without anyone touching the page, and the queued run trains."""
+    _require_browser()
+    import signal
+
+    from playwright.sync_api import sync_playwright
+
+    from heterolora_core.records.worker import TRAIN_CMD_ENV, worker_pid
+
+    home = tmp_path / "home"
+    env = {TRAIN_CMD_ENV: f"{os.sys.executable} -m heterolora_testing.synthetic train",
+           "HETEROLORA_FAKE_STEP_SECONDS": "0.5"}
+    store = RunStore(home)
+    first = store.enqueue({"task": "mrpc", "mode": "lora", "max_steps": 60})
+    second = store.enqueue({"task": "mrpc", "mode": "lora", "max_steps": 4})
+    with StreamlitServer(home, env=env) as server, sync_playwright() as pw:
+        browser = launch_chromium(pw)
+        try:
+            page = browser.new_page()
+            page.goto(server.url + "/runs")
+            page.wait_for_selector('h1:has-text("Runs")', timeout=60_000)
+            deadline = time.time() + 60
+            while time.time() < deadline and first.raw_summary().status != "running":
+                time.sleep(0.2)
+            killed = worker_pid(home)
+            assert killed and killed > 0 and first.raw_summary().status == "running"
+            os.kill(killed, signal.SIGKILL)  # the worker the app started for this test's home
+            deadline = time.time() + 60
+            while time.time() < deadline and second.raw_summary().status != "done":
+                time.sleep(0.5)
+            assert second.raw_summary().status == "done"  # a new worker took the queue, nobody clicked
+            assert worker_pid(home) not in (None, killed)
+            failed = first.summary()
+            assert failed.status == "failed" and f"worker (pid {killed}) was killed" in failed.error
+        finally:
+            browser.close()
+
+
+def test_the_server_binds_loopback_from_any_directory(tmp_path):
+    """`streamlit run <repo>/dashboard/app.py` from another folder reads no config file: the app
+    refuses to serve and stops the server; `python -m dashboard` binds 127.0.0.1 from anywhere."""
+    _require_browser()
+    import socket
+    import subprocess
+
+    import psutil
+    from playwright.sync_api import sync_playwright
+
+    from heterolora_testing.server import free_port
+
+    env = {**os.environ, "HETEROLORA_HOME": str(tmp_path / "home"), "HETEROLORA_DASHBOARD_WORKER": "0"}
+    app = str(PROJECT_ROOT / "dashboard" / "app.py")
+
+    def start(cmd):
+        return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+
+    def wait_listening(proc, port):
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            listening = [c for c in psutil.Process(proc.pid).net_connections(kind="tcp")
+                         if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+            if listening:
+                return {c.laddr.ip for c in listening}
+            time.sleep(0.2)
+        raise AssertionError("the server never listened")
+
+    port = free_port()
+    public = start([os.sys.executable, "-m", "streamlit", "run", app, "--server.port", str(port),
+                    "--server.headless", "true", "--browser.gatherUsageStats", "false"])
+    try:
+        assert wait_listening(public, port) - {"127.0.0.1"}  # Streamlit's default: every interface
+        with sync_playwright() as pw:
+            browser = launch_chromium(pw)
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/runs")
+            page.wait_for_selector("text=listens on every network interface", timeout=60_000)
+            browser.close()
+        assert public.wait(timeout=30) is not None  # the server stopped itself
+    finally:
+        if public.poll() is None:
+            os.killpg(public.pid, 15)
+            public.wait()
+
+    port = free_port()
+    local = start([os.sys.executable, "-m", "dashboard", "--server.port", str(port), "--server.headless", "true"])
+    try:
+        assert wait_listening(local, port) == {"127.0.0.1"}
+        with socket.socket() as probe:  # and it answers there
+            probe.settimeout(5)
+            probe.connect(("127.0.0.1", port))
+    finally:
+        os.killpg(local.pid, 15)
+        local.wait(timeout=30)

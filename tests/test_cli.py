@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cli_helpers import cli_env, needs_glue, run_cli, save_tiny_bert
-from heterolora_core.runs import RunRecord, find_runs
+from heterolora_core.records.record import RunRecord, find_runs
 
 # Each case: (id, extra train arguments, extra environment, a fragment the error line must contain).
 # "{tmp}" is replaced by the case's scratch folder; the fixture below creates what the cases need.
@@ -88,7 +88,7 @@ def bad_input_results(tmp_path_factory):
 
 
 def _running_runs(folder: Path) -> list[str]:
-    return [str(r.path) for r in find_runs(root=folder) if r.raw_summary().get("status") in ("running", "queued")] \
+    return [str(r.path) for r in find_runs(root=folder) if r.raw_summary().status in ("running", "queued")] \
         if folder.exists() else []
 
 
@@ -109,9 +109,9 @@ def test_bad_input_exits_2_with_one_error_line(bad_input_results, case_id, args,
     out = got["out"]
     if case_id == "out-holds-finished-run":
         assert _snapshot(out) == got["before"], "the finished run's files were modified"
-        assert RunRecord(out).raw_summary()["status"] == "done"
+        assert RunRecord(out).raw_summary().status == "done"
     else:
-        assert not (out / RunRecord.SUMMARY).exists() or RunRecord(out).raw_summary().get("status") not in ("running", "queued")
+        assert not (out / RunRecord.SUMMARY).exists() or RunRecord(out).raw_summary().status not in ("running", "queued")
     assert _running_runs(got["home"]) == []
 
 
@@ -175,9 +175,9 @@ def test_runs_lists_the_runs_of_the_data_home(tmp_path):
 @needs_glue
 @pytest.mark.slow
 def test_score_prints_a_score_for_every_candidate(tmp_path):
-    from heterolora_core.architectures import attach
-    from heterolora_core.config import HeteroLoraConfig
-    from heterolora_core.models import meta_classifier
+    from heterolora_core.adapters.config import HeteroLoraConfig
+    from heterolora_core.adapters.families import attach
+    from heterolora_core.training.models import meta_classifier
 
     model = save_tiny_bert(tmp_path / "tiny_bert")
     result = run_cli("score", "--model", str(model), "--task", "mrpc", "--rank", "4", "--batches", "2",
@@ -193,8 +193,8 @@ def test_score_prints_a_score_for_every_candidate(tmp_path):
 def test_run_training_refuses_a_folder_holding_a_run(tmp_path):
     """The CLI refuses early; ``run_training`` (the dashboard's worker path) refuses too, when it
     claims the folder: only a ``queued`` record may be taken over."""
-    from heterolora_core.training import run_training
-    from heterolora_core.runs import RunConfig
+    from heterolora_core.training.run_config import RunConfig
+    from heterolora_core.training.trainer import run_training
 
     for status in ("done", "failed", "cancelled", "running"):
         folder = tmp_path / status

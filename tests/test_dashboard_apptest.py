@@ -1,4 +1,4 @@
-"""Streamlit AppTest tests of every page's logic (no browser, no worker, a stand-in budget planner)."""
+"""Streamlit AppTest tests of every page's logic (no browser, no worker; the engine's own budget planner)."""
 import json
 import os
 import time
@@ -7,18 +7,21 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from conftest import PROJECT_ROOT
-from heterolora_core import analysis as A
-from heterolora_core.runs import RunConfig
-from heterolora_core.store import SHORT_RUN, RunStore
+from dashboard.components.forms import SHORT_RUN
+from heterolora_core.analysis import allocation as alloc
+from heterolora_core.records.home import PROJECT_ROOT
+from heterolora_core.records.store import RunStore
+from heterolora_core.training.run_config import RunConfig
 
 APP = str(PROJECT_ROOT / "dashboard" / "app.py")
 
 
 @pytest.fixture(autouse=True)
-def app_env(home, fake_budget, monkeypatch):
-    """Every test: a fresh data home, no worker process, empty Streamlit caches."""
+def app_env(home, monkeypatch):
+    """Every test: a fresh data home, no worker process, an offline hub (a model id is checked against
+    the local cache only), empty Streamlit caches."""
     monkeypatch.setenv("HETEROLORA_DASHBOARD_WORKER", "0")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     st.cache_data.clear()
     st.cache_resource.clear()
     yield
@@ -51,6 +54,8 @@ def test_app_has_four_pages_and_opens_on_launch(home):
         at.switch_page(f"views/{page}.py").run()
         assert not at.exception, [e.message for e in at.exception]
         assert at.title[0].value == title
+        # every page runs inside app.py (its sidebar), not on its own as a legacy pages/ script
+        assert any(str(home) in c.value for c in at.sidebar.caption), title
     assert any(str(home) in c.value for c in at.sidebar.caption)
 
 
@@ -58,7 +63,7 @@ def test_app_sends_the_plotly_preload_hint_first():
     """The sidebar's first element preloads the Plotly chunk that Streamlit actually ships."""
     from pathlib import Path
 
-    from dashboard import browser_hints
+    from dashboard.components import browser_hints
 
     chunk = browser_hints.plotly_chunk()
     assert chunk is not None and chunk.startswith("PlotlyChart.")
@@ -70,7 +75,7 @@ def test_app_sends_the_plotly_preload_hint_first():
 
 
 def test_app_starts_the_worker(home, monkeypatch):
-    from heterolora_core import worker
+    from heterolora_core.records import worker
 
     started = []
     monkeypatch.setenv("HETEROLORA_DASHBOARD_WORKER", "1")
@@ -142,7 +147,10 @@ def test_match_uniform_rank_budget(home):
     at = open_page()
     at.radio(key="budget").set_value("match uniform rank r").run()
     at.number_input(key="match_uniform_rank").set_value(8).run()
-    assert at.metric[0].value == f"{(35 * 8 // 32) * 32 * 768:,}"
+    # the engine's match-uniform budget: the parameters of uniform LoRA q,v at rank 8 (12 modules x 8 x 768),
+    # spent on modules of rank 32 (3 of them)
+    assert at.metric[0].value == f"{12 * 8 * 768:,}" == f"{3 * 32 * 768:,}"
+    assert any("uniform LoRA q,v at rank 8" in m.value for m in at.markdown)
     at.button(key="launch").click().run()
     (folder,) = run_dirs(home)
     assert json.loads((folder / "config.json").read_text())["match_uniform_rank"] == 8
@@ -168,6 +176,14 @@ def test_sweep_refuses_bad_seeds_and_uniform_mode(home):
     at.text_input(key="sweep_seeds").set_value("0").run()
     at.radio(key="mode").set_value("lora").run()
     assert at.button(key="launch_sweep").disabled and not at.button(key="launch").disabled
+
+
+def test_sweep_refuses_an_empty_proxy_list(home):
+    at = open_page()
+    at.multiselect(key="sweep_proxies").set_value([]).run()
+    assert any("choose at least one proxy" in e.value for e in at.error), [e.value for e in at.error]
+    assert at.button(key="launch_sweep").disabled and not at.button(key="launch").disabled
+    assert run_dirs(home) == []
 
 
 # -- Runs -----------------------------------------------------------------------------------------
@@ -209,7 +225,7 @@ def test_cancel_delete_rerun(home):
     at = open_page("runs")
     at.selectbox(key="selected_run").set_value(queued.run_id).run()
     at.button(key="cancel").click().run()
-    assert queued.raw_summary()["status"] == "cancelled"
+    assert queued.raw_summary().status == "cancelled"
 
     at.selectbox(key="selected_run").set_value(other.run_id).run()
     at.button(key="delete").click().run()
@@ -224,8 +240,8 @@ def test_cancel_delete_rerun(home):
     at.button(key="rerun").click().run()
     runs = store.list_runs()
     assert len(runs) == 2
-    new = next(r for r in runs if r["run_id"] != queued.run_id)
-    assert new["summary"]["status"] == "queued" and new["config"]["seed"] == 1
+    new = next(r for r in runs if r.run_id != queued.run_id)
+    assert new.summary.status == "queued" and new.config.seed == 1
 
 
 # -- Allocation -----------------------------------------------------------------------------------
@@ -262,13 +278,13 @@ def test_allocation_of_the_paper_sized_dynamic_run(make_run):
 def test_allocation_shows_how_much_a_dynamic_search_moves(make_run):
     record = make_run("dyn", n_reallocations=6)
     reallocs = record.reallocations()
-    churn, drift = A.set_churn(reallocs), A.score_drift(reallocs)
+    churn, drift = alloc.set_churn(reallocs), alloc.score_drift(reallocs)
     at = open_page("allocation")
     metrics = {m.label: m.value for m in at.metric}
     assert metrics == {
         "Set changes": f"{churn['changes']} of 5",
         "Swapped per reallocation": f"{churn['mean_swapped']:.0%}",
-        "Modules ever on": f"{churn['ever_enabled']} of {len(A.enable_frequency(reallocs))}",
+        "Modules ever on": f"{churn['ever_enabled']} of {len(alloc.enable_frequency(reallocs))}",
         "Score drift on/off": f"{drift['on_over_off']:.2f}",
     }
     assert churn["changes"] > 0  # the synthetic search does move, so the numbers are not all zero
@@ -345,3 +361,30 @@ def test_compare_switches_sweeps(make_run):
 def test_compare_without_runs():
     at = open_page("compare")
     assert "No runs yet" in at.info[0].value
+
+
+# -- the committed benchmark records ----------------------------------------------------------------
+
+
+def test_every_page_opens_the_committed_records(tmp_path, monkeypatch):
+    """The 173 records under data/results (old summaries, GPU records without weights) open on every
+    page: each run on Runs and Allocation, a sweep's worth on Compare."""
+    import shutil
+
+    home = tmp_path / "committed"
+    shutil.copytree(PROJECT_ROOT / "data" / "results", home / "results")
+    monkeypatch.setenv("HETEROLORA_HOME", str(home))
+    rows = RunStore(home).list_runs()
+    assert len(rows) >= 170 and not [r.problem for r in rows if r.problem]
+    at = open_page("runs")
+    assert len(at.dataframe[0].value) == len(rows)
+    for run in rows[::17]:  # a spread of them: every kind of row and task
+        at.selectbox(key="selected_run").set_value(run.run_id).run()
+        assert not at.exception, (run.run_id, [e.message for e in at.exception])
+    at = open_page("allocation")
+    for run in rows[::17]:
+        at.selectbox(key="allocation_run").set_value(run.run_id).run()
+        assert not at.exception, (run.run_id, [e.message for e in at.exception])
+    at = open_page("compare")
+    at.multiselect(key="compare_runs").set_value([r.run_id for r in rows[:12]]).run()
+    assert not at.exception and len(at.dataframe[0].value) >= 1

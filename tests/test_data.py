@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from heterolora_core import data
-from heterolora_core.data import DataError, Example, check_task_source, load_task, tokenize_examples
+from heterolora_core.training import data
+from heterolora_core.training.data import DataError, Example, check_task_source, load_task, tokenize_examples
 
 
 def _shared_glue_dir() -> Path | None:
@@ -310,13 +310,15 @@ def test_user_files_make_the_task_custom(tmp_path):
         assert_one_line_error(excinfo, "needs both train_file and dev_file")
 
 
-def test_check_reads_only_the_first_line(tmp_path):
+def test_check_reads_the_whole_user_file(tmp_path):
+    """A bad line 2 is reported by the check, before a run record exists (it used to pass the
+    first-line check and fail mid-run), and by the loader alike."""
     train = tmp_path / "train.jsonl"
     train.write_text('{"text": "a", "label": 0}\nnot json\n')
-    check_task_source("custom", train_file=train, dev_file=train)  # the header is fine
-    with pytest.raises(DataError) as excinfo:
-        load_task("custom", train_file=train, dev_file=train)
-    assert_one_line_error(excinfo, "train.jsonl:2", "not valid JSON")
+    for read in (check_task_source, load_task):
+        with pytest.raises(DataError) as excinfo:
+            read("custom", train_file=train, dev_file=train)
+        assert_one_line_error(excinfo, "train.jsonl:2", "not valid JSON")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,18 +2,21 @@
 same set at every reallocation although each rank scores its own batches, modules switched on
 after the DDP wrapper was built do train, and the ranks' weights stay identical.
 
-The ranks are observed through ``tests/ddp_probe.py``, which calls ``training.run_training`` in
+The ranks are observed through ``tests/ddp_probe.py``, which calls ``training.trainer.run_training`` in
 each rank and saves what that rank saw."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
 import pytest
 
 from cli_helpers import REPO, cli_env, needs_glue, save_tiny_bert
-from heterolora_core.runs import RunConfig, RunRecord
+from heterolora_core.records.record import RunRecord
+from heterolora_core.search.reallocator import ReallocationSchedule
+from heterolora_core.training.run_config import RunConfig
 
 pytestmark = [needs_glue, pytest.mark.slow]
 
@@ -55,9 +58,13 @@ def test_every_rank_enables_the_same_set(ddp_runs, proxy):
     assert (rank0["rank"], rank1["rank"]) == (0, 1)
     assert rank0["world_size"] == rank1["world_size"] == 2 and rank0["backend"] == "gloo"
     summary = record.summary()
-    assert summary["status"] == "done"
-    assert summary["realloc_steps"] == list(range(1, 12))  # 4 steps per epoch: the data is split in two
-    expected_steps = [0] + summary["realloc_steps"]
+    assert summary.status == "done"
+    # 4 steps per epoch: the data is split in two
+    steps_per_epoch = math.ceil(summary.train_rows / (BASE["batch_size"] * rank0["world_size"]))
+    schedule = ReallocationSchedule(steps_per_epoch, summary.max_steps, BASE["realloc_every"])
+    assert schedule.steps() == list(range(1, 12))
+    assert summary.planned_reallocations == 1 + len(schedule) == 12
+    expected_steps = [0] + schedule.steps()
     for rank in (rank0, rank1):
         assert [h["step"] for h in rank["history"]] == expected_steps
         # every reallocation happened on the DDP-wrapped model
@@ -66,7 +73,7 @@ def test_every_rank_enables_the_same_set(ddp_runs, proxy):
         assert h0["enabled"] == h1["enabled"], h0["step"]
         assert h0["scores"] == h1["scores"], h0["step"]
     # one writer: the record holds rank 0's reallocations, once each
-    assert [r["enabled"] for r in record.reallocations()] == [h["enabled"] for h in rank0["history"]]
+    assert [r.enabled for r in record.reallocations()] == [h["enabled"] for h in rank0["history"]]
 
 
 def test_scores_are_averaged_across_ranks(ddp_runs):

@@ -1,8 +1,7 @@
-"""benchmarks/full_grid.py (sweep -> learning-rate choice -> grid), quality_grid's parallel,
-deadline-bounded execution, and benchmarks/allocation_shares.py."""
+"""benchmarks/full_grid.py (sweep -> learning-rate choice -> grid), the grid's parallel,
+deadline-bounded execution on the engine's worker, and benchmarks/allocation_shares.py."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,22 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import allocation_shares as shares
+from benchmarks.grid import report, rows as R, runner
+from heterolora_core.records.record import RunRecord
+from heterolora_core.records.worker import TRAIN_CMD_ENV
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "full_grid.py"
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-qg = sys.modules.get("quality_grid") or _load("quality_grid")
-fg = _load("full_grid")
-shares = _load("allocation_shares")
 
 
 def _sweep(task, row, finals):
@@ -41,21 +31,21 @@ def test_choice_takes_each_rows_best_final_score_and_the_smaller_rate_on_ties():
             + _sweep("rte", "1", {5e-4: 0.55})
             + [{"task": "rte", "row": "6", "lr": 1e-3, "status": "failed", "final_score": None},
                {"task": "rte", "row": "4", "lr": 1e-3, "status": "done", "final_score": 0.99}])  # not a sweep row
-    assert fg.choose_lrs(runs) == {"mrpc": {"uniform": 5e-4, "hetero": 5e-4}, "rte": {"uniform": 5e-4}}
+    assert report.choose_lrs(runs) == {"mrpc": {"uniform": 5e-4, "hetero": 5e-4}, "rte": {"uniform": 5e-4}}
 
 
 def test_groups_add_the_hetero_rate_only_where_it_differs_and_diagnostics_only_on_mrpc():
-    rows = qg.parse_rows("all")
-    groups = fg.grid_groups({"mrpc": {"uniform": 5e-4, "hetero": 1e-3}, "rte": {"uniform": 5e-4, "hetero": 5e-4}}, rows)
+    rows = R.parse_rows("all")
+    groups = R.grid_groups({"mrpc": {"uniform": 5e-4, "hetero": 1e-3}, "rte": {"uniform": 5e-4, "hetero": 5e-4}}, rows)
     summary = [(task, lr, tier) for task, lr, _, tier in groups]
     assert summary == [("mrpc", 5e-4, 0), ("rte", 5e-4, 0), ("mrpc", 1e-3, 1), ("mrpc", 1e-3, 2)]
     assert groups[3][2] == ["6.raw", "6.epoch", "6.static", "6.authors"]
-    assert len(fg.grid_groups({"rte": {"uniform": 5e-4}}, rows, diagnostics=False)) == 1
+    assert len(R.grid_groups({"rte": {"uniform": 5e-4}}, rows, diagnostics=False)) == 1
 
 
 def test_plan_runs_the_chosen_rate_in_run_order_first(tmp_path):
-    groups = fg.grid_groups({"mrpc": {"uniform": 5e-4, "hetero": 1e-3}, "rte": {"uniform": 2e-4}}, qg.parse_rows("all"))
-    jobs = fg.plan_grid(groups, [0, 1, 2], qg.Settings(), tmp_path)
+    groups = R.grid_groups({"mrpc": {"uniform": 5e-4, "hetero": 1e-3}, "rte": {"uniform": 2e-4}}, R.parse_rows("all"))
+    jobs = R.plan_grid(groups, [0, 1, 2], R.Settings(), tmp_path)
     # tier 0: 13 MRPC rows + 9 RTE rows, 3 seeds; tier 1: 13 MRPC rows; tier 2: 4 diagnostics
     assert len(jobs) == (13 + 9) * 3 + 13 * 3 + 4 * 3
     head = [(j.row.id, j.task, j.seed, j.config.lr) for j in jobs[:8]]
@@ -68,30 +58,21 @@ def test_plan_runs_the_chosen_rate_in_run_order_first(tmp_path):
     assert {j.row.id for j in jobs[-12:]} == {"6.raw", "6.epoch", "6.static", "6.authors"}
 
 
-def _fake_run(job: "qg.Job") -> list[str]:
-    """A stand-in for training: writes a finished record after 1.5 s, and when it ran."""
-    code = (
-        "import json, sys, time; from heterolora_core.runs import RunRecord\n"
-        "start = time.time(); time.sleep(1.5)\n"
-        f"r = RunRecord.create({str(job.path)!r}, json.loads({json.dumps(json.dumps(job.config.to_dict()))}), status='done')\n"
-        "r.update_summary(final_score=0.5, best_score=0.5, started=start, ended=time.time())\n"
-    )
-    return [sys.executable, "-c", code]
-
-
 def test_parallel_execution_overlaps_runs_and_a_passed_deadline_starts_none(tmp_path, monkeypatch):
-    monkeypatch.setattr(qg, "train_command", _fake_run)
-    jobs = qg.plan(["4", "6"], ["mrpc"], [0], qg.Settings(), tmp_path)
-    counts = qg.execute(jobs, log=lambda _: None, parallel=1, deadline=time.monotonic() - 1)
+    # the worker runs the stand-in trainer: 15 steps of 0.1 s, a finished record at the end
+    monkeypatch.setenv(TRAIN_CMD_ENV, f"{sys.executable} -m heterolora_testing.synthetic train")
+    monkeypatch.setenv("HETEROLORA_FAKE_STEP_SECONDS", "0.1")
+    jobs = R.plan(["4", "6"], ["mrpc"], [0], R.Settings(max_steps=15), tmp_path)
+    counts = runner.execute(jobs, log=lambda _: None, parallel=1, deadline=time.monotonic() - 1, results=tmp_path)
     assert counts["ran"] == 0 and counts["paused"] == 2 and not any(j.path.exists() for j in jobs)
 
-    counts = qg.execute(jobs, log=lambda _: None, parallel=2)
+    counts = runner.execute(jobs, log=lambda _: None, parallel=2, results=tmp_path)
     assert counts == {"ran": 2, "skipped": 0, "failed": 0, "busy": 0}
-    a, b = (qg.RunRecord(j.path).summary() for j in jobs)
-    assert a["started"] < b["ended"] and b["started"] < a["ended"]  # the two runs overlapped
-    assert a["parallel_runs"] == 2
+    a, b = (RunRecord(j.path).summary() for j in jobs)
+    assert a.started_at < b.finished_at and b.started_at < a.finished_at  # the two runs overlapped
+    assert a.parallel_runs == 2
 
-    again = qg.execute(jobs, log=lambda _: None, parallel=2)
+    again = runner.execute(jobs, log=lambda _: None, parallel=2, results=tmp_path)
     assert again["skipped"] == 2 and again["ran"] == 0
 
 
@@ -126,17 +107,15 @@ def test_full_grid_smoke_sweeps_chooses_and_runs_the_grid(tmp_path):
 
 
 def test_allocation_shares_average_each_seeds_shares(tmp_path, capsys):
-    from heterolora_core.runs import RunRecord
-
-    row = qg.ROW_BY_ID["6"]
+    row = R.ROW_BY_ID["6"]
     sets = {0: [["layer.0.lora.q", "layer.1.shortcut.res_ffn"]],                    # layer 0: 1/2, lora 1/2
             1: [["layer.1.lora.v"], ["layer.1.lora.v", "layer.0.shortcut.res_attn"]]}  # freq 1, 1/2: layer 1 2/3
     for seed, realloc_sets in sets.items():
-        record = RunRecord.create(tmp_path / "mrpc" / row.slug / f"seed{seed}", {"task": "mrpc"}, status="done")
-        record.update_summary(final_score=0.70 + seed / 10)
+        record = RunRecord.create(tmp_path / "mrpc" / row.slug / f"seed{seed}", {"task": "mrpc"}, status="done",
+                                  final_score=0.70 + seed / 10)
         for step, enabled in enumerate(realloc_sets):
             record.append_reallocation(step, {n: 1.0 for n in enabled}, enabled)
-    entry = shares.row_shares(tmp_path, "mrpc", "6", [0, 1, 2])  # seed 2 has no record
+    entry = report.row_shares(tmp_path, "mrpc", "6", [0, 1, 2])  # seed 2 has no record
     assert entry["seeds"] == 2 and entry["final"] == pytest.approx(0.75)
     assert entry["layer"] == pytest.approx({0: (1 / 2 + 1 / 3) / 2, 1: (1 / 2 + 2 / 3) / 2})
     assert entry["lora"] == pytest.approx((1 / 2 + 2 / 3) / 2)

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from cli_helpers import REPO, cli_env, needs_glue, read_jsonl_strict, run_cli, save_tiny_bert
-from heterolora_core.runs import RunRecord, read_json
+from heterolora_core.records.record import RunRecord, read_json
 
 pytestmark = [needs_glue, pytest.mark.slow]
 
@@ -23,7 +23,8 @@ def _wait_until_training(record: RunRecord, proc: subprocess.Popen, log, timeout
         if proc.poll() is not None:
             log.seek(0)
             pytest.fail(f"the run ended (rc {proc.returncode}) before it could be killed:\n{log.read()[-3000:]}")
-        summary = read_json(record.path / RunRecord.SUMMARY) or {}
+        summary, _ = read_json(record.path / RunRecord.SUMMARY)
+        summary = summary or {}
         if summary.get("status") == "running" and record.metrics() and record.reallocations():
             return summary
         time.sleep(0.2)
@@ -69,10 +70,10 @@ def test_sigkilled_run_is_readable_and_listed_as_failed(tmp_path):
     assert not (out / "adapters").exists()
 
     # the raw summary still says running; the effective status is failed, with the reason
-    assert record.raw_summary()["status"] == "running"
+    assert record.raw_summary().status == "running"
     effective = record.summary()
-    assert effective["status"] == "failed"
-    assert "process" in effective["error"] and str(proc.pid) in effective["error"]
+    assert effective.status == "failed"
+    assert "process" in effective.error and str(proc.pid) in effective.error
 
     listed = run_cli("runs", "--json", env=cli_env(home), timeout=120)
     assert listed.returncode == 0, listed.stderr
@@ -81,4 +82,5 @@ def test_sigkilled_run_is_readable_and_listed_as_failed(tmp_path):
     assert rows[0]["status"] == "failed" and "process" in rows[0]["error"]
     # the listing persisted it: nothing is left claiming to be running
     persisted = record.raw_summary()
-    assert persisted["status"] == "failed" and "pid" not in persisted and "process" in persisted["error"]
+    on_disk, _ = read_json(out / RunRecord.SUMMARY)
+    assert persisted.status == "failed" and "pid" not in on_disk and "process" in persisted.error

@@ -6,9 +6,9 @@ import pytest
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-from heterolora_core.data import TASKS
-from heterolora_core.metrics import (GLUE_METRIC_DIR, compute_metrics, headline_metric, load_glue_metric,
-                                     logits_to_predictions)
+from heterolora_core.training.data import TASKS
+from heterolora_core.training.metrics import (GLUE_METRIC_DIR, compute_metrics, headline_metric, load_glue_metric,
+                                              logits_to_predictions)
 
 ACCURACY_ONLY = ("sst2", "mnli", "qnli", "rte", "wnli")
 

@@ -6,7 +6,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from heterolora_core import HeteroLoraConfig, attach
-from heterolora_core.peft_export import export_peft
+from heterolora_core.adapters.checkpoint import export_peft
 from tiny_models import random_batches, tiny_model
 
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from heterolora_core import HeteroLoraConfig, attach
-from heterolora_core.proxies import (GradientCollector, alpha_test_scores, collect_gradients, compute_scores,
-                                     scores_from_gradients)
+from heterolora_core.search.proxies import (GradientCollector, alpha_test_scores, collect_gradients, compute_scores,
+                                            scores_from_gradients)
 from tiny_models import random_batches, tiny_model
 
 HIDDEN = 32

@@ -1,8 +1,8 @@
-"""benchmarks/quality_grid.py: the grid as data, resumability, statistics, peak-RSS measurement,
-and one smoke invocation end to end (tiny real run, then a resume that skips it)."""
+"""benchmarks/quality_grid.py and benchmarks/grid/: the grid as data (the sweep file), resumability,
+statistics, peak-RSS measurement by the worker, and one smoke invocation end to end (tiny real run,
+then a resume that skips it)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,21 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from heterolora_core.runs import RunRecord
+from benchmarks.grid import report, rows as R, runner
+from heterolora_core.records.record import RunRecord
+from heterolora_core.records.store import RunStore
+from heterolora_core.records.worker import TRAIN_CMD_ENV, Worker
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "quality_grid.py"
-
-
-def _load_grid():
-    spec = importlib.util.spec_from_file_location("quality_grid", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["quality_grid"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-qg = _load_grid()
 
 
 def _glue_dir() -> Path | None:
@@ -42,23 +34,31 @@ def _glue_dir() -> Path | None:
 
 def test_rows_have_the_budgets_the_issue_states():
     """Every row's config is valid and, on the embedded model, trains the stated parameters."""
-    from heterolora_core.budget import plan_budget
-    from heterolora_core.training import normalise_config, validate_config
+    from heterolora_core.planning import plan_budget
 
-    for row in qg.ROWS:
-        config = normalise_config(qg.run_config(row, "mrpc", 0, qg.Settings()))
-        validate_config(config)
+    for row in R.ROWS:
+        config = R.run_config(row, "mrpc", 0, R.Settings())
+        config.validate()
         if config.mode == "adalora":
             assert row.expected_params == 24 * 12 * (384 + 384 + 1)
-            continue
-        plan = plan_budget(config.model, config.lora_targets, config.shortcuts, config.rank, config.enable_ratio,
-                           config.match_uniform_rank, mode=config.mode)
+        plan = plan_budget(config)
         assert plan.trainable_params == row.expected_params, row.id
-    assert {r.budget for r in qg.ROWS if r.expected_params == 73_728} == {"A"}
+    assert {r.budget for r in R.ROWS if r.expected_params == 73_728} == {"A"}
+
+
+def test_the_grid_is_a_sweep_file_the_engine_expands():
+    """``python -m heterolora_core sweep benchmarks/grids/quality.yaml`` names the grid's runs: the
+    same settings and folders as the grid's own plan, every row of the three seeds and both tasks."""
+    from heterolora_core.sweeps import expand
+
+    swept = {run.folder: run.config for run in expand(R.SPEC)}
+    planned = R.plan([r.id for r in R.ROWS], ["mrpc", "rte"], [0, 1, 2], R.Settings(), Path("results"))
+    assert len(swept) == len(planned) == 9 * 2 * 3 + 8 * 3  # 4 proxy rows and 4 diagnostics on MRPC only
+    assert {str(j.path): j.config for j in planned} == swept
 
 
 def test_plan_follows_the_run_order_without_duplicates(tmp_path):
-    jobs = qg.plan(qg.parse_rows("all"), ["mrpc", "rte"], [0, 1, 2], qg.Settings(), tmp_path)
+    jobs = R.plan(R.parse_rows("all"), ["mrpc", "rte"], [0, 1, 2], R.Settings(), tmp_path)
     keys = [(j.row.id, j.task, j.seed) for j in jobs]
     assert len(keys) == len(set(keys)) == 9 * 2 * 3 + 4 * 3  # the proxy sweep is MRPC only
     assert keys[:4] == [("4", "mrpc", 0), ("6", "mrpc", 0), ("8", "mrpc", 0), ("9", "mrpc", 0)]
@@ -71,7 +71,7 @@ def test_plan_follows_the_run_order_without_duplicates(tmp_path):
     for job in jobs:
         assert (job.config.epochs, job.config.lr, job.config.batch_size, job.config.max_steps) == (3.0, 5e-4, 16, None)
     with pytest.raises(SystemExit, match="unknown row"):
-        qg.parse_rows("4,42")
+        R.parse_rows("4,42")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -79,23 +79,22 @@ def test_plan_follows_the_run_order_without_duplicates(tmp_path):
 # ----------------------------------------------------------------------------------------------
 
 def _fake_record(job, status: str, **summary) -> None:
-    RunRecord.create(job.path, job.config.to_dict(), status="queued")
-    RunRecord(job.path).update_summary(status=status, **summary)
+    RunRecord.create(job.path, job.config.to_dict(), status=status, **summary)
 
 
 def test_job_states_decide_skip_rerun_or_refuse(tmp_path):
-    jobs = qg.plan(["4", "6", "8", "9"], ["mrpc"], [0], qg.Settings(), tmp_path)
+    jobs = R.plan(["4", "6", "8", "9"], ["mrpc"], [0], R.Settings(), tmp_path)
     done, failed, live, dead = jobs
     _fake_record(done, "done", final_score=0.8)
     _fake_record(failed, "failed", error="boom")
     _fake_record(live, "running", pid=os.getpid(), started_at=time.time())
     _fake_record(dead, "running", pid=2 ** 22 + 12345, started_at=time.time())
-    assert [qg.job_state(j) for j in jobs] == ["done", "rerun", "running", "rerun"]
-    assert qg.job_state(qg.plan(["1"], ["mrpc"], [0], qg.Settings(), tmp_path)[0]) == "todo"
+    assert [runner.job_state(j) for j in jobs] == ["done", "rerun", "running", "rerun"]
+    assert runner.job_state(R.plan(["1"], ["mrpc"], [0], R.Settings(), tmp_path)[0]) == "todo"
     # a finished record made with other settings is never silently reused
-    other = qg.plan(["4"], ["mrpc"], [0], qg.Settings(lr=1e-3), tmp_path)[0]
+    other = R.plan(["4"], ["mrpc"], [0], R.Settings(lr=1e-3), tmp_path)[0]
     with pytest.raises(SystemExit, match="lr 0.0005 -> 0.001"):
-        qg.job_state(other)
+        runner.job_state(other)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -110,7 +109,7 @@ def _runs(row: str, finals: list[float], task: str = "mrpc", **extra) -> list[di
 
 def test_aggregate_reports_intervals_and_noise():
     runs = _runs("4", [0.80, 0.82, 0.81]) + _runs("6", [0.81, 0.83, 0.82]) + _runs("8", [0.70, 0.90, 0.80])
-    table = {e["row"]: e for e in qg.aggregate(runs)}
+    table = {e["row"]: e for e in report.aggregate(runs)}
     ref = table["4"]
     assert ref["final"]["mean"] == pytest.approx(0.81) and ref["final"]["std"] == pytest.approx(0.01)
     half = 4.302653 * 0.01 / 3 ** 0.5  # t(0.975, 2)
@@ -118,51 +117,57 @@ def test_aggregate_reports_intervals_and_noise():
     assert ref["best"]["mean"] == pytest.approx(0.82) and ref["vs_reference"] is None
     assert table["6"]["vs_reference"]["verdict"] == "better"  # +1 point on every seed
     assert table["8"]["vs_reference"]["verdict"] == "noise"
-    text = qg.format_table(qg.aggregate(runs))
+    text = report.format_table(report.aggregate(runs))
     assert "81.00 ± 1.00" in text and "4: +1.00" in text and "better" in text and "noise" in text
-    markdown = qg.format_markdown(qg.aggregate(runs), runs)
+    markdown = report.format_markdown(report.aggregate(runs), runs)
     assert "| 6 | dynamic combined grad_norm r32, 9/35 | 221,184 | 0,1,2 | 82.00 ± 1.00 |" in markdown
     assert "vs 4: +1.00 [" in markdown and markdown.count("| mrpc | 8 |") == 3
     # a remedy for row 6 is compared with row 6 and with the budget's uniform row 4
-    remedy = {e["row"]: e for e in qg.aggregate(runs + _runs("6.epoch", [0.84, 0.80, 0.81]))}["6.epoch"]
+    remedy = {e["row"]: e for e in report.aggregate(runs + _runs("6.epoch", [0.84, 0.80, 0.81]))}["6.epoch"]
     assert remedy["vs_reference"]["mean"] == pytest.approx(-0.01 / 3)  # vs 6: +0.03, -0.03, -0.01
     assert (remedy["uniform"], remedy["vs_uniform"]["mean"]) == ("4", pytest.approx(0.02 / 3))  # +0.04, -0.02, 0
     assert table["6"]["vs_uniform"] is None and table["4"]["vs_uniform"] is None
-    assert "; vs 4: +0.67 [" in qg.format_markdown(qg.aggregate(runs + _runs("6.epoch", [0.84, 0.80, 0.81])), runs)
+    assert "; vs 4: +0.67 [" in report.format_markdown(report.aggregate(runs + _runs("6.epoch", [0.84, 0.80, 0.81])), runs)
     # searched rows of budget B are also compared with the random control (row 8); row 8 and plain rows are not
     assert (table["6"]["control"], table["6"]["vs_control"]["mean"]) == ("8", pytest.approx(0.02))  # +.11, -.07, +.02
     assert remedy["vs_control"]["mean"] == pytest.approx(0.05 / 3)  # +.14, -.10, +.01
     assert table["8"]["vs_control"] is None and table["4"]["vs_control"] is None
     assert "; vs 8: +2.00 [" in markdown
-    single = qg.aggregate(_runs("4", [0.8]) + _runs("6", [0.9]))
+    single = report.aggregate(_runs("4", [0.8]) + _runs("6", [0.9]))
     assert single[1]["vs_reference"]["verdict"] == "n/a (1 seed)" and single[1]["final"]["ci95"] is None
 
 
 def test_pause_file_stops_before_the_next_run(tmp_path):
-    jobs = qg.plan(["4", "6"], ["mrpc"], [0], qg.Settings(), tmp_path)
-    (tmp_path / qg.PAUSE_FILE).touch()
+    jobs = R.plan(["4", "6"], ["mrpc"], [0], R.Settings(), tmp_path)
+    (tmp_path / runner.PAUSE_FILE).touch()
     logged = []
-    counts = qg.execute(jobs, log=logged.append, pause_file=tmp_path / qg.PAUSE_FILE)
+    counts = runner.execute(jobs, log=logged.append, pause_file=tmp_path / runner.PAUSE_FILE, results=tmp_path)
     assert counts["ran"] == 0 and counts["paused"] == 2
     assert not any(job.path.exists() for job in jobs) and "pause" in logged[-1]
 
 
-def test_peak_rss_is_measured_per_child(tmp_path):
-    big = [sys.executable, "-c", "import time; b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep(0.5)"]
-    small = [sys.executable, "-c", "import time; time.sleep(0.5)"]
-    code_big, _, peak_big = qg.run_measured(big, tmp_path / "big.log", cwd=tmp_path)
-    code_small, _, peak_small = qg.run_measured(small, tmp_path / "small.log", cwd=tmp_path)
-    assert code_big == code_small == 0
+def test_peak_rss_is_measured_per_child(tmp_path, monkeypatch):
+    """The worker records each training process's own peak resident memory in its summary."""
+    big = f"{sys.executable} -c \"import time; b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep(0.5)\""
+    small = f"{sys.executable} -c \"import time; time.sleep(0.5)\""
+    fail = f"{sys.executable} -c \"raise SystemExit(3)\""
+    store = RunStore(tmp_path)
+    peaks, codes = {}, {}
+    for name, command in (("big", big), ("small", small), ("fail", fail)):
+        monkeypatch.setenv(TRAIN_CMD_ENV, command)
+        record = store.enqueue({"task": "mrpc"}, folder=name)
+        Worker(tmp_path, poll=0.05).run_one(record)
+        summary = record.summary()
+        peaks[name], codes[name] = summary.peak_rss_mb, summary.error
     # MiB; neither child is charged with this (torch-loaded) test process's own memory
-    assert 300 <= peak_big < 500 and peak_small < 100
-    code, _, _ = qg.run_measured([sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "x.log", cwd=tmp_path)
-    assert code == 3
+    assert 300 <= peaks["big"] < 500 and peaks["small"] < 100
+    assert "exited with code 3" in codes["fail"]
 
 
 def test_memory_summary_pairs_rounds():
     runs = [{"row": r, "round": k, "status": "done", "peak_rss_mb": mb}
             for k, (u, d) in enumerate([(800, 880), (820, 900), (810, 1100)]) for r, mb in (("4", u), ("6", d))]
-    m = qg.memory_summary(runs)
+    m = report.memory_summary(runs)
     assert m["median_uniform_mb"] == 810 and m["median_dynamic_mb"] == 900
     assert m["ratio_of_medians"] == pytest.approx(900 / 810) and m["within_target"]
     assert m["median_paired_ratio"] == pytest.approx(880 / 800)  # of 1.1, 1.098, 1.358
@@ -193,7 +198,7 @@ def test_smoke_grid_writes_table_and_resumes(tmp_path):
     assert (entry["row"], entry["task"], entry["done"], entry["trainable_params"]) == ("6", "mrpc", 1, 221_184)
     assert entry["params_ok"] and 0.0 <= entry["final"]["mean"] <= 1.0 and entry["peak_rss_mb"] > 100
     run = RunRecord(tmp_path / "results" / "mrpc" / "dynamic-combined-gradnorm-r32" / "seed0")
-    assert run.summary()["status"] == "done" and run.summary()["step"] == 4
+    assert run.summary().status == "done" and run.summary().step == 4
     assert "final mean ± std" in first.stdout and "221,184" in first.stdout
 
     started = time.perf_counter()
@@ -203,3 +208,5 @@ def test_smoke_grid_writes_table_and_resumes(tmp_path):
     assert json.loads((tmp_path / "results" / "quality_grid.json").read_text())["counts"] == \
         {"ran": 0, "skipped": 1, "failed": 0, "busy": 0}
     assert time.perf_counter() - started < 20  # no training, no torch import
+    assert "torch" not in subprocess.run([sys.executable, "-c", "import sys, benchmarks.quality_grid; print(sorted(sys.modules))"],
+                                         capture_output=True, text=True, env=env, timeout=60).stdout.split("'")

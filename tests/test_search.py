@@ -3,8 +3,11 @@ import pytest
 import torch
 
 from heterolora_core import HeteroLoraConfig, attach
-from heterolora_core.budget import Allocation, Budget, plan_budget, resolve
-from heterolora_core.search import Reallocator, normalize_scores, select
+from heterolora_core.planning import plan_budget
+from heterolora_core.search.budget import Allocation, Budget, resolve
+from heterolora_core.search.reallocator import Reallocator
+from heterolora_core.search.selection import normalize_scores, select
+from heterolora_core.training.run_config import RunConfig
 from tiny_models import random_batches, tiny_model
 
 GROUPS = {"a": "lora", "b": "lora", "c": "lora", "d": "lora", "s1": "shortcut", "s2": "shortcut", "s3": "shortcut", "s4": "shortcut"}
@@ -63,18 +66,20 @@ def test_budget_counts_follow_the_method_doc():
 
 
 def test_73728_budget_equality_on_the_embedded_model():
-    uniform = plan_budget("embedded", ["q", "v"], shortcuts=False, rank=8, mode="lora")
-    hetero = plan_budget("embedded", ["q", "v"], shortcuts=False, rank=32, enable_ratio=0.25)
+    uniform = plan_budget(RunConfig(model="embedded", lora_targets=["q", "v"], shortcuts=False, rank=8, mode="lora"))
+    hetero = plan_budget(RunConfig(model="embedded", lora_targets=["q", "v"], shortcuts=False, rank=32,
+                                   enable_ratio=0.25))
     assert uniform.trainable_params == hetero.trainable_params == 73_728
     assert (uniform.n_enabled, hetero.n_enabled) == (12, 3)
     assert uniform.head_params == 384 * 2 + 2
-    budget_b = plan_budget("embedded", ["q", "v"], shortcuts=True, rank=32, match_uniform_rank=24)
+    budget_b = plan_budget(RunConfig(model="embedded", lora_targets=["q", "v"], shortcuts=True, rank=32,
+                                     match_uniform_rank=24))
     assert (budget_b.n_candidates, budget_b.n_enabled, budget_b.trainable_params) == (35, 9, 221_184)
     assert budget_b.uniform_equivalent == "uniform LoRA q,v at rank 24 (221,184)"
 
 
 def test_73728_on_the_real_loaded_embedded_model():
-    from heterolora_core.models import load_classifier
+    from heterolora_core.training.models import load_classifier
 
     model = load_classifier("embedded", num_labels=2)
     adapters = attach(model, HeteroLoraConfig(rank=32, lora_targets=("q", "v")))

@@ -1,4 +1,6 @@
-"""heterolora_core.store: the SQLite index of run folders, the queue, cancel / delete / rerun, launch checks."""
+"""heterolora_core.records.store: the SQLite index of run folders, the queue, cancel / delete / rerun;
+heterolora_core.records.processes: which processes may be signalled. (The dashboard's launch-form
+tests are in tests/test_launch_forms.py.)"""
 import os
 import signal
 import sqlite3
@@ -6,22 +8,39 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 
-from heterolora_core.runs import RunConfig
-from heterolora_core.store import (
-    SHORT_RUN,
-    LaunchError,
-    RunStore,
-    check_launch,
-    launch_config,
-    parse_seeds,
-    terminate_process_group,
-)
+from heterolora_core.records.processes import process_started_at, signal_process
+from heterolora_core.records.store import RunStore
+from heterolora_core.training.run_config import RunConfig
 
 
 def _ids(rows):
-    return [r["run_id"] for r in rows]
+    """Run ids of ``list_runs()`` (StoredRun) or ``queued()`` (dict) rows, in order."""
+    return [r["run_id"] if isinstance(r, dict) else r.run_id for r in rows]
+
+
+def _indexed_status(store, run_id):
+    """The status the index caches for ``run_id`` (not the folder's)."""
+    with sqlite3.connect(store.db_path) as db:
+        return db.execute("SELECT status FROM runs WHERE run_id=?", (run_id,)).fetchone()[0]
+
+
+def _start_project_process():
+    """A project process that only sleeps, in its own session, and its create time; returned once
+    its command line is the project's (before exec it is still this interpreter's)."""
+    proc = subprocess.Popen([sys.executable, "-m", "heterolora_testing.idle", "60"], start_new_session=True)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            if "heterolora_testing.idle" in " ".join(psutil.Process(proc.pid).cmdline()):
+                return proc, process_started_at(proc.pid)
+        except psutil.Error:
+            pass
+        time.sleep(0.02)
+    proc.kill()
+    raise AssertionError("the idle project process never started")
 
 
 def test_database_in_the_data_home_uses_wal(home):
@@ -36,12 +55,13 @@ def test_enqueue_creates_queued_folders_in_order(home):
     first = store.enqueue(RunConfig(proxy="snip"))
     second = store.enqueue({**RunConfig().to_dict(), "seed": 3})
     assert first.path.parent == home / "runs"
-    assert first.raw_summary()["status"] == "queued"
+    assert first.raw_summary().status == "queued"
     assert first.config()["proxy"] == "snip"
     assert _ids(store.queued()) == [first.run_id, second.run_id]
-    assert store.next_queued().run_id == first.run_id
+    assert store.claim_next(os.getpid()).run_id == first.run_id  # what the worker takes next
     first.update_summary(status="running", pid=os.getpid(), started_at=time.time())
-    assert store.next_queued().run_id == second.run_id  # a claimed run leaves the queue
+    assert store.claim_next(os.getpid()).run_id == second.run_id  # a claimed run leaves the queue
+    assert _ids(store.queued()) == [second.run_id]
 
 
 def test_sync_indexes_cli_runs_and_forgets_deleted_folders(home, make_run):
@@ -75,9 +95,10 @@ def test_running_run_with_dead_process_is_persisted_failed(home, make_run):
     record.update_summary(status="running", pid=dead.pid, started_at=time.time() - 5)
     store = RunStore()
     row = store.list_runs()[0]
-    assert row["summary"]["status"] == "failed" and row["status"] == "failed"
-    assert record.raw_summary()["status"] == "failed"  # persisted, not just displayed
-    assert "ended without finishing" in record.raw_summary()["error"]
+    assert row.summary.status == "failed" and _indexed_status(store, row.run_id) == "failed"
+    assert row.status == "failed"
+    assert record.raw_summary().status == "failed"  # persisted, not just displayed
+    assert "ended without finishing" in record.raw_summary().error
 
 
 def test_reconcile_names_a_killed_worker(home):
@@ -89,39 +110,39 @@ def test_reconcile_names_a_killed_worker(home):
     record.update_summary(status="running", pid=gone.pid, started_at=time.time())
     store.sync()
     summary = record.raw_summary()
-    assert summary["status"] == "failed"
-    assert f"worker (pid {gone.pid}) was killed" in summary["error"]
+    assert summary.status == "failed"
+    assert f"worker (pid {gone.pid}) was killed" in summary.error
 
 
 def test_cancel_queued_run(home):
     store = RunStore()
     record = store.enqueue(RunConfig())
     assert store.cancel(record.run_id) == "cancelled"
-    assert record.raw_summary()["status"] == "cancelled"
-    assert store.next_queued() is None
+    assert record.raw_summary().status == "cancelled"
+    assert store.claim_next(os.getpid()) is None
     assert store.cancel(record.run_id) == "cancelled"  # idempotent
 
 
 def test_cancel_running_run_terminates_its_process_group(home):
     store = RunStore()
     record = store.enqueue(RunConfig())
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    proc, started = _start_project_process()
     try:
-        record.update_summary(status="running", pid=proc.pid, started_at=time.time())
+        record.update_summary(status="running", pid=proc.pid, pid_started_at=started, started_at=time.time())
         assert store.cancel(record.run_id) == "cancelled"
         assert proc.wait(timeout=10) == -signal.SIGTERM
-        assert record.raw_summary()["status"] == "cancelled"
+        assert record.raw_summary().status == "cancelled"
         assert store.cancel_requested(record.run_id)
     finally:
         if proc.poll() is None:
             proc.kill()
 
 
-def test_terminate_only_signals_a_process_that_leads_its_group():
-    assert terminate_process_group(None) is False
+def test_signal_process_only_signals_the_group_of_a_process_that_leads_it():
+    assert signal_process(None) is False
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # shares our group
     try:
-        assert terminate_process_group(child.pid) is True  # the pid alone, not our own group
+        assert signal_process(child.pid) is True  # the pid alone, not our own group
         assert child.wait(timeout=10) == -signal.SIGTERM
     finally:
         if child.poll() is None:
@@ -140,9 +161,9 @@ def test_delete_removes_folder_and_row(home):
 def test_delete_a_running_run_stops_it_first(home):
     store = RunStore()
     record = store.enqueue(RunConfig())
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    proc, started = _start_project_process()
     try:
-        record.update_summary(status="running", pid=proc.pid, started_at=time.time())
+        record.update_summary(status="running", pid=proc.pid, pid_started_at=started, started_at=time.time())
         store.delete(record.run_id)
         assert proc.poll() == -signal.SIGTERM  # reaped by the wait: dead before the folder went
         assert not record.path.exists() and store.list_runs() == []
@@ -153,7 +174,9 @@ def test_delete_a_running_run_stops_it_first(home):
 
 def test_rerun_copies_the_config_but_not_the_sweep(home):
     store = RunStore()
-    sweep_id, records = store.enqueue_sweep(RunConfig(rank=16), ["grad_norm"], [7])
+    sweep_id = "sweep-rerun"
+    records = store.enqueue_many([RunConfig(rank=16, proxy="grad_norm", seed=7)], sweep_id=sweep_id)
+    assert records[0].config()["sweep_id"] == sweep_id
     again = store.rerun(records[0].run_id)
     assert again.run_id != records[0].run_id
     config = again.config()
@@ -165,79 +188,31 @@ def test_rerun_copies_the_config_but_not_the_sweep(home):
 
 def test_sweep_queues_one_run_per_proxy_and_seed(home):
     store = RunStore()
-    sweep_id, records = store.enqueue_sweep(RunConfig(), ["grad_norm", "snip"], [0, 13])
+    sweep_id = "sweep-proxies-seeds"
+    # one config per (seed, proxy), the runs of the first seed first
+    records = store.enqueue_many([RunConfig(seed=seed, proxy=proxy) for seed in (0, 13) for proxy in ("grad_norm", "snip")],
+                                 sweep_id=sweep_id)
     configs = [r.config() for r in records]
     assert [(c["seed"], c["proxy"]) for c in configs] == [(0, "grad_norm"), (0, "snip"), (13, "grad_norm"), (13, "snip")]
     assert {c["sweep_id"] for c in configs} == {sweep_id}
     sweeps = store.sweeps()
-    assert sweeps[0]["sweep_id"] == sweep_id and sweeps[0]["run_ids"] == [r.run_id for r in records]
+    assert sweeps[0].sweep_id == sweep_id and sweeps[0].run_ids == [r.run_id for r in records]
     # the sweep survives a rebuilt index (it is in config.json too)
     store.db_path.unlink()
     for suffix in ("-wal", "-shm"):
         (home / f"runs.sqlite{suffix}").unlink(missing_ok=True)
     rebuilt = RunStore()
     rebuilt.sync()
-    assert set(rebuilt.sweeps()[0]["run_ids"]) == {r.run_id for r in records}
-    with pytest.raises(LaunchError):
-        store.enqueue_sweep(RunConfig(), [], [0])
-
-
-def test_short_run_is_a_valid_config():
-    config = launch_config(SHORT_RUN)
-    assert RunConfig.from_dict(config).to_cli_args()  # every value is CLI-expressible
-    assert config["mode"] == "dynamic" and config["model"] == "embedded"
-    with pytest.raises(LaunchError, match="unknown run settings"):
-        launch_config({"rnak": 3})
-
-
-@pytest.mark.parametrize("change, message", [
-    ({"rank": 0}, "rank must be at least 1"),
-    ({"enable_ratio": 0.0}, "enable ratio must be in"),
-    ({"enable_ratio": 1.5}, "enable ratio must be in"),
-    ({"lora_targets": [], "shortcuts": False}, "search space is empty"),
-    ({"model": "  "}, "choose a model"),
-    ({"model": "nobody/no-such-model"}, "does not exist"),
-    ({"enable_ratio": 0.01}, "enables nothing"),
-    ({"task": "nosuchtask"}, "unknown task"),
-])
-def test_check_launch_refuses_bad_input_with_one_line(fake_budget, change, message):
-    with pytest.raises(LaunchError, match=message) as info:
-        check_launch(launch_config({**SHORT_RUN, **change}))
-    assert "\n" not in str(info.value)
-
-
-def test_check_launch_returns_the_plan(fake_budget):
-    plan = check_launch(launch_config(SHORT_RUN))
-    assert plan.n_enabled == 9 and plan.trainable_params == 9 * 32 * 768
-    lora = check_launch(launch_config({**SHORT_RUN, "mode": "lora", "rank": 8, "enable_ratio": 0.0}))
-    assert lora.n_enabled == 35  # the enable ratio does not apply to uniform LoRA
-
-
-def test_check_launch_with_the_engine_budget_planner():
-    """The real plan_budget (imports torch): the default short run on the embedded model."""
-    plan = check_launch(launch_config(SHORT_RUN))
-    assert (plan.n_lora, plan.n_shortcut, plan.n_enabled) == (12, 23, 9)
-    assert plan.trainable_params == 9 * 32 * 768
-    assert "rank 24" in plan.uniform_equivalent
-    with pytest.raises(LaunchError, match="enables nothing"):
-        check_launch(launch_config({**SHORT_RUN, "enable_ratio": 0.01}))
-
-
-def test_parse_seeds():
-    assert parse_seeds("0, 13 42,13") == [0, 13, 42]
-    for bad in ("", "a", "1.5", "-1"):
-        with pytest.raises(LaunchError):
-            parse_seeds(bad)
+    assert set(rebuilt.sweeps()[0].run_ids) == {r.run_id for r in records}
+    # (an empty proxy list is refused by the launch form: see tests/test_launch_forms.py)
 
 
 def test_record_written_by_another_process_while_indexed(home):
     """The worker and the app both write: concurrent enqueues from two processes keep a total order."""
-    from conftest import PROJECT_ROOT
-
-    code = ("import sys; sys.path.insert(0, %r)\n"
-            "from heterolora_core.store import RunStore; from heterolora_core.runs import RunConfig\n"
+    code = ("from heterolora_core.records.store import RunStore\n"
+            "from heterolora_core.training.run_config import RunConfig\n"
             "s = RunStore(%r)\n"
-            "for i in range(10): s.enqueue(RunConfig(seed=i))\n") % (str(PROJECT_ROOT), str(home))
+            "for i in range(10): s.enqueue(RunConfig(seed=i))\n") % str(home)
     procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(2)]
     assert all(p.wait(timeout=60) == 0 for p in procs)
     queued = RunStore().queued()
@@ -247,14 +222,13 @@ def test_record_written_by_another_process_while_indexed(home):
 
 def test_benchmark_records_under_results_are_indexed(tmp_path):
     """quality_grid.py writes records under <home>/results/<task>/<row>/seed<k>: Compare must see them."""
-    from heterolora_core.runs import RunRecord
-    from heterolora_core.store import RunStore
+    from heterolora_core.records.record import RunRecord
 
     folders = [tmp_path / "results" / "mrpc" / row / "seed0" for row in ("lora-qv-r8", "dynamic-r32")]
     for folder in folders:
         RunRecord.create(folder, {"task": "mrpc", "mode": "lora"}, status="done")
     store = RunStore(tmp_path)
-    rows = {r["run_id"]: r for r in store.list_runs()}
+    rows = {r.run_id: r for r in store.list_runs()}
     assert set(rows) == {"results/mrpc/lora-qv-r8/seed0", "results/mrpc/dynamic-r32/seed0"}  # unique ids
-    assert {r["path"] for r in rows.values()} == {f.resolve() for f in folders}
+    assert {r.path for r in rows.values()} == {f.resolve() for f in folders}
     assert store.get("results/mrpc/lora-qv-r8/seed0").path == folders[0].resolve()

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import math
 import subprocess
 from types import SimpleNamespace
 
 import pytest
 
 from cli_helpers import GLUE, REPO, cli_env, needs_glue, read_jsonl_strict, run_cli, save_tiny_bert
-from heterolora_core.runs import RunConfig, RunRecord
-from heterolora_core.training import _Plan, _RunCallback, reallocation_steps
+from heterolora_core.methods.heterolora import SearchCallback
+from heterolora_core.records.record import RunRecord
+from heterolora_core.search.reallocator import ReallocationSchedule
+from heterolora_core.training.run_config import RunConfig
 
 # ---------------------------------------------------------------------------------------------
 # The schedule (no model needed)
@@ -33,33 +36,36 @@ from heterolora_core.training import _Plan, _RunCallback, reallocation_steps
     (10, 10, 0.25, [3, 5, 8]),                        # halves round up: 2.5 -> 3, 7.5 -> 8
 ])
 def test_reallocation_steps(steps_per_epoch, total, fraction, expected):
-    assert reallocation_steps(steps_per_epoch, total, fraction) == expected
+    schedule = ReallocationSchedule(steps_per_epoch, total, fraction)
+    assert schedule.steps() == expected
+    # the training loop never materialises the schedule: its length and membership agree with it
+    assert len(schedule) == len(expected)
+    assert [s for s in range(-1, total + 2) if s in schedule] == expected
 
 
-def _callback(plan: _Plan, score_window: int, from_training: bool = True):
-    config = RunConfig(score_window=score_window, mode="dynamic")
+def _callback(schedule: ReallocationSchedule, score_window: int, from_training: bool = True):
     reallocator = SimpleNamespace(scores_from_training=from_training)
-    return _RunCallback(config, None, reallocator, plan, False, 0.0, "accuracy", primary=None,
-                        train_rows=[], collator=None)
+    return SearchCallback(reallocator, schedule, score_window, scoring_batches=None, n_scoring_batches=0)
 
 
 @pytest.mark.parametrize("window", [1, 8, 20])
 def test_scoring_window_is_the_steps_just_before_each_reallocation(window):
-    plan = _Plan(100, 300, reallocation_steps(100, 300, 0.2))
-    callback = _callback(plan, window)
-    in_window = [i for i in range(300) if callback._window_for(i)]
-    expected = sorted({i for s in plan.realloc_steps for i in range(s - window, s)})
+    schedule = ReallocationSchedule(100, 300, 0.2)
+    realloc_steps = schedule.steps()
+    callback = _callback(schedule, window)
+    in_window = [i for i in range(300) if callback.window_for(i)]
+    expected = sorted({i for s in realloc_steps for i in range(s - window, s)})
     assert in_window == expected
     # every reallocation sees exactly `window` steps (the windows do not overlap at these settings)
-    for s in plan.realloc_steps:
+    for s in realloc_steps:
         assert sum(1 for i in in_window if s - window <= i < s) == window
     # no window after the last reallocation
-    assert max(in_window) == plan.realloc_steps[-1] - 1
+    assert max(in_window) == realloc_steps[-1] - 1
 
 
 def test_no_scoring_window_when_scores_need_extra_passes():
-    plan = _Plan(100, 300, reallocation_steps(100, 300, 0.2))
-    assert not any(_callback(plan, 8, from_training=False)._window_for(i) for i in range(300))
+    schedule = ReallocationSchedule(100, 300, 0.2)
+    assert not any(_callback(schedule, 8, from_training=False).window_for(i) for i in range(300))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -76,12 +82,12 @@ def tiny_bert(tmp_path_factory):
 def windowed_run(tiny_bert, tmp_path_factory):
     """32 rows, batch 4: 8 steps per epoch; reallocations after steps 4 and 8 (f = 0.5), a score
     window of 3 steps, evaluation every 4 steps, stopping at step 10 (between evaluations)."""
-    from heterolora_core import search
-    from heterolora_core.training import run_training
+    from heterolora_core.search import reallocator
+    from heterolora_core.training.trainer import run_training
 
     out = tmp_path_factory.mktemp("windowed") / "run"
     seen = []
-    original = search.Reallocator.reallocate
+    original = reallocator.Reallocator.reallocate
 
     def counted() -> int | None:  # what the Runs page shows as trainable parameters at this moment
         return json.loads((out / "summary.json").read_text()).get("trainable_params")
@@ -93,7 +99,7 @@ def windowed_run(tiny_bert, tmp_path_factory):
         return result
 
     with pytest.MonkeyPatch.context() as env:
-        env.setattr(search.Reallocator, "reallocate", spy)
+        env.setattr(reallocator.Reallocator, "reallocate", spy)
         if GLUE is not None:
             env.setenv("GLUE_DIR", str(GLUE))
         config = RunConfig(task="mrpc", model=str(tiny_bert), mode="dynamic", proxy="grad_norm", rank=4,
@@ -107,11 +113,16 @@ def windowed_run(tiny_bert, tmp_path_factory):
 def test_each_reallocation_scores_exactly_its_window(windowed_run):
     record, seen = windowed_run
     assert [s["step"] for s in seen] == [0, 4, 8]
-    assert record.summary()["realloc_steps"] == [4, 8]
+    summary = record.summary()
+    assert summary.planned_reallocations == 3  # step 0 and the schedule's steps
+    config, _ = record.run_config()
+    schedule = ReallocationSchedule(math.ceil(summary.train_rows / config.batch_size), summary.max_steps,
+                                    config.realloc_every)
+    assert schedule.steps() == [4, 8]
     # step 0 is scored from the first training batch (every module on), without extra passes
     assert seen[0]["batches"] is None and set(seen[0]["calls"].values()) == {1}
     # later reallocations: the gradients of exactly the 3 training steps before them, every candidate
-    names = set(record.reallocations()[0]["scores"])
+    names = set(record.reallocations()[0].scores)
     for s in seen[1:]:
         assert s["batches"] is None
         assert set(s["calls"]) == names
@@ -121,10 +132,10 @@ def test_each_reallocation_scores_exactly_its_window(windowed_run):
 @needs_glue
 def test_summary_counts_the_selected_modules_from_the_first_selection(windowed_run):
     record, seen = windowed_run
-    enabled_params = record.summary()["trainable_params"]
+    enabled_params = record.summary().trainable_params
     # tiny BERT: every candidate costs the same, so each selection of the same size costs the same
-    n_candidates = len(record.reallocations()[0]["scores"])
-    assert len(record.reallocations()[0]["enabled"]) < n_candidates
+    n_candidates = len(record.reallocations()[0].scores)
+    assert len(record.reallocations()[0].enabled) < n_candidates
     # before the search has selected, every candidate is on: no count rather than the all-on count
     assert seen[0]["params_before"] is None
     assert [s["params_after"] for s in seen] == [enabled_params] * 3
@@ -136,8 +147,8 @@ def test_evaluates_at_the_final_step_between_evaluations(windowed_run):
     evals = [m for m in read_jsonl_strict(record.path / RunRecord.METRICS) if "eval_accuracy" in m]
     assert [m["step"] for m in evals] == [4, 8, 10]
     summary = record.summary()
-    assert summary["final_score"] == evals[-1]["eval_accuracy"]
-    assert summary["best_score"] == max(m["eval_accuracy"] for m in evals)
+    assert summary.final_score == evals[-1]["eval_accuracy"]
+    assert summary.best_score == max(m["eval_accuracy"] for m in evals)
     losses = [m for m in record.metrics() if "loss" in m]
     assert [m["step"] for m in losses] == list(range(1, 11))
 
@@ -191,7 +202,10 @@ def test_cli_run_record_contract(contract_run):
     assert summary["trainable_params"] == 9 * 32 * 768 == 221184
     assert summary["head_params"] == 384 * 2 + 2
     assert summary["metric"] == "accuracy"
-    assert summary["num_reallocations"] == 3 and summary["realloc_steps"] == [2, 4]
+    assert summary["num_reallocations"] == 3 and summary["planned_reallocations"] == 3
+    steps_per_epoch = math.ceil(summary["train_rows"] / config["batch_size"])
+    assert steps_per_epoch == 8  # 64 rows / batch 8; --max-steps 6, --realloc-every 0.25
+    assert ReallocationSchedule(steps_per_epoch, summary["max_steps"], config["realloc_every"]).steps() == [2, 4]
     assert summary["step"] == 6 and summary["max_steps"] == 6 and summary["progress"] == 1.0
     assert 0.0 <= summary["final_score"] <= summary["best_score"] <= 1.0
     assert summary["wall_seconds"] > 0 and summary["search_seconds"] >= 0
@@ -282,7 +296,7 @@ def _comparable_metrics(record: RunRecord) -> list[dict]:
 
 
 def _comparable_reallocations(record: RunRecord) -> list[dict]:
-    return [{k: r[k] for k in ("step", "scores", "enabled")} for r in record.reallocations()]
+    return [{k: getattr(r, k) for k in ("step", "scores", "enabled")} for r in record.reallocations()]
 
 
 SEED_RUN = ["--task", "mrpc", "--mode", "dynamic", "--proxy", "grad_norm", "--rank", "4", "--train-limit", "48",
@@ -304,18 +318,18 @@ def test_same_seed_same_selections_and_metrics(tiny_bert, tmp_path):
     for name, result in results.items():
         assert result.returncode == 0, (name, result.stderr[-3000:])
     a, b = RunRecord(tmp_path / "a"), RunRecord(tmp_path / "b")
-    assert len(a.reallocations()) == 1 + len(a.summary()["realloc_steps"]) == 6
-    assert [r["enabled"] for r in a.reallocations()] == [r["enabled"] for r in b.reallocations()]
+    assert len(a.reallocations()) == a.summary().planned_reallocations == 6
+    assert [r.enabled for r in a.reallocations()] == [r.enabled for r in b.reallocations()]
     assert _comparable_reallocations(a) == _comparable_reallocations(b)  # the scores too, bit for bit
     assert _comparable_metrics(a) == _comparable_metrics(b)
     assert any("eval_loss" in m for m in a.metrics())
-    assert a.summary()["best_score"] == b.summary()["best_score"]
-    assert a.summary()["final_score"] == b.summary()["final_score"]
+    assert a.summary().best_score == b.summary().best_score
+    assert a.summary().final_score == b.summary().final_score
 
     # another seed draws other batches (and initialisations): the losses change. In-process: the
     # same arguments through the CLI's own parser.
     from heterolora_core.cli import build_parser, config_from_args
-    from heterolora_core.training import run_training
+    from heterolora_core.training.trainer import run_training
 
     other_args = build_parser().parse_args(["train", "--model", str(tiny_bert), *SEED_RUN, "--seed", "1"])
     other_config = config_from_args(other_args)
@@ -334,7 +348,7 @@ def test_run_in_a_thread_and_signal_handlers_restored(tiny_bert, tmp_path):
     import signal
     import threading
 
-    from heterolora_core.training import run_training
+    from heterolora_core.training.trainer import run_training
 
     config = RunConfig(task="mrpc", model=str(tiny_bert), mode="static", rank=4, train_limit=16, batch_size=8,
                        max_length=32, max_steps=2, dev_limit=8, device="cpu")
@@ -353,7 +367,7 @@ def test_run_in_a_thread_and_signal_handlers_restored(tiny_bert, tmp_path):
         thread.start()
         thread.join(timeout=300)
         assert "error" not in outcome, repr(outcome.get("error"))
-        assert outcome["record"].summary()["status"] == "done"
+        assert outcome["record"].summary().status == "done"
 
         def mine(signum, frame):  # pragma: no cover - never called
             pass

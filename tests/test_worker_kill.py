@@ -9,14 +9,15 @@ import time
 import pytest
 
 from conftest import FAKE_TRAIN_CMD, PROJECT_ROOT
-from heterolora_core import worker as worker_mod
-from heterolora_core.runs import RunConfig, process_alive
-from heterolora_core.store import RunStore
+from heterolora_core.records import worker as worker_mod
+from heterolora_core.records.processes import process_alive
+from heterolora_core.records.store import RunStore
+from heterolora_core.training.run_config import RunConfig
 
 
 @pytest.fixture
 def fake_trainer(home, monkeypatch):
-    """The worker runs the stand-in trainer (``dashboard.synthetic``) instead of the engine's CLI."""
+    """The worker runs the stand-in trainer (``heterolora_testing.synthetic``) instead of the engine's CLI."""
     monkeypatch.setenv(worker_mod.TRAIN_CMD_ENV, FAKE_TRAIN_CMD)
     monkeypatch.setenv("HETEROLORA_FAKE_STEP_SECONDS", "0.05")
     yield
@@ -47,10 +48,11 @@ def test_worker_runs_the_queue_in_order(home, fake_trainer):
     first = store.enqueue(RunConfig(max_steps=3, seed=1))
     second = store.enqueue(RunConfig(max_steps=3, seed=2))
     worker = worker_mod.Worker(home, poll=0.05)
-    assert worker.run_one(store.next_queued()) == "done"
-    assert first.raw_summary()["status"] == "done" and second.raw_summary()["status"] == "queued"
-    assert worker.run_one(store.next_queued()) == "done"
-    assert first.raw_summary()["started_at"] < second.raw_summary()["started_at"]
+    # what the worker's loop does: claim the oldest queued run for itself, then train it
+    assert worker.run_one(store.claim_next(os.getpid())) == "done"
+    assert first.raw_summary().status == "done" and second.raw_summary().status == "queued"
+    assert worker.run_one(store.claim_next(os.getpid())) == "done"
+    assert first.raw_summary().started_at < second.raw_summary().started_at
     assert (first.path / worker_mod.TRAIN_LOG).read_text().strip().endswith("done")
     assert len(first.reallocations()) >= 1 and first.metrics()
 
@@ -59,8 +61,8 @@ def test_a_crashing_trainer_leaves_a_failed_run_with_the_reason(home, fake_train
     monkeypatch.setenv("HETEROLORA_FAKE_CRASH_AT", "1")
     store = RunStore()
     record = store.enqueue(RunConfig(max_steps=5))
-    assert worker_mod.Worker(home, poll=0.05).run_one(store.next_queued()) == "failed"
-    error = record.raw_summary()["error"]
+    assert worker_mod.Worker(home, poll=0.05).run_one(store.claim_next(os.getpid())) == "failed"
+    error = record.raw_summary().error
     assert "exited with code 1" in error and "RuntimeError: fake crash at step 1" in error
 
 
@@ -68,9 +70,10 @@ def test_a_trainer_that_never_claims_the_run_does_not_loop_forever(home, monkeyp
     monkeypatch.setenv(worker_mod.TRAIN_CMD_ENV, f"{sys.executable} -c 'import sys; sys.exit(\"bad flag\")'")
     store = RunStore()
     record = store.enqueue(RunConfig())
-    assert worker_mod.Worker(home, poll=0.05).run_one(store.next_queued()) == "failed"
-    assert "bad flag" in record.raw_summary()["error"]
-    assert store.next_queued() is None
+    assert worker_mod.Worker(home, poll=0.05).run_one(store.claim_next(os.getpid())) == "failed"
+    assert "bad flag" in record.raw_summary().error
+    assert store.claim_next(os.getpid()) is None
+    assert store.queued() == []  # not only passed over as this worker's claim: it left the queue
 
 
 def test_cancel_while_running(home, fake_trainer, monkeypatch):
@@ -78,14 +81,14 @@ def test_cancel_while_running(home, fake_trainer, monkeypatch):
     store = RunStore()
     record = store.enqueue(RunConfig(max_steps=200))
     canceller = threading.Thread(target=lambda: (
-        wait_for(lambda: record.raw_summary().get("status") == "running", 30, "the run to start"),
+        wait_for(lambda: record.raw_summary().status == "running", 30, "the run to start"),
         store.cancel(record.run_id)))
     canceller.start()
     started = time.time()
-    assert worker_mod.Worker(home, poll=0.05).run_one(store.next_queued()) == "cancelled"
+    assert worker_mod.Worker(home, poll=0.05).run_one(store.claim_next(os.getpid())) == "cancelled"
     canceller.join()
     assert time.time() - started < 20
-    assert record.raw_summary()["status"] == "cancelled"
+    assert record.raw_summary().status == "cancelled"
 
 
 def test_one_worker_per_home(home, fake_trainer):
@@ -93,7 +96,7 @@ def test_one_worker_per_home(home, fake_trainer):
     wait_for(lambda: worker_mod.worker_pid(home) == pid, 30, "the worker to take its lock")
     assert worker_mod.ensure_worker(home) == pid
     assert os.getsid(pid) == pid  # its own session: closing the app's terminal or browser leaves it alone
-    second = subprocess.run([sys.executable, "-m", "heterolora_core.worker", "--home", str(home)], cwd=PROJECT_ROOT,
+    second = subprocess.run([sys.executable, "-m", "heterolora_core.records.worker", "--home", str(home)], cwd=PROJECT_ROOT,
                             capture_output=True, text=True, timeout=60)
     assert second.returncode == 0 and "another worker holds the lock" in second.stdout
     assert worker_mod.stop_worker(home)
@@ -108,22 +111,22 @@ def test_sigkill_worker_mid_run_then_restart(home, fake_trainer, monkeypatch):
     long_run = store.enqueue(RunConfig(max_steps=300, seed=1))
     queued_run = store.enqueue(RunConfig(max_steps=4, seed=2))
     worker_pid = worker_mod.ensure_worker(home)
-    wait_for(lambda: (long_run.raw_summary().get("step") or 0) >= 2, 60, "the first run to train a few steps")
-    trainer_pid = long_run.raw_summary()["pid"]
+    wait_for(lambda: (long_run.raw_summary().step or 0) >= 2, 60, "the first run to train a few steps")
+    trainer_pid = long_run.raw_summary().pid
     assert process_alive(trainer_pid)
 
     os.kill(worker_pid, signal.SIGKILL)
     # the training process dies with its worker (PR_SET_PDEATHSIG), it is not orphaned
     wait_for(lambda: not process_alive(trainer_pid), 10, "the training process to die with the worker")
     assert worker_mod.worker_pid(home) is None
-    assert queued_run.raw_summary()["status"] == "queued"
+    assert queued_run.raw_summary().status == "queued"
 
     # "restart": the app's next page load calls ensure_worker
-    rows = {r["run_id"]: r for r in store.list_runs()}
-    assert rows[long_run.run_id]["summary"]["status"] == "failed"
-    error = long_run.raw_summary()["error"]
-    assert long_run.raw_summary()["status"] == "failed" and f"worker (pid {worker_pid}) was killed" in error
+    rows = {r.run_id: r for r in store.list_runs()}
+    assert rows[long_run.run_id].summary.status == "failed"
+    error = long_run.raw_summary().error
+    assert long_run.raw_summary().status == "failed" and f"worker (pid {worker_pid}) was killed" in error
     new_pid = worker_mod.ensure_worker(home)
     assert new_pid != worker_pid
-    wait_for(lambda: queued_run.raw_summary().get("status") == "done", 60, "the queued run to complete")
-    assert long_run.raw_summary()["status"] == "failed"  # the new worker did not retry or resurrect it
+    wait_for(lambda: queued_run.raw_summary().status == "done", 60, "the queued run to complete")
+    assert long_run.raw_summary().status == "failed"  # the new worker did not retry or resurrect it

@@ -1,51 +1,56 @@
 """Allocation page: where a run put its parameters (the paper's Figures 4 and 5, interactive)."""
 import streamlit as st
 
-from dashboard import charts, loaders
-from heterolora_core import analysis
+from dashboard import data
+from dashboard.components import charts
+from dashboard.components.formatting import frequency_csv_frame
+from heterolora_core.methods import registry
+
 
 st.title("Allocation")
-rows = loaders.list_runs()
+rows = data.list_runs()
 if not rows:
     st.info("No runs yet: a run's enable frequencies show here once it has made its first selection.")
     st.page_link("views/launch.py", label="Launch a run", icon=":material/rocket_launch:")
     st.stop()
 
-labels = loaders.labels_for(rows)
-row_by_id = loaders.by_id(rows)
+labels = data.labels_for(rows)
+row_by_id = data.by_id(rows)
 # Open on the newest run that has recorded a selection (a queued run has nothing to draw yet).
-default = next((i for i, r in enumerate(rows) if loaders.has_reallocations(r)), 0)
+default = next((i for i, r in enumerate(rows) if data.has_reallocations(r)), 0)
 run_id = st.selectbox("Run", list(row_by_id), index=default, key="allocation_run",
                       format_func=lambda rid: f"{labels[rid]} — {rid}")
 row = row_by_id[run_id]
-config, summary = row["config"], row["summary"]
-view = loaders.allocation_view(row)
+config, summary = row.config, row.summary
+method = registry.find(config.mode) if config else None
+view = data.allocation_view(row)
 
-facts = [f"task {config.get('task')}", f"model {config.get('model')}", f"{view.n_layers} layers",
-         f"{view.n_reallocations} reallocation{'s' if view.n_reallocations != 1 else ''}", f"status {summary.get('status')}"]
-if summary.get("trainable_params"):
-    facts.append(f"{int(summary['trainable_params']):,} trainable parameters")
+facts = ([f"task {config.task}", f"model {config.model}"] if config else ["unreadable config"]) + [
+    f"{view.n_layers} layers", f"{view.n_reallocations} reallocation{'s' if view.n_reallocations != 1 else ''}",
+    f"status {summary.status}"]
+if summary.trainable_params:
+    facts.append(f"{summary.trainable_params:,} trainable parameters")
 st.caption(" · ".join(facts))
 
 if view.n_reallocations == 0:
     st.info("This run has recorded no selection yet." + (" The first one appears when training starts."
-                                                         if summary.get("status") in ("queued", "running") else ""))
+                                                         if summary.active else ""))
     st.stop()
-if config.get("mode") == "static":
+if method is not None and method.searches and not method.reallocates:
     st.caption("Static run: one selection before training, so every module reads 0 (off) or 1 (on).")
-elif config.get("mode") not in ("dynamic", "static"):
+elif method is not None and not method.searches and not method.reallocates:
     st.caption("Uniform run: every candidate module is on for the whole run.")
 
 st.subheader("Enable frequency per layer")
 st.plotly_chart(charts.allocation_heatmaps(view.lora_grid, view.shortcut_grid), key="heatmaps",
                 config=charts.png_config(f"{run_id}-enable-frequency"))
-st.download_button("Download frequencies (CSV)", analysis.frequency_csv_frame(view.frequency).to_csv(index=False),
+st.download_button("Download frequencies (CSV)", frequency_csv_frame(view.frequency).to_csv(index=False),
                    file_name=f"{run_id}-enable-frequency.csv", mime="text/csv", icon=":material/download:", key="csv")
 
 st.subheader("Timeline")
 st.caption("Each column is one reallocation; a filled cell is an enabled module. Hover for the step and the proxy score.")
 st.plotly_chart(charts.timeline_figure(view.timeline), key="timeline", config=charts.png_config(f"{run_id}-timeline"))
-if config.get("mode") == "dynamic" and view.n_reallocations >= 2:
+if method is not None and method.searches and method.reallocates and view.n_reallocations >= 2:
     churn, drift = view.churn, view.drift
     changes, swapped, ever, drift_cell = st.columns(4)
     changes.metric("Set changes", f"{churn['changes']} of {churn['reallocations'] - 1}",

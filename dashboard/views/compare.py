@@ -1,20 +1,24 @@
 """Compare page: several runs (a proxy sweep selects itself) side by side."""
 import streamlit as st
 
-from dashboard import charts, loaders
-from heterolora_core import analysis
+from dashboard import data
+from dashboard.components import charts
+from dashboard.components.formatting import format_duration, format_mean_std, run_label
+from heterolora_core.analysis import allocation as alloc
+from heterolora_core.analysis import compare
+
 
 st.title("Compare")
-rows = loaders.list_runs()
+rows = data.list_runs()
 if len(rows) < 1:
     st.info("No runs yet. A proxy sweep (Launch page) gives a ready-made comparison.")
     st.page_link("views/launch.py", label="Launch a sweep", icon=":material/rocket_launch:")
     st.stop()
 
-labels = loaders.labels_for(rows)
-row_by_id = loaders.by_id(rows)
-sweeps = loaders.store().sweeps()
-sweep_runs = {s["sweep_id"]: [rid for rid in s["run_ids"] if rid in row_by_id] for s in sweeps}
+labels = data.labels_for(rows)
+row_by_id = data.by_id(rows)
+sweeps = data.store().sweeps()
+sweep_runs = {s.sweep_id: [rid for rid in s.run_ids if rid in row_by_id] for s in sweeps}
 
 
 def default_selection() -> list[str]:
@@ -44,33 +48,39 @@ if not selected:
 chosen = [row_by_id[rid] for rid in selected]
 
 st.subheader("Scores and costs")
-table = analysis.compare_table(chosen)
+table, configs = compare.compare_table(chosen)
+differing = [c for c in table.columns if c not in compare.COMPARE_COLUMNS]
+shown = table.assign(
+    config=table["key"].map(lambda k: run_label(configs[k], include_seed=False)),
+    best_score=[format_mean_std(m, s, n) for m, s, n in zip(table["best_mean"], table["best_std"], table["n_seeds"])],
+    seeds=table["seeds"].map(lambda seeds: ", ".join(map(str, seeds))),
+    search=table["search_seconds"].map(format_duration),
+    wall=table["wall_seconds"].map(format_duration),
+)
 st.dataframe(
-    table.drop(columns=["best_mean", "best_std"]).assign(
-        search=table["search_seconds"].map(analysis.format_duration),
-        wall=table["wall_seconds"].map(analysis.format_duration),
-    ).drop(columns=["search_seconds", "wall_seconds"]),
+    shown[["config", *differing, "runs", "n_seeds", "seeds", "best_score", "trainable_params", "search", "wall"]],
     hide_index=True,
     key="compare_table",
     column_config={
         "best_score": "best score (mean ± std over seeds)",
+        "n_seeds": "n seeds",
         "trainable_params": st.column_config.NumberColumn("trainable params", format="localized"),
         "search": "search time",
         "wall": "wall time",
     },
 )
 
-alloc_rows = {labels[r["run_id"]]: r for r in chosen if loaders.has_reallocations(r)}
-views = {label: loaders.allocation_view(r) for label, r in alloc_rows.items()}
+alloc_rows = {labels[r.run_id]: r for r in chosen if data.has_reallocations(r)}
+views = {label: data.allocation_view(r) for label, r in alloc_rows.items()}
 if views:
     st.subheader("Enable frequency per layer")
     st.plotly_chart(charts.compare_heatmaps({label: (v.lora_grid, v.shortcut_grid) for label, v in views.items()}),
                     key="compare_heatmaps", config=charts.png_config("compare-enable-frequency"))
 
 st.subheader("Curves")
-series = {labels[r["run_id"]]: (loaders.metrics(r["path"]), r["summary"].get("metric")) for r in chosen}
+series = {labels[r.run_id]: (data.metrics(r), r.summary.metric) for r in chosen}
 metric_col, loss_col = st.columns(2)
-metric_curves, loss_curves = analysis.curves_frame(series, "metric"), analysis.curves_frame(series, "loss")
+metric_curves, loss_curves = compare.curves_frame(series, "metric"), compare.curves_frame(series, "loss")
 metric_name = next((m for _, m in series.values() if m), "metric")
 if not metric_curves.empty:
     metric_col.plotly_chart(charts.curves_figure(metric_curves, metric_name), key="compare_metric", config=charts.png_config("compare-metric"))
@@ -81,17 +91,17 @@ if len(alloc_rows) >= 2:
     st.subheader("Do the proxies agree?")
     rule = st.radio("Enabled set", ["final", "majority"], horizontal=True, key="compare_set_rule",
                     format_func={"final": "last selection", "majority": "enabled in ≥ half of the reallocations"}.get)
-    reallocs = {label: loaders.reallocations(r["path"]) for label, r in alloc_rows.items()}
-    sets = {label: analysis.enabled_set(rs, rule) for label, rs in reallocs.items()}
-    scores = {label: analysis.mean_scores(rs) for label, rs in reallocs.items()}
+    reallocs = {label: data.reallocations(r) for label, r in alloc_rows.items()}
+    sets = {label: alloc.enabled_set(rs, rule) for label, rs in reallocs.items()}
+    scores = {label: alloc.mean_scores(rs) for label, rs in reallocs.items()}
     jaccard_col, spearman_col = st.columns(2)
     with jaccard_col:
         st.markdown("**Overlap of the enabled sets** (Jaccard)")
-        st.plotly_chart(charts.matrix_figure(analysis.jaccard_matrix(sets), 0, 1, "Blues", "Jaccard"), key="jaccard",
+        st.plotly_chart(charts.matrix_figure(compare.jaccard_matrix(sets), 0, 1, "Blues", "Jaccard"), key="jaccard",
                         config=charts.png_config("compare-jaccard"))
     with spearman_col:
         st.markdown("**Rank correlation of the scores** (Spearman, mean score per module)")
-        st.plotly_chart(charts.matrix_figure(analysis.spearman_matrix(scores), -1, 1, "RdBu", "Spearman"), key="spearman",
+        st.plotly_chart(charts.matrix_figure(compare.spearman_matrix(scores), -1, 1, "RdBu", "Spearman"), key="spearman",
                         config=charts.png_config("compare-spearman"))
 else:
     st.caption("Pick two or more runs with recorded selections to see the overlap of their enabled sets "

@@ -4,14 +4,21 @@ import json
 
 import streamlit as st
 
-from dashboard import loaders
-from heterolora_core.analysis import KIND_LABELS, LORA_KINDS
-from heterolora_core.runs import PROXIES, RANKINGS
-from heterolora_core.store import RUN_LENGTH_KEYS, SHORT_RUN, LaunchError, check_launch, launch_config, parse_seeds, task_names
+from dashboard import data
+from dashboard.components.formatting import command_line, kind_label
+from dashboard.components.forms import (RUN_LENGTH_KEYS, SHORT_RUN, LaunchError, check_launch, launch_config,
+                                        parse_seeds, task_names)
+from heterolora_core.methods import registry
+from heterolora_core.sweeps import proxy_sweep
+from heterolora_core.training.run_config import RunConfig
+from heterolora_core.vocab import LORA_TARGETS, Proxy, Ranking
 
-MODE_LABELS = {"lora": "uniform LoRA", "static": "static HeteroLoRA", "dynamic": "dynamic HeteroLoRA"}
+
+PROXIES = [p.value for p in Proxy]
+RANKINGS = [r.value for r in Ranking]
 BUDGET_RATIO, BUDGET_MATCH = "enable ratio", "match uniform rank r"
 LENGTH_SHORT, LENGTH_CUSTOM = "short run (≈2 min)", "custom"
+FIELD_HELP = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(RunConfig)}
 
 
 @st.cache_data(ttl=60, show_spinner="Computing the exact budget (the first time, this loads the engine)…")
@@ -21,26 +28,30 @@ def checked_plan(config_json: str) -> tuple[dict | None, str | None]:
         plan = check_launch(json.loads(config_json))
     except LaunchError as exc:
         return None, str(exc)
-    return (dataclasses.asdict(plan) if dataclasses.is_dataclass(plan) else None), None
+    return dataclasses.asdict(plan), None
 
 
 st.title("Launch")
 st.caption("Configure a training run. The budget below updates as you change the inputs; runs go to the "
-           "queue and train in the background worker, one at a time.")
+           "queue and train in the background worker.")
 
 settings, preview = st.columns([3, 2], gap="large")
 with settings:
     model = st.text_input("Model", value=SHORT_RUN["model"], key="model",
                           help="`embedded` (MiniLM-L6, ships with the project), a Hugging Face id, or a local model folder")
     tasks = task_names()
-    task = st.selectbox("Task", tasks, index=tasks.index(SHORT_RUN["task"]) if SHORT_RUN["task"] in tasks else 0, key="task")
-    mode = st.radio("Mode", list(MODE_LABELS), index=list(MODE_LABELS).index(SHORT_RUN["mode"]),
-                    format_func=MODE_LABELS.get, horizontal=True, key="mode")
-    searching = mode != "lora"
+    task = st.selectbox("Task", tasks, index=tasks.index(SHORT_RUN["task"]), key="task")
+    modes = list(registry.names())
+    mode = st.radio("Mode", modes, index=modes.index(SHORT_RUN["mode"]), format_func=lambda m: registry.info(m).label,
+                    horizontal=True, key="mode", help="; ".join(f"{registry.info(m).label}: {registry.info(m).description}"
+                                                           for m in modes))
+    method = registry.info(mode)
+    searching = method.searches
     left, right = st.columns(2)
-    lora_targets = left.multiselect("LoRA targets", list(LORA_KINDS), default=SHORT_RUN["lora_targets"],
-                                    format_func=lambda k: KIND_LABELS[k], key="lora_targets")
-    shortcuts = right.toggle("Shortcut modules", value=SHORT_RUN["shortcuts"], key="shortcuts",
+    lora_targets = left.multiselect("LoRA targets", list(LORA_TARGETS), default=SHORT_RUN["lora_targets"],
+                                    format_func=kind_label, key="lora_targets")
+    shortcuts = right.toggle("Shortcut modules", value=SHORT_RUN["shortcuts"] and method.shortcuts, key="shortcuts",
+                             disabled=not method.shortcuts,
                              help="res_attn, res_ffn, cross_attn, cross_ffn in every layer (cross_ffn from layer 1)")
     proxy = left.selectbox("Proxy", PROXIES, index=PROXIES.index(SHORT_RUN["proxy"]), disabled=not searching, key="proxy")
     ranking = right.radio("Ranking", RANKINGS, index=RANKINGS.index(SHORT_RUN["ranking"]), horizontal=True,
@@ -48,6 +59,8 @@ with settings:
                           help="combined: LoRA and shortcut candidates ranked together; separated: top share of each")
     rank = left.number_input("Rank r", min_value=0, value=SHORT_RUN["rank"], step=1, key="rank")
     seed = right.number_input("Seed", min_value=0, value=SHORT_RUN["seed"], step=1, key="seed")
+    options = {name: st.number_input(name.replace("_", " "), min_value=0, value=int(getattr(RunConfig(), name)),
+                                     step=1, key=name, help=FIELD_HELP[name]) for name in method.options}
     budget = st.radio("Budget", [BUDGET_RATIO, BUDGET_MATCH], horizontal=True, disabled=not searching, key="budget")
     enable_ratio, match_uniform_rank = SHORT_RUN["enable_ratio"], None
     if searching and budget == BUDGET_RATIO:
@@ -56,7 +69,7 @@ with settings:
     elif searching:
         match_uniform_rank = st.number_input("Match the parameters of uniform rank", min_value=0, value=8, step=1,
                                              key="match_uniform_rank",
-                                             help="enable as many modules at rank r as all candidates cost at this rank")
+                                             help="enable modules at rank r up to the parameters of uniform LoRA on the LoRA targets at this rank")
     length = st.radio("Run length", [LENGTH_SHORT, LENGTH_CUSTOM], horizontal=True, key="length",
                       help=f"the short run trains {SHORT_RUN['max_steps']} steps on {SHORT_RUN['train_limit']} training examples "
                            f"(evaluating on {SHORT_RUN['dev_limit']}) and still reallocates several times")
@@ -65,15 +78,16 @@ with settings:
         c1, c2, c3 = st.columns(3)
         run_length["max_steps"] = c1.number_input("Max steps (0: by epochs)", min_value=0, value=SHORT_RUN["max_steps"], key="max_steps") or None
         run_length["epochs"] = c2.number_input("Epochs", min_value=0.1, value=float(SHORT_RUN["epochs"]), step=0.5, key="epochs")
-        run_length["realloc_every"] = c3.number_input("Reallocate every (epochs)", min_value=0.01, max_value=10.0,
+        run_length["realloc_every"] = c3.number_input("Reallocate every (epochs)", min_value=0.01, max_value=1.0,
                                                       value=float(SHORT_RUN["realloc_every"]), step=0.05, key="realloc_every")
         run_length["train_limit"] = c1.number_input("Training examples (0: all)", min_value=0, value=SHORT_RUN["train_limit"], key="train_limit") or None
         run_length["dev_limit"] = c2.number_input("Dev examples (0: all)", min_value=0, value=SHORT_RUN["dev_limit"], key="dev_limit") or None
         run_length["batch_size"] = c3.number_input("Batch size", min_value=1, value=SHORT_RUN["batch_size"], key="batch_size")
 
 fields = dict(model=model.strip(), task=task, mode=mode, proxy=proxy, ranking=ranking, lora_targets=lora_targets,
-              shortcuts=shortcuts, rank=int(rank), seed=int(seed), enable_ratio=float(enable_ratio),
-              match_uniform_rank=int(match_uniform_rank) if match_uniform_rank is not None else None, **run_length)
+              shortcuts=shortcuts and method.shortcuts, rank=int(rank), seed=int(seed), enable_ratio=float(enable_ratio),
+              match_uniform_rank=int(match_uniform_rank) if match_uniform_rank is not None else None,
+              **{k: int(v) for k, v in options.items()}, **run_length)
 config = launch_config(fields)
 plan, error = checked_plan(json.dumps(config, sort_keys=True))
 
@@ -81,17 +95,17 @@ with preview:
     st.subheader("Budget")
     if error:
         st.error(error, icon=":material/error:")
-    elif plan is None:
-        st.warning("The engine's budget planner (heterolora_core.budget) is not available; the CLI will check the budget.")
     else:
         st.metric("Trainable adapter parameters", f"{plan['trainable_params']:,}")
         st.markdown(f"Matches **{plan['uniform_equivalent']}**")
         st.caption(f"{plan['n_enabled']} of {plan['n_candidates']} candidate modules enabled "
                    f"({plan['n_lora']} LoRA + {plan['n_shortcut']} shortcut candidates) · "
                    f"classification head: {plan['head_params']:,} parameters, trained in every configuration")
+        for note in plan["notes"]:
+            st.caption(note)
     if st.button("Launch run", type="primary", disabled=bool(error), icon=":material/play_arrow:", key="launch"):
-        record = loaders.store().enqueue(config)
-        loaders.start_worker()
+        record = data.store().enqueue(config)
+        data.start_worker()
         st.success(f"Queued `{record.run_id}`.")
         st.page_link("views/runs.py", label="Follow it on the Runs page", icon=":material/list_alt:")
 
@@ -105,19 +119,18 @@ with preview:
     except LaunchError as exc:
         sweep_error, sweep_seeds = str(exc), []
     if not searching:
-        sweep_error = "a proxy sweep needs static or dynamic HeteroLoRA (uniform LoRA uses no proxy)"
+        sweep_error = f"a proxy sweep needs a searching method ({method.label} uses no proxy)"
     elif not sweep_proxies:
         sweep_error = "choose at least one proxy"
     if sweep_error and not error:
         st.error(sweep_error, icon=":material/error:")
     n_sweep = len(sweep_proxies) * len(sweep_seeds)
     if st.button(f"Launch proxy sweep ({n_sweep} runs)", disabled=bool(error or sweep_error), icon=":material/stacks:", key="launch_sweep"):
-        sweep_id, records = loaders.store().enqueue_sweep(config, sweep_proxies, sweep_seeds)
-        loaders.start_worker()
-        st.success(f"Queued sweep `{sweep_id}`: {len(records)} runs.")
+        sweep = proxy_sweep(config, sweep_proxies, sweep_seeds)
+        records = data.store().enqueue_many(sweep.configs, sweep_id=sweep.sweep_id)
+        data.start_worker()
+        st.success(f"Queued sweep `{sweep.sweep_id}`: {len(records)} runs.")
         st.page_link("views/compare.py", label="Compare them", icon=":material/compare:")
 
 with st.expander("Command line equivalent"):
-    from heterolora_core.runs import RunConfig
-
-    st.code("python -m heterolora_core train " + " ".join(RunConfig.from_dict(config).to_cli_args()) + " --out data/runs/<id>", language="bash")
+    st.code(command_line(RunConfig.from_dict(config), "data/runs/<id>"), language="bash")

@@ -1,0 +1,197 @@
+"""Plotly figures of the dashboard: pure functions from analysis frames to ``go.Figure``.
+
+Every enable-frequency heatmap uses one colour axis fixed to 0–1 (:data:`FREQUENCY_COLORAXIS`), so
+colours mean the same in every panel and on every page. Rows are model layers, one row per layer,
+layer 0 at the bottom.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from dashboard.components.formatting import GROUP_TITLES, kind_label
+from heterolora_core.analysis.allocation import Timeline
+
+FREQUENCY_COLORAXIS = dict(cmin=0.0, cmax=1.0, colorscale="Viridis", colorbar=dict(title=dict(text="enable<br>frequency"), tickformat=".0%"))
+ON_OFF_COLORSCALE = [[0.0, "#e8eaf0"], [0.5, "#e8eaf0"], [0.5, "#2a6fdb"], [1.0, "#2a6fdb"]]
+
+
+def png_config(filename: str) -> dict:
+    """``st.plotly_chart`` config whose modebar camera button downloads a 2x PNG named ``filename``."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in filename)
+    return {"displaylogo": False, "toImageButtonOptions": {"format": "png", "filename": safe, "scale": 2}}
+
+
+def _kind_labels(columns) -> list[str]:
+    return [kind_label(c) for c in columns]
+
+
+def _heatmap(grid: pd.DataFrame, name: str) -> go.Heatmap:
+    """One layers x kinds heatmap trace on the shared frequency colour axis (``z`` rows = layers)."""
+    z = grid.to_numpy(dtype=float)
+    return go.Heatmap(
+        z=np.where(np.isnan(z), None, z),
+        x=_kind_labels(grid.columns),
+        y=[int(i) for i in grid.index],
+        coloraxis="coloraxis",
+        name=name,
+        xgap=2,
+        ygap=1,
+        hovertemplate="layer %{y} · %{x}<br>enabled in %{z:.0%} of reallocations<extra>" + name + "</extra>",
+    )
+
+
+def _height(n_layers: int, rows: int = 1) -> int:
+    return int(max(260, rows * (18 * n_layers + 60) + 80))
+
+
+def allocation_heatmaps(lora: pd.DataFrame, shortcut: pd.DataFrame, title: str = "") -> go.Figure:
+    """The paper's Figures 4 and 5 for one run: a LoRA panel (layers x q/k/v/o/FFN) and a shortcut
+    panel (layers x res_attn/res_ffn/cross_attn/cross_ffn) side by side on one 0–1 colour axis.
+
+    ``lora`` / ``shortcut`` are :func:`heterolora_core.analysis.allocation.frequency_grid` frames (index =
+    layers 0..L-1); a group without columns gets no panel.
+    """
+    panels = [(group, g) for group, g in (("lora", lora), ("shortcut", shortcut)) if g.shape[1] > 0]
+    if not panels:
+        return go.Figure().update_layout(title=title or "no modules")
+    widths = [max(2, g.shape[1]) for _, g in panels]
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[GROUP_TITLES[f] for f, _ in panels],
+                        column_widths=[w / sum(widths) for w in widths], horizontal_spacing=0.08)
+    for col, (group, grid) in enumerate(panels, start=1):
+        fig.add_trace(_heatmap(grid, GROUP_TITLES[group]), row=1, col=col)
+        fig.update_yaxes(title_text="layer" if col == 1 else None, dtick=1 if len(grid) <= 32 else None, row=1, col=col)
+    n_layers = max(len(g) for _, g in panels)
+    fig.update_layout(coloraxis=FREQUENCY_COLORAXIS, height=_height(n_layers), margin=dict(l=50, r=20, t=60, b=40),
+                      title=dict(text=title) if title else None)
+    return fig
+
+
+def compare_heatmaps(grids: Mapping[str, tuple[pd.DataFrame, pd.DataFrame]]) -> go.Figure:
+    """Several runs' heatmaps side by side on one 0–1 colour axis: one column per run, a LoRA row
+    and (when any run has shortcut candidates) a shortcut row. ``grids`` maps a run label to its
+    ``(lora grid, shortcut grid)``."""
+    labels = list(grids)
+    has_shortcut = any(g[1].shape[1] > 0 for g in grids.values())
+    n_rows = 2 if has_shortcut else 1
+    fig = make_subplots(rows=n_rows, cols=max(1, len(labels)), column_titles=[_wrap(l) for l in labels] or None,
+                        row_titles=["LoRA modules", "Shortcut modules"][:n_rows], horizontal_spacing=0.03,
+                        vertical_spacing=0.16)
+    n_layers = 1
+    for col, label in enumerate(labels, start=1):
+        for row, grid in enumerate(grids[label][:n_rows], start=1):
+            n_layers = max(n_layers, len(grid))
+            if grid.shape[1] > 0:
+                fig.add_trace(_heatmap(grid, label), row=row, col=col)
+            fig.update_yaxes(title_text="layer" if col == 1 else None, showticklabels=col == 1,
+                             dtick=1 if len(grid) <= 32 else None, row=row, col=col)
+    fig.update_annotations(font_size=11)
+    coloraxis = {**FREQUENCY_COLORAXIS, "colorbar": {**FREQUENCY_COLORAXIS["colorbar"], "x": 1.04}}
+    fig.update_layout(coloraxis=coloraxis, height=_height(n_layers, n_rows), margin=dict(l=50, r=40, t=70, b=40))
+    return fig
+
+
+def _wrap(label: str, width: int = 28) -> str:
+    """Break a long label at its `` · `` separators for narrow subplot titles."""
+    parts, lines, line = label.split(" · "), [], ""
+    for part in parts:
+        candidate = f"{line} · {part}" if line else part
+        if len(candidate) > width and line:
+            lines.append(line)
+            line = part
+        else:
+            line = candidate
+    lines.append(line)
+    return "<br>".join(lines)
+
+
+def timeline_figure(tl: Timeline) -> go.Figure:
+    """Module x reallocation on/off map with the proxy score on hover.
+
+    ``tl`` is :func:`heterolora_core.analysis.allocation.timeline`: ``enabled`` and ``scores`` are
+    (modules x reallocations) frames. Two heatmap traces share the grid, one holding the scores of
+    the enabled cells and one those of the disabled cells (NaN elsewhere), so each trace has one
+    colour and its hover can say "on" or "off"; only float32 arrays go to the browser.
+    """
+    enabled = tl.enabled.to_numpy(dtype=bool)
+    scores = tl.scores.to_numpy(dtype=np.float32)
+    n_modules, n_realloc = enabled.shape
+    # one category per reallocation, named by its step (made unique if two share a step)
+    x = [str(s) for s in tl.steps]
+    if len(set(x)) != len(x):
+        x = [f"#{j} · {s}" for j, s in enumerate(tl.steps)]
+    y = list(tl.enabled.index)
+    # a cell that was never scored still needs a value to be drawn: 0 (shown as "no score")
+    drawable = np.where(np.isnan(scores), np.float32(0.0), scores)
+    fig = go.Figure()
+    for state, mask, color in (("off", ~enabled, ON_OFF_COLORSCALE[0][1]), ("on", enabled, ON_OFF_COLORSCALE[-1][1])):
+        fig.add_trace(go.Heatmap(
+            z=np.where(mask, drawable, np.float32(np.nan)),
+            x=x,
+            y=y,
+            name=state,
+            colorscale=[[0.0, color], [1.0, color]],
+            showscale=False,
+            hoverongaps=False,
+            xgap=1 if n_realloc <= 40 else 0,
+            ygap=1 if n_modules <= 60 else 0,
+            hovertemplate="%{y}<br>step %{x}: " + state + "<br>score %{z:.4g}<extra></extra>",
+        ))
+    fig.update_layout(
+        height=int(max(260, 9 * n_modules + 90)),
+        margin=dict(l=10, r=10, t=30, b=40),
+        xaxis=dict(title="reallocation (training step)", type="category"),
+        # every module labelled (Plotly would thin the category ticks)
+        yaxis=dict(autorange="reversed", type="category", tickfont=dict(size=9 if n_modules <= 80 else 7),
+                   dtick=1 if n_modules <= 150 else None),
+    )
+    return fig
+
+
+GROUP_COLORS = {"lora": "#2a6fdb", "shortcut": "#e07b39"}
+
+
+def score_distribution_figure(summary: pd.DataFrame, log_scale: bool = False) -> go.Figure:
+    """Box plot of proxy scores per module kind, coloured by group, drawn from precomputed
+    statistics (``summary`` is :func:`heterolora_core.analysis.allocation.score_summary`), so only a few
+    numbers per kind reach the browser."""
+    fig = go.Figure()
+    for group, part in summary.groupby("group", sort=False):
+        fig.add_trace(go.Box(
+            name=group,
+            x=[kind_label(k) for k in part["kind"]],
+            q1=part["q1"].tolist(), median=part["median"].tolist(), q3=part["q3"].tolist(),
+            lowerfence=part["lowerfence"].tolist(), upperfence=part["upperfence"].tolist(), mean=part["mean"].tolist(),
+            marker_color=GROUP_COLORS.get(group),
+            hovertemplate="%{x}<extra>" + group + "</extra>",
+        ))
+    fig.update_layout(height=360, margin=dict(l=10, r=10, t=30, b=40), legend=dict(orientation="h", y=1.08),
+                      xaxis_title="module kind", yaxis_title="proxy score", yaxis_type="log" if log_scale else "linear")
+    return fig
+
+
+def curves_figure(curves: pd.DataFrame, y_title: str) -> go.Figure:
+    """Overlaid lines, one per run; ``curves`` is :func:`heterolora_core.analysis.compare.curves_frame`."""
+    fig = go.Figure()
+    for run, part in curves.groupby("run", sort=False):
+        fig.add_trace(go.Scatter(x=part["step"].to_numpy(), y=part["value"].to_numpy(), name=str(run),
+                                 mode="lines+markers" if len(part) < 60 else "lines"))
+    fig.update_layout(height=320, margin=dict(l=10, r=10, t=30, b=40), legend=dict(orientation="h", y=-0.25),
+                      xaxis_title="step", yaxis_title=y_title, showlegend=True)
+    return fig
+
+
+def matrix_figure(matrix: pd.DataFrame, zmin: float, zmax: float, colorscale: str, title: str) -> go.Figure:
+    """An annotated square run x run matrix (Jaccard overlap, Spearman correlation)."""
+    z = matrix.to_numpy(dtype=float)
+    labels = [_wrap(str(l), 22) for l in matrix.index]
+    fig = go.Figure(go.Heatmap(z=np.where(np.isnan(z), None, z), x=labels, y=labels, zmin=zmin, zmax=zmax,
+                               colorscale=colorscale, texttemplate="%{z:.2f}", hovertemplate="%{y}<br>%{x}<br>%{z:.3f}<extra></extra>",
+                               colorbar=dict(title=dict(text=title))))
+    fig.update_layout(height=max(300, 70 * len(labels) + 120), margin=dict(l=10, r=10, t=30, b=10),
+                      yaxis=dict(autorange="reversed"))
+    return fig

@@ -1,0 +1,74 @@
+"""The Launch form's presets and checks: what the form offers and how its fields become a run.
+
+The checks themselves are the engine's (:func:`heterolora_core.planning.check_run`); this module
+turns their one-line ValueErrors into :class:`LaunchError` for the form.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from heterolora_core.planning import BudgetPlan, check_run
+from heterolora_core.training.data import TASKS
+from heterolora_core.training.run_config import RunConfig
+
+#: The default run of the Launch page: the embedded model on MRPC, dynamic HeteroLoRA with the
+#: grad-norm proxy over q,v + shortcuts, rank 32 with 25% enabled. Sized to finish within about
+#: 2 minutes on a 2-core CPU while still reallocating several times (256 examples / batch 16 = 16
+#: steps per epoch, a reallocation every 0.2 epoch = every 3 steps, 32 steps = about 10
+#: reallocations); measured by ``benchmarks/bench_dashboard.py --short-run``.
+SHORT_RUN: dict[str, Any] = {
+    "model": "embedded", "task": "mrpc", "mode": "dynamic", "proxy": "grad_norm", "ranking": "combined",
+    "lora_targets": ["q", "v"], "shortcuts": True, "rank": 32, "enable_ratio": 0.25, "train_limit": 256,
+    "dev_limit": 200, "max_length": 128, "batch_size": 16, "max_steps": 32, "epochs": 3.0, "realloc_every": 0.2,
+    "seed": 0,
+}
+#: The keys of :data:`SHORT_RUN` that make up the "run length" (what "short run" sets on the form).
+RUN_LENGTH_KEYS = ("train_limit", "dev_limit", "max_length", "batch_size", "max_steps", "epochs", "realloc_every")
+
+
+class LaunchError(ValueError):
+    """A launch refused before anything was queued; the message is one line for the form."""
+
+
+def task_names() -> list[str]:
+    """The GLUE tasks the Launch page offers."""
+    return list(TASKS)
+
+
+def launch_config(fields: dict[str, Any]) -> dict[str, Any]:
+    """A complete ``config.json`` dict from form fields: RunConfig defaults, then ``fields``
+    (unknown keys are refused)."""
+    unknown = sorted(set(fields) - set(RunConfig.field_names()))
+    if unknown:
+        raise LaunchError(f"unknown run settings: {', '.join(unknown)}")
+    return RunConfig.from_dict({**RunConfig().to_dict(), **fields}).to_dict()
+
+
+def check_launch(config: dict[str, Any]) -> BudgetPlan:
+    """The engine's checks of a form's config (:func:`heterolora_core.planning.check_run`); the
+    run's budget plan, or :class:`LaunchError` with the engine's one-line message."""
+    if not str(config.get("model") or "").strip():
+        raise LaunchError("choose a model: 'embedded', a Hugging Face id or a local folder")
+    try:
+        return check_run(RunConfig.from_dict(config))
+    except ValueError as exc:
+        raise LaunchError(_one_line(exc)) from None
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0, 13 42"`` -> ``[0, 13, 42]`` (duplicates dropped, order kept); LaunchError otherwise."""
+    parts = [p for p in str(text).replace(",", " ").split() if p]
+    try:
+        seeds = list(dict.fromkeys(int(p) for p in parts))
+    except ValueError:
+        raise LaunchError(f"seeds must be whole numbers separated by commas (got {text!r})") from None
+    if not seeds:
+        raise LaunchError("give at least one seed")
+    if any(s < 0 for s in seeds):
+        raise LaunchError("seeds must be ≥ 0")
+    return seeds
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]

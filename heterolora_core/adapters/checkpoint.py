@@ -1,0 +1,145 @@
+"""Checkpoints: a finished run's trained tensors on disk, and the export to a stock PEFT adapter.
+
+A run's checkpoint folder (``<run>/adapters/``) holds
+
+    adapters.safetensors   the method's tensors (HeteroLoRA: ``adapters.<module>.lora_A`` / ``lora_B``
+                           for every candidate; AdaLoRA: ``peft.<parameter name>``) and the task head
+                           (``head.<key>``)
+    enabled.json           the enabled set at the end of training (HeteroLoRA and uniform LoRA)
+
+:func:`export_peft` writes a LoRA-only selection as a PEFT adapter folder: ``adapter_config.json``
+(written by PEFT's own ``LoraConfig``: ``target_modules`` lists exactly the enabled projections,
+``rank_pattern`` / ``alpha_pattern`` give each one's rank and alpha, the task head is in
+``modules_to_save``) and ``adapter_model.safetensors`` with PEFT's key layout
+(``base_model.model.<path>.lora_A.weight``, ``...lora_B.weight``, the head's weights), so stock
+``peft.PeftModel.from_pretrained(base_model, folder)`` reproduces the adapted model.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from heterolora_core.adapters.modules import AdapterSet, head_module
+from heterolora_core.vocab import Group
+
+WEIGHTS_FILE = "adapters.safetensors"
+ENABLED_FILE = "enabled.json"
+HEAD_PREFIX = "head."
+ADAPTER_PREFIX = "adapters."
+_PEFT_PREFIX = "base_model.model."
+
+
+@dataclass
+class Checkpoint:
+    """What :func:`save_checkpoint` wrote: the method's tensors, the head's, the enabled set."""
+
+    tensors: dict[str, torch.Tensor]
+    head: dict[str, torch.Tensor]
+    enabled: list[str] | None
+
+
+def save_checkpoint(folder: str | Path, model: nn.Module, tensors: dict[str, torch.Tensor],
+                    enabled: list[str] | None = None) -> Path:
+    """Write ``tensors`` (keys carry the method's prefix) and the head of ``model`` to ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {key: value.detach().cpu().contiguous() for key, value in tensors.items()}
+    head = head_module(model)
+    if head is not None:
+        out.update({HEAD_PREFIX + key: value.detach().cpu().contiguous() for key, value in head.state_dict().items()})
+    save_file(out, str(folder / WEIGHTS_FILE))
+    if enabled is not None:
+        (folder / ENABLED_FILE).write_text(json.dumps(list(enabled)))
+    return folder
+
+
+def load_checkpoint(folder: str | Path) -> Checkpoint:
+    """Read a checkpoint folder; ValueError with one line when it is missing or unreadable."""
+    folder = Path(folder)
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ValueError(f"no saved adapters in {folder}")
+    try:
+        tensors = load_file(str(weights))
+    except Exception as exc:  # a truncated or foreign file: safetensors raises its own error types
+        raise ValueError(f"cannot read {weights}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    enabled = None
+    if (folder / ENABLED_FILE).is_file():
+        try:
+            enabled = json.loads((folder / ENABLED_FILE).read_text())
+        except ValueError:
+            raise ValueError(f"{folder / ENABLED_FILE} is not valid JSON") from None
+        if not isinstance(enabled, list) or not all(isinstance(n, str) for n in enabled):
+            raise ValueError(f"{folder / ENABLED_FILE} must hold a list of module names")
+    head = {k[len(HEAD_PREFIX):]: v for k, v in tensors.items() if k.startswith(HEAD_PREFIX)}
+    own = {k: v for k, v in tensors.items() if not k.startswith(HEAD_PREFIX)}
+    return Checkpoint(own, head, enabled)
+
+
+def load_head(model: nn.Module, checkpoint: Checkpoint) -> None:
+    head = head_module(model)
+    if head is not None:
+        head.load_state_dict(checkpoint.head)
+
+
+def adapter_tensors(adapters: AdapterSet) -> dict[str, torch.Tensor]:
+    """Every candidate's factors, keyed ``adapters.<module>.lora_A`` / ``.lora_B``."""
+    out = {}
+    for module in adapters.modules_in_order():
+        out[f"{ADAPTER_PREFIX}{module.name}.lora_A"] = module.lora_A
+        out[f"{ADAPTER_PREFIX}{module.name}.lora_B"] = module.lora_B
+    return out
+
+
+def load_adapter_tensors(adapters: AdapterSet, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy saved factors into ``adapters``; ValueError naming the first missing or misshapen one."""
+    with torch.no_grad():
+        for key, param in adapter_tensors(adapters).items():
+            saved = tensors.get(key)
+            if saved is None:
+                raise ValueError(f"the run's saved adapters lack {key}")
+            if tuple(saved.shape) != tuple(param.shape):
+                raise ValueError(f"{key} has shape {tuple(saved.shape)}, expected {tuple(param.shape)}")
+            param.copy_(saved)
+
+
+def export_peft(model: nn.Module, adapters: AdapterSet, out_dir: str | Path,
+                base_model_name_or_path: str | None = None) -> Path:
+    """Write the enabled LoRA modules and the head of ``model`` as a PEFT adapter in ``out_dir``.
+
+    Raises ValueError when an enabled shortcut is in the selection (PEFT has no such module) or
+    when nothing LoRA is enabled.
+    """
+    from peft import LoraConfig  # PEFT pulls in transformers: only for an export
+
+    enabled = [adapters.module(n) for n in adapters.enabled()]
+    shortcuts = [m.name for m in enabled if m.group != Group.LORA]
+    if shortcuts:
+        raise ValueError(f"PEFT has no shortcut modules; disable {', '.join(shortcuts)} to export")
+    if not enabled:
+        raise ValueError("no LoRA module is enabled: nothing to export")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [m.target_path for m in enabled]
+    alphas = {m.target_path: m.scaling * m.rank for m in enabled}
+    head = head_module(model)
+    head_name = next((name for name, mod in model.named_modules() if mod is head), None) if head is not None else None
+    config = LoraConfig(
+        r=enabled[0].rank, lora_alpha=alphas[paths[0]], lora_dropout=adapters.config.dropout,
+        target_modules=paths, rank_pattern={m.target_path: m.rank for m in enabled}, alpha_pattern=alphas,
+        modules_to_save=[head_name] if head_name else None, base_model_name_or_path=base_model_name_or_path)
+    config.save_pretrained(str(out))
+    tensors = {}
+    for m in enabled:
+        tensors[f"{_PEFT_PREFIX}{m.target_path}.lora_A.weight"] = m.lora_A.detach().cpu().contiguous()
+        tensors[f"{_PEFT_PREFIX}{m.target_path}.lora_B.weight"] = m.lora_B.detach().cpu().contiguous()
+    if head is not None:
+        for key, value in head.state_dict().items():
+            tensors[f"{_PEFT_PREFIX}{head_name}.{key}"] = value.detach().cpu().contiguous()
+    save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    return out

@@ -1,0 +1,245 @@
+"""Comparing runs: pure pandas functions over the run store's rows and run records.
+
+The Runs table (:func:`runs_table`), configurations grouped over seeds (:func:`compare_table`,
+with :mod:`~heterolora_core.analysis.stats` for the numbers), the overlap of enabled sets and the
+rank correlation of scores, and training curves. Labels and number formats are the dashboard's
+business (``dashboard/components/formatting.py``).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from heterolora_core.analysis.stats import describe
+from heterolora_core.methods import registry
+from heterolora_core.records.store import StoredRun
+from heterolora_core.training.run_config import RunConfig
+
+
+def jaccard(a: Iterable[str], b: Iterable[str]) -> float:
+    """|a ∩ b| / |a ∪ b|; NaN when both are empty."""
+    a, b = set(a), set(b)
+    union = a | b
+    return len(a & b) / len(union) if union else float("nan")
+
+
+def jaccard_matrix(sets: Mapping[str, Iterable[str]]) -> pd.DataFrame:
+    """Pairwise Jaccard overlap, a square frame indexed and columned by the keys of ``sets``."""
+    labels = list(sets)
+    frozen = {k: set(v) for k, v in sets.items()}
+    data = [[jaccard(frozen[a], frozen[b]) for b in labels] for a in labels]
+    return pd.DataFrame(data, index=labels, columns=labels, dtype="float64")
+
+
+def spearman_matrix(scores: Mapping[str, pd.Series], min_common: int = 3) -> pd.DataFrame:
+    """Pairwise Spearman rank correlation of per-module scores over the modules both runs scored.
+
+    ``scores`` maps a run label to a Series indexed by module (e.g. :func:`mean_scores`). Ranks use
+    the average of ties (so a constant proxy correlates NaN, not 1). A pair with fewer than
+    ``min_common`` common modules gets NaN.
+    """
+    labels = list(scores)
+    out = pd.DataFrame(np.nan, index=labels, columns=labels, dtype="float64")
+    for i, a in enumerate(labels):
+        for b in labels[i:]:
+            joined = pd.concat([scores[a].rename("a"), scores[b].rename("b")], axis=1, join="inner").dropna()
+            if len(joined) < min_common:
+                rho = np.nan
+            else:
+                ranks = joined.rank(method="average")
+                if ranks["a"].nunique() < 2 or ranks["b"].nunique() < 2:
+                    rho = np.nan
+                else:
+                    rho = float(np.corrcoef(ranks["a"], ranks["b"])[0, 1])
+            out.loc[a, b] = out.loc[b, a] = rho
+    return out
+
+
+_TIMING_PARTS = ("runtime", "per_second", "flos", "seconds")
+_NON_METRIC_KEYS = {"step", "epoch", "loss", "lr", "learning_rate", "time", "wall_seconds", "elapsed", "grad_norm"}
+
+
+def metrics_frame(metrics: Sequence[Mapping[str, float]]) -> pd.DataFrame:
+    """``metrics.jsonl`` lines as a frame sorted by step (columns are the union of the keys;
+    non-numeric values become NaN)."""
+    if not metrics:
+        return pd.DataFrame(columns=["step"])
+    frame = pd.DataFrame.from_records(list(metrics))
+    for column in frame.columns:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    if "step" not in frame.columns:
+        frame["step"] = np.arange(len(frame))
+    return frame.sort_values("step", kind="stable").reset_index(drop=True)
+
+
+def metric_column(frame: pd.DataFrame, metric: str | None) -> str | None:
+    """The column of ``frame`` that holds the run's evaluation metric.
+
+    Tries ``metric`` itself, then ``eval_<metric>`` / ``dev_<metric>``; without a match (or a name),
+    the first numeric column that is not a step, loss or timing column.
+    """
+    if metric:
+        for name in (metric, f"eval_{metric}", f"dev_{metric}", f"eval/{metric}"):
+            if name in frame.columns and frame[name].notna().any():
+                return name
+        for name in frame.columns:  # a task with several dev splits: eval_<split>_<metric>
+            if name.startswith("eval_") and name.endswith(f"_{metric}") and frame[name].notna().any():
+                return name
+    for name in frame.columns:
+        if (name not in _NON_METRIC_KEYS and not name.endswith("loss") and not any(t in name for t in _TIMING_PARTS)
+                and frame[name].notna().any()):
+            return name
+    return None
+
+
+def curves_frame(runs: Mapping[str, tuple[Sequence[Mapping[str, float]], str | None]], value: str) -> pd.DataFrame:
+    """Long frame ``run, step, value`` of one curve per run, for overlaid line charts.
+
+    ``runs`` maps a run label to ``(metrics lines, metric name)``; ``value`` is ``"loss"`` or
+    ``"metric"`` (the run's evaluation metric found by :func:`metric_column`).
+    """
+    parts = []
+    for label, (metrics, metric) in runs.items():
+        frame = metrics_frame(metrics)
+        column = "loss" if value == "loss" else metric_column(frame, metric)
+        if column is None or column not in frame.columns:
+            continue
+        part = frame[["step", column]].dropna().rename(columns={column: "value"})
+        part.insert(0, "run", label)
+        parts.append(part)
+    if not parts:
+        return pd.DataFrame(columns=["run", "step", "value"])
+    return pd.concat(parts, ignore_index=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Run tables
+# ---------------------------------------------------------------------------------------------
+
+RUN_TABLE_COLUMNS = [
+    "run_id", "status", "progress", "eta_seconds", "best_score", "final_score", "metric", "trainable_params",
+    "wall_seconds", "created_at", "task", "model", "mode", "proxy", "rank", "budget", "lr", "seed", "sweep_id",
+    "experiment", "error", "path",
+]
+
+
+def budget_text(config: RunConfig | None) -> str | None:
+    """A search's budget as stated (``25%`` of the candidates, or ``≈r24`` for match-uniform); None
+    for methods without one."""
+    method = registry.find(config.mode) if config else None
+    if method is None or not method.searches:
+        return None
+    if config.match_uniform_rank:
+        return f"≈r{config.match_uniform_rank}"
+    return f"{float(config.enable_ratio):.0%}"
+
+
+def runs_table(rows: Sequence[StoredRun], home: Any = None) -> pd.DataFrame:
+    """The Runs table: one row per run, newest first.
+
+    ``progress`` is a fraction 0..1 (1 for done runs), ``created_at`` a pandas Timestamp (local
+    time); ``error`` holds a failed run's reason or an unreadable record's problem; ``experiment``
+    is the run's sweep, else the folder it lives in (relative to the data home ``home``).
+    """
+    records = []
+    for row in rows:
+        config, summary = row.config, row.summary
+        method = registry.find(config.mode) if config else None
+        progress = 1.0 if summary.status == "done" else (summary.progress or 0.0)
+        records.append({
+            "run_id": row.run_id, "status": summary.status, "progress": progress,
+            "eta_seconds": summary.eta_seconds if summary.status == "running" else None,
+            "best_score": summary.best_score, "final_score": summary.final_score, "metric": summary.metric,
+            "trainable_params": summary.trainable_params, "wall_seconds": summary.wall_seconds,
+            "created_at": summary.created_at or row.created_at,
+            "task": config.task if config else None, "model": config.model if config else None,
+            "mode": config.mode if config else None,
+            "proxy": config.proxy if method is not None and method.searches else None,
+            "rank": config.rank if config else None, "budget": budget_text(config),
+            "lr": config.lr if config else None, "seed": config.seed if config else None,
+            "sweep_id": row.sweep_id, "experiment": experiment_of(row, home),
+            "error": row.problem or (summary.error if summary.status in ("failed", "cancelled") else None),
+            "path": str(row.path),
+        })
+    frame = pd.DataFrame.from_records(records, columns=RUN_TABLE_COLUMNS)
+    for column in ("progress", "eta_seconds", "best_score", "final_score", "wall_seconds", "created_at", "lr"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    for column in ("trainable_params", "rank", "seed"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
+    frame = frame.sort_values("created_at", ascending=False, kind="stable").reset_index(drop=True)
+    frame["created_at"] = pd.to_datetime(frame["created_at"], unit="s", utc=True).dt.tz_convert(None)
+    return frame
+
+
+def experiment_of(row: StoredRun, home: Any = None) -> str:
+    """The experiment a run belongs to: its sweep, else its folder's parent relative to the home
+    (``runs`` for a run launched on its own)."""
+    if row.sweep_id:
+        return row.sweep_id
+    parent = row.path.parent
+    if home is not None:
+        try:
+            return parent.relative_to(home).as_posix()
+        except ValueError:
+            pass
+    return parent.name
+
+
+#: Config fields that do not change what a run computes (or that vary within a group: the seed).
+NOT_IN_CONFIG_KEY = ("seed", "device", "logging_steps")
+
+
+def config_key(config: RunConfig) -> str:
+    """A canonical string of everything in ``config`` that defines the experiment except the seed;
+    runs with equal keys are repeats of one configuration."""
+    fields = {k: v for k, v in config.to_dict().items() if k not in NOT_IN_CONFIG_KEY}
+    return json.dumps(fields, sort_keys=True, default=str)
+
+
+def differing_fields(configs: Iterable[RunConfig]) -> list[str]:
+    """The RunConfig fields (in field order) whose value differs among ``configs``, seed excluded."""
+    configs = list(configs)
+    if len(configs) < 2:
+        return []
+    dicts = [c.to_dict() for c in configs]
+    return [name for name in RunConfig.field_names()
+            if name not in NOT_IN_CONFIG_KEY and len({json.dumps(d[name], default=str) for d in dicts}) > 1]
+
+
+COMPARE_COLUMNS = ["key", "runs", "n_seeds", "seeds", "best_mean", "best_std", "final_mean", "final_std",
+                   "trainable_params", "search_seconds", "wall_seconds"]
+
+
+def compare_table(rows: Sequence[StoredRun]) -> tuple[pd.DataFrame, dict[str, RunConfig]]:
+    """Compare runs, grouping those that differ only by seed (see :func:`config_key`).
+
+    Returns the table, one row per configuration (best configuration first) with columns
+    :data:`COMPARE_COLUMNS` (``seeds``: the sorted seed list; the last three are means over the
+    group) plus one column per differing config field, and the configuration of each ``key``.
+    """
+    groups: dict[str, list[StoredRun]] = {}
+    for row in rows:
+        if row.config is not None:
+            groups.setdefault(config_key(row.config), []).append(row)
+    configs = {key: members[0].config for key, members in groups.items()}
+    differing = differing_fields(configs.values())
+    records = []
+    for key, members in groups.items():
+        summaries = [m.summary for m in members]
+        best, final = describe(s.best_score for s in summaries), describe(s.final_score for s in summaries)
+        seeds = sorted({m.config.seed for m in members})
+        records.append({
+            "key": key, "runs": len(members), "n_seeds": len(seeds), "seeds": seeds,
+            "best_mean": best.mean, "best_std": best.std, "final_mean": final.mean, "final_std": final.std,
+            "trainable_params": describe(s.trainable_params for s in summaries).mean,
+            "search_seconds": describe(s.search_seconds for s in summaries).mean,
+            "wall_seconds": describe(s.wall_seconds for s in summaries).mean,
+            **{name: getattr(configs[key], name) for name in differing},
+        })
+    frame = pd.DataFrame.from_records(records, columns=COMPARE_COLUMNS + differing)
+    frame = frame.sort_values("best_mean", ascending=False, na_position="last", kind="stable").reset_index(drop=True)
+    return frame, configs

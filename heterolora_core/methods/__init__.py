@@ -1,0 +1,21 @@
+"""Methods: how a run allocates its budget. One file per method, registered here by ``mode`` name.
+
+To add a method, write ``methods/<name>.py`` with a :class:`~heterolora_core.methods.base.Method`
+subclass and add one :func:`~heterolora_core.methods.registry.register` line below; the command
+line, the trainer, inference, the planner, the store and the dashboard ask the registry.
+"""
+from heterolora_core.methods.registry import MethodInfo, register
+
+register(MethodInfo(
+    "lora", "uniform LoRA", "heterolora_core.methods.uniform:UniformLora",
+    description="every candidate on at the same rank (plain LoRA, shortcuts optional)"))
+register(MethodInfo(
+    "static", "static HeteroLoRA", "heterolora_core.methods.heterolora:StaticHeteroLora", searches=True,
+    description="score once before training, enable the top candidates for the whole run"))
+register(MethodInfo(
+    "dynamic", "dynamic HeteroLoRA", "heterolora_core.methods.heterolora:DynamicHeteroLora", searches=True,
+    reallocates=True, description="re-score and re-select every --realloc-every of an epoch"))
+register(MethodInfo(
+    "adalora", "AdaLoRA (PEFT)", "heterolora_core.methods.adalora:AdaLora", shortcuts=False, reallocates=True,
+    options=("adalora_init_r", "adalora_target_r"),
+    description="PEFT's AdaLoRA: prunes SVD triplets from --adalora-init-r to --adalora-target-r"))

@@ -1,0 +1,119 @@
+"""Before a launch: the one check of a run, its exact budget from the model's shapes alone, and
+every candidate's proxy score without training (``python -m heterolora_core score``).
+
+:func:`check_run` is what the command line, the queue worker and the dashboard's Launch page call
+before anything is queued or trained: the config's own validation
+(:meth:`~heterolora_core.training.run_config.RunConfig.validate`), the task's data source, the model
+(a folder must hold a config and weights; an id must resolve), the sequence length against the
+model's positions, and the budget. Every mistake is a ValueError with one line. The budget is
+planned on a meta-device copy of the model (no weights, no memory), by the run's method.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from heterolora_core.adapters.config import HeteroLoraConfig
+from heterolora_core.adapters.families import attach
+from heterolora_core.adapters.modules import head_parameter_count
+from heterolora_core.methods import registry
+from heterolora_core.search.proxies import compute_scores
+from heterolora_core.training.data import TASKS, check_task_source, load_task, make_collator, tokenize_examples
+from heterolora_core.training.models import (check_model, load_classifier, load_config, load_tokenizer,
+                                             meta_classifier)
+from heterolora_core.training.run_config import RunConfig
+from heterolora_core.vocab import Group
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    """What a configuration trains, computed from the model's shapes alone."""
+
+    n_candidates: int
+    n_lora: int
+    n_shortcut: int
+    n_enabled: int
+    trainable_params: int  # adapter parameters of the enabled modules (head excluded)
+    head_params: int
+    per_module_params: dict[str, int]
+    uniform_equivalent: str  # e.g. "uniform LoRA q,v at rank 8 (73,728)"
+    uniform_rank: float  # the uniform LoRA rank on the targets with the same parameter count
+    notes: tuple[str, ...] = ()
+
+
+def plan_budget(config: RunConfig, num_labels: int = 2) -> BudgetPlan:
+    """Exact trainable parameters of ``config``, from the model's config only (no weights).
+
+    The enabled count is the budget's; with equal module costs (true for every query/value/shortcut
+    candidate) the parameter count is exact, otherwise it is the count of the cheapest modules
+    that fit. ValueError when the budget enables nothing or the architecture is unsupported.
+    """
+    config = config.normalised()
+    meta = meta_classifier(config.model, num_labels=num_labels)
+    planned = registry.load(config.mode).plan(config, meta)
+    n_lora = sum(1 for g in planned.groups.values() if g == Group.LORA)
+    unit = planned.lora_unit
+    uniform_rank = planned.trainable_params / unit if unit else float("nan")
+    targets = ",".join(t for t in config.lora_targets)
+    if unit and abs(uniform_rank - round(uniform_rank)) < 1e-9:
+        equivalent = f"uniform LoRA {targets} at rank {round(uniform_rank)} ({int(round(uniform_rank) * unit):,})"
+    elif unit:
+        equivalent = f"uniform LoRA {targets} at rank {uniform_rank:.2f} (no integer rank matches exactly)"
+    else:
+        equivalent = "no LoRA targets to compare with"
+    return BudgetPlan(len(planned.costs), n_lora, len(planned.costs) - n_lora, len(planned.enabled),
+                      planned.trainable_params, head_parameter_count(meta), dict(planned.costs), equivalent,
+                      uniform_rank, planned.notes)
+
+
+def check_run(config: RunConfig) -> BudgetPlan:
+    """Every check before a launch (see the module docstring); returns the run's budget plan."""
+    config = config.normalised()
+    config.validate()
+    check_task_source(config.task, train_file=config.train_file, dev_file=config.dev_file)
+    check_model(config.model)
+    num_labels = TASKS[config.task].num_labels if config.task in TASKS else 2
+    try:
+        plan = plan_budget(config, num_labels=num_labels)
+        positions = _max_positions(config.model)
+    except ValueError:
+        raise
+    except Exception as exc:  # anything else reading a user-named model must not become a traceback
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"cannot plan a budget for model {config.model!r}: {first}") from None
+    if positions is not None and config.max_length > positions:
+        raise ValueError(f"max-length {config.max_length} exceeds the {positions} positions of model {config.model!r}")
+    return plan
+
+
+def _max_positions(model: str) -> int | None:
+    """The longest input the model takes (``max_position_embeddings``), None when it states none."""
+    value = getattr(load_config(model), "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
+def score_candidates(proxy: str, model: str, task: str, train_file: str | None = None, dev_file: str | None = None,
+                     rank: int = 8, lora_targets=("q", "v"), shortcuts: bool = True, batches: int = 8,
+                     batch_size: int = 16, max_length: int = 128, seed: int = 0,
+                     ) -> tuple[dict[str, float], dict[str, Group]]:
+    """Every candidate's ``proxy`` score on ``batches`` training batches at initialisation, and
+    each candidate's group. ValueError for bad input, before the model's weights are loaded."""
+    task_id = "custom" if train_file else task
+    check_task_source(task_id, train_file=train_file, dev_file=dev_file)
+    check_model(model)
+    space = HeteroLoraConfig(rank=rank, lora_targets=tuple(lora_targets), shortcuts=shortcuts, init_seed=seed)
+    data = load_task(task_id, train_file=train_file, dev_file=dev_file)
+    tokenizer = load_tokenizer(model)
+    rows = tokenize_examples(data.train, tokenizer, max_length, limit=batches * batch_size * 4)
+    torch.manual_seed(seed)
+    classifier = load_classifier(model, data.num_labels, "regression" if data.is_regression else None)
+    adapters = attach(classifier, space)
+    loader = DataLoader(rows, batch_size=batch_size, shuffle=True, collate_fn=make_collator(tokenizer),
+                        generator=torch.Generator().manual_seed(seed))
+    chosen = [b for _, b in zip(range(batches), loader)]
+    scores = compute_scores(proxy, classifier, adapters, batches=chosen, seed=seed,
+                            progress=lambda items: tqdm(items, desc=f"scoring ({proxy})", leave=False))
+    return scores, adapters.groups()

@@ -1,0 +1,173 @@
+"""The reallocation schedule and the reallocator.
+
+Static HeteroLoRA calls :meth:`Reallocator.reallocate` once before training; dynamic HeteroLoRA
+calls it at the steps of a :class:`ReallocationSchedule` (every fraction f of an epoch). Each call
+scores every candidate, selects, switches, and records ``step``, ``scores`` and ``enabled``.
+"""
+from __future__ import annotations
+
+import bisect
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+import torch
+from torch import nn
+
+from heterolora_core.adapters.modules import AdapterSet
+from heterolora_core.search.budget import Budget, resolve
+from heterolora_core.search.proxies import (Batch, GradientCollector, LossFn, compute_scores, default_loss,
+                                            scores_from_gradients)
+from heterolora_core.search.selection import select
+from heterolora_core.vocab import GRADIENT_PROXIES, Proxy, Ranking, ScoreNorm, choose
+
+
+@dataclass(frozen=True)
+class ReallocationSchedule:
+    """Global steps (after that many optimizer steps) at which dynamic search reallocates:
+    e·S + round(j·f·S) for every epoch e and j = 0 … ceil(1/f) - 1 (halves round up), excluding 0
+    (done before training) and the final step. E.g. S = 100, f = 0.2: 20, 40, …, 100, 120, …
+
+    Never materialised in full: membership and counts are arithmetic on the within-epoch offsets
+    (at most S of them), so a run of any length costs O(S) memory.
+    """
+
+    steps_per_epoch: int
+    total_steps: int
+    fraction: float
+
+    @property
+    def offsets(self) -> tuple[int, ...]:
+        """The distinct within-epoch offsets round(j·f·S) mod S, sorted."""
+        S, f = self.steps_per_epoch, self.fraction
+        if f * S <= 1.0:  # consecutive j differ by under one step: every offset is hit
+            return tuple(range(S))
+        per_epoch = math.ceil(1.0 / f - 1e-9)
+        return tuple(sorted({int(math.floor(j * f * S + 0.5)) % S for j in range(per_epoch)}))
+
+    def __contains__(self, step: object) -> bool:
+        if not isinstance(step, int) or not 0 < step < self.total_steps:
+            return False
+        offsets = self.offsets
+        i = bisect.bisect_left(offsets, step % self.steps_per_epoch)
+        return i < len(offsets) and offsets[i] == step % self.steps_per_epoch
+
+    def any_between(self, low: int, high: int) -> bool:
+        """True when a reallocation step s satisfies low < s <= high."""
+        return any(s in self for s in range(max(low + 1, 1), min(high, self.total_steps - 1) + 1))
+
+    def __len__(self) -> int:
+        S, offsets = self.steps_per_epoch, self.offsets
+        full, rest = divmod(self.total_steps, S)
+        # every offset of each full epoch, the offsets below the remainder, minus step 0 itself
+        return max(0, full * len(offsets) + bisect.bisect_left(offsets, rest) - 1)
+
+    def steps(self) -> list[int]:
+        """Every reallocation step, in order (materialises the schedule: for tests and short runs)."""
+        S, offsets = self.steps_per_epoch, self.offsets
+        out = []
+        for epoch_start in range(0, self.total_steps, S):
+            out += [epoch_start + o for o in offsets if 0 < epoch_start + o < self.total_steps]
+        return out
+
+
+@dataclass
+class Reallocation:
+    """One reallocation: the step it happened after, every score, the enabled set."""
+
+    step: int
+    scores: dict[str, float]
+    enabled: list[str]
+    seconds: float = 0.0
+
+
+class Reallocator:
+    """Scores, selects, switches and records; a training loop calls it every fraction f of an epoch.
+
+    Scoring sources, in order of preference:
+    - ``proxy_batches is None`` and a gradient proxy (grad_norm, snip, fisher): the statistics that
+      :meth:`training_window` accumulated from ordinary training steps since the last call (no
+      extra passes). When none were accumulated (step 0), extra passes over ``batches``.
+    - otherwise, extra passes over ``batches`` with every module on (the authors' way).
+
+    Args:
+        reduce_scores: maps this process's scores to the scores every process agrees on (e.g. an
+            all-reduce mean under DDP), applied before selection.
+        on_record: called with each :class:`Reallocation` (run records, logging).
+    """
+
+    def __init__(self, model: nn.Module, adapters: AdapterSet, proxy: str, budget: Budget,
+                 ranking: str = "combined", score_norm: str = "kind", seed: int = 0,
+                 proxy_batches: int | None = None, loss_fn: LossFn = default_loss,
+                 reduce_scores: Callable[[dict[str, float]], dict[str, float]] | None = None,
+                 on_record: Callable[[Reallocation], None] | None = None,
+                 progress: Callable[[Iterable], Iterable] | None = None):
+        self.model = model
+        self.adapters = adapters
+        self.proxy = choose(Proxy, proxy, "proxy")
+        self.ranking = choose(Ranking, ranking, "ranking")
+        self.score_norm = choose(ScoreNorm, score_norm, "score normalisation")
+        self.seed = int(seed)
+        self.proxy_batches = proxy_batches
+        self.loss_fn = loss_fn
+        self.reduce_scores = reduce_scores
+        self.on_record = on_record
+        self.progress = progress
+        self.costs, self.groups = adapters.costs(), adapters.groups()
+        self.allocation = resolve(budget, self.costs, self.groups, adapters.config.rank)
+        self.collector = GradientCollector()
+        self.history: list[Reallocation] = []
+        self.search_seconds = 0.0
+
+    @property
+    def scores_from_training(self) -> bool:
+        """True when reallocations after step 0 need no extra passes."""
+        return self.proxy in GRADIENT_PROXIES and self.proxy_batches is None
+
+    def needs_batches(self, step: int) -> bool:
+        if self.proxy is Proxy.CONSTANT:
+            return False
+        return not (self.scores_from_training and len(self.collector) > 0)
+
+    @contextmanager
+    def training_window(self) -> Iterator[None]:
+        """Wrap training steps whose gradients should feed the next reallocation's scores."""
+        if not self.scores_from_training:
+            yield
+            return
+        with self.adapters.collecting(self.collector):
+            yield
+
+    def _synchronize(self) -> None:
+        """On a GPU, wait for queued kernels, so ``search_seconds`` times the search alone (not the
+        training step still running when the search first reads a score)."""
+        param = next(self.model.parameters(), None)
+        if param is not None and param.is_cuda:
+            torch.cuda.synchronize(param.device)
+
+    def reallocate(self, step: int, batches: list[Batch] | None = None) -> Reallocation:
+        self._synchronize()
+        start = time.perf_counter()
+        if self.scores_from_training and len(self.collector) > 0:
+            scores = scores_from_gradients(self.proxy, self.adapters, self.collector, self.seed)
+        else:
+            scores = compute_scores(self.proxy, self.model, self.adapters, batches=batches,
+                                    loss_fn=self.loss_fn, seed=self.seed, progress=self.progress)
+        self.collector.reset()
+        if self.reduce_scores is not None:
+            scores = self.reduce_scores(scores)
+        # a different tie-break order at every step (the constant proxy draws a new random set)
+        enabled = select(scores, self.groups, self.allocation, self.ranking, self.score_norm, self.costs,
+                         seed=self.seed * 1_000_003 + int(step))
+        self.adapters.set_enabled(enabled)
+        self._synchronize()
+        seconds = time.perf_counter() - start
+        self.search_seconds += seconds
+        record = Reallocation(int(step), {n: float(s) for n, s in scores.items()}, enabled, seconds)
+        self.history.append(record)
+        if self.on_record is not None:
+            self.on_record(record)
+        return record
+

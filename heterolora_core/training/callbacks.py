@@ -1,0 +1,91 @@
+"""The Trainer callback that keeps a run's record up to date while it trains.
+
+:class:`RecordCallback` appends the logged losses and evaluation metrics to ``metrics.jsonl``,
+rewrites the summary's progress, ETA, reallocation count and search time at most once a second,
+and tracks the best and final evaluation of the headline metric. The method's own callbacks
+(reallocation, AdaLoRA's rank updates) live with the methods.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+from transformers import TrainerCallback
+
+from heterolora_core.methods.base import MethodRun
+from heterolora_core.records.record import RunRecord
+
+SUMMARY_WRITE_SECONDS = 1.0
+
+
+class RecordCallback(TrainerCallback):
+    """Writes metrics and progress of one run.
+
+    Args:
+        record: the run record (None on non-main ranks: only evaluation is tracked).
+        run: the method's run (reallocation count, search seconds).
+        total_steps: the run's length.
+        started: when the run started (``time.time()``), for the wall time.
+        metric_key: the evaluation key of the headline metric (``eval_accuracy``;
+            ``eval_dev_matched_accuracy`` for a task with several dev splits).
+    """
+
+    def __init__(self, record: RunRecord | None, run: MethodRun, total_steps: int, started: float, metric_key: str):
+        self.record = record
+        self.run = run
+        self.total_steps = total_steps
+        self.started = started
+        self.metric_key = metric_key
+        self.best_score: float | None = None
+        self.final_score: float | None = None
+        self.last_eval_step = -1
+        self.train_started: float | None = None
+        self.train_seconds = 0.0
+        self._last_write = 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.train_started = time.time()
+        self.write_progress(state.global_step, force=True)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.write_progress(state.global_step)
+
+    def write_progress(self, step: int, force: bool = False) -> None:
+        if self.record is None:
+            return
+        now = time.time()
+        if not force and now - self._last_write < SUMMARY_WRITE_SECONDS and step < self.total_steps:
+            return
+        self._last_write = now
+        elapsed = now - (self.train_started or now)
+        eta = elapsed / step * (self.total_steps - step) if step else None
+        self.record.update_summary(
+            progress=round(step / self.total_steps, 4), step=step, eta_seconds=round(eta, 1) if eta else None,
+            num_reallocations=self.run.num_reallocations, search_seconds=round(self.run.search_seconds, 3),
+            trainable_params=self.run.trainable_params(), wall_seconds=round(now - self.started, 2))
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.record is None or not logs:
+            return
+        line = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
+        for key, value in logs.items():
+            if isinstance(value, (int, float)) and key not in ("epoch", "step"):
+                line[key] = value
+        if "loss" in line or any(k.startswith("eval_") for k in line):
+            self.record.append_metrics(**line)
+        if isinstance(line.get("loss"), float) and not math.isfinite(line["loss"]):
+            raise FloatingPointError(f"the training loss became {line['loss']} by step {state.global_step} "
+                                     f"(is the learning rate too high?)")
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        self.last_eval_step = state.global_step
+        score = (metrics or {}).get(self.metric_key)
+        if score is None:
+            return
+        self.final_score = float(score)
+        self.best_score = self.final_score if self.best_score is None else max(self.best_score, self.final_score)
+        if self.record is not None:
+            self.record.update_summary(best_score=self.best_score, final_score=self.final_score)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.train_seconds = time.time() - (self.train_started or time.time())

@@ -1,0 +1,224 @@
+"""Fine-tuning runs with Hugging Face ``Trainer`` (AdamW, weight decay 0.01, constant learning
+rate), on GLUE or a user's data, for every registered method.
+
+``run_training`` validates the config, claims the run folder, loads data and model, hands the
+model to the run's method (:mod:`heterolora_core.methods`), trains with the method's callbacks
+and :class:`~heterolora_core.training.callbacks.RecordCallback`, evaluates every epoch (or every
+``eval_every`` steps) and always at the end, then saves the checkpoint and the final summary.
+
+Under ``torchrun`` the scores are averaged across ranks before selection, so every rank enables
+the same set; DDP runs with ``find_unused_parameters`` because the set of modules that receive
+gradients changes at every reallocation.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import Trainer, TrainingArguments
+from transformers.utils import logging as hf_logging
+
+from heterolora_core.adapters.checkpoint import save_checkpoint
+from heterolora_core.adapters.modules import head_module, head_parameter_count
+from heterolora_core.methods import registry
+from heterolora_core.methods.base import MethodContext, MethodRun
+from heterolora_core.records.home import runs_dir
+from heterolora_core.records.processes import process_started_at
+from heterolora_core.records.record import RunRecord, Status, new_run_id
+from heterolora_core.training.callbacks import RecordCallback
+from heterolora_core.training.data import TaskData, load_task, make_collator, tokenize_examples
+from heterolora_core.training.environment import (CancelOnSignal, RunCancelled, environment_info, is_main_process,
+                                                  mean_across_ranks, resolve_device, world_size)
+from heterolora_core.training.metrics import compute_metrics, headline_metric, logits_to_predictions
+from heterolora_core.training.models import load_classifier, load_tokenizer
+from heterolora_core.training.run_config import RunConfig
+
+TRAINER_SCRATCH = ".trainer"  # Trainer's output_dir inside the run folder (no checkpoints are written)
+
+
+def run_training(config: RunConfig, out_dir: str | Path | None = None, progress: bool = True) -> RunRecord:
+    """Train one run and keep its record up to date. Returns the record (status done); a failure
+    or a cancel is recorded and raised.
+
+    ``out_dir``: the run folder; a folder holding a ``queued`` record (made by the run store) is
+    claimed; a folder holding any other record is refused. Default: ``$HETEROLORA_HOME/runs/<run-id>``.
+    """
+    config = config.normalised()
+    config.validate()
+    main = is_main_process()
+    if out_dir is None:
+        if world_size() > 1:
+            raise ValueError("under torchrun, give --out so that every rank writes the same run folder")
+        out_dir = runs_dir() / new_run_id(config.to_dict())
+    record = RunRecord(out_dir)
+    if main:
+        claim_record(record, config)
+    try:
+        with CancelOnSignal():
+            _train(config, record if main else None, progress and main)
+        return record
+    except (RunCancelled, KeyboardInterrupt) as exc:  # SIGTERM (dashboard's cancel) or Ctrl-C
+        if main:
+            record.update_summary(status=Status.CANCELLED, error=str(exc) or "cancelled by SIGINT", pid=None,
+                                  finished_at=time.time())
+        raise
+    except BaseException as exc:
+        if main:
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            record.update_summary(status=Status.FAILED, error=f"{type(exc).__name__}: {message}", pid=None,
+                                  finished_at=time.time())
+        raise
+
+
+def claim_record(record: RunRecord, config: RunConfig) -> None:
+    """Create the record (or claim the store's queued one) and mark it running by this process."""
+    full_config = {**config.to_dict(), **environment_info()}
+    me = dict(pid=os.getpid(), pid_started_at=process_started_at(), started_at=time.time(), progress=0.0)
+    if not record.exists():
+        RunRecord.create(record.path, full_config, status=Status.RUNNING, **me)
+        return
+    status = record.raw_summary().status
+    if status != Status.QUEUED:
+        raise ValueError(f"{record.path} already holds a run ({status}); choose another --out")
+    record.write_config({**record.config(), **full_config})  # keeps the store's keys (sweep_id)
+    record.update_summary(status=Status.RUNNING, error=None, **me)
+
+
+@dataclass
+class TaskInputs:
+    """A run's data, tokenised: training rows, dev rows per split, and how they are scored."""
+
+    task: TaskData
+    tokenizer: Any
+    train_rows: list[dict[str, Any]]
+    dev_rows: dict[str, list[dict[str, Any]]]
+    metric_name: str
+    collator: Any
+
+    @property
+    def eval_dataset(self):
+        """One split's rows, or every split by name (MNLI: matched and mismatched)."""
+        return self.dev_rows[self.task.primary_split] if len(self.dev_rows) == 1 else self.dev_rows
+
+    @property
+    def metric_key(self) -> str:
+        split = f"{self.task.primary_split}_" if len(self.dev_rows) > 1 else ""
+        return f"eval_{split}{self.metric_name}"
+
+
+def load_inputs(config: RunConfig) -> TaskInputs:
+    task = load_task(config.task, train_file=config.train_file, dev_file=config.dev_file)
+    tokenizer = load_tokenizer(config.model)
+    train_rows = tokenize_examples(task.train, tokenizer, config.max_length, config.train_limit)
+    dev_rows = {split: tokenize_examples(rows, tokenizer, config.max_length, config.dev_limit)
+                for split, rows in task.dev.items()}
+    return TaskInputs(task, tokenizer, train_rows, dev_rows, headline_metric(config.task, task.is_regression),
+                      make_collator(tokenizer))
+
+
+def _train(config: RunConfig, record: RunRecord | None, progress: bool) -> None:
+    hf_logging.set_verbosity_error()
+    if not progress:  # --no-progress: no bar at all, also not transformers' weight loading
+        hf_logging.disable_progress_bar()
+    started = time.time()
+    device = resolve_device(config.device)
+    if config.bf16 and not (device.startswith("cuda") and torch.cuda.is_bf16_supported()):
+        raise ValueError("--bf16 needs a CUDA device with bfloat16 support")
+    inputs = load_inputs(config)
+    torch.manual_seed(config.seed)
+    model = load_classifier(config.model, inputs.task.num_labels,
+                            problem_type="regression" if inputs.task.is_regression else None)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = inputs.tokenizer.pad_token_id
+    steps_per_epoch = max(1, math.ceil(len(inputs.train_rows) / (config.batch_size * world_size())))
+    total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
+    context = MethodContext(steps_per_epoch, total_steps, record, scoring_batches(inputs, config, model),
+                            mean_across_ranks, _progress_bar("scoring") if progress else None)
+    run = registry.load(config.mode).prepare(model, config, context)
+    for p in head_module(run.model).parameters():
+        p.requires_grad_(True)
+    callback = RecordCallback(record, run, total_steps, started, inputs.metric_key)
+    trainer = Trainer(model=run.model, args=training_arguments(config, record, device, total_steps, progress),
+                      train_dataset=inputs.train_rows, eval_dataset=inputs.eval_dataset, data_collator=inputs.collator,
+                      compute_metrics=metrics_function(config, inputs.task), callbacks=[callback, *run.callbacks()])
+    if record is not None:
+        record.update_summary(metric=inputs.metric_name, max_steps=total_steps, step=0, num_reallocations=0,
+                              planned_reallocations=run.planned_reallocations,
+                              num_labels=inputs.task.num_labels, label_names=inputs.task.label_names,
+                              is_regression=inputs.task.is_regression, train_rows=len(inputs.train_rows),
+                              dev_rows=len(inputs.eval_dataset) if isinstance(inputs.eval_dataset, list) else None,
+                              trainable_params=run.trainable_params(), head_params=head_parameter_count(run.model))
+    trainer.train()
+    if callback.last_eval_step != trainer.state.global_step:  # always evaluate once at the end
+        trainer.evaluate()
+    if record is not None:
+        finish_record(record, run, callback, trainer.state.global_step, device, started)
+
+
+def finish_record(record: RunRecord, run: MethodRun, callback: RecordCallback, step: int, device: str,
+                  started: float) -> None:
+    """Save the checkpoint and write the final summary (status done)."""
+    shutil.rmtree(record.path / TRAINER_SCRATCH, ignore_errors=True)
+    save_checkpoint(record.path / RunRecord.ADAPTERS, run.model, run.checkpoint_tensors(), run.enabled())
+    # peak of tensors this process allocated on the GPU (the allocator's view; RSS is the CPU's)
+    peak_gpu = round(torch.cuda.max_memory_allocated() / 2**20, 1) if device.startswith("cuda") else None
+    record.update_summary(
+        status=Status.DONE, device=device, peak_gpu_mb=peak_gpu, progress=1.0, step=step, eta_seconds=0.0, pid=None,
+        finished_at=time.time(), best_score=callback.best_score, final_score=callback.final_score,
+        num_reallocations=run.num_reallocations, wall_seconds=round(time.time() - started, 2),
+        search_seconds=round(run.search_seconds, 3), train_seconds=round(callback.train_seconds, 2),
+        trainable_params=run.trainable_params(), head_params=head_parameter_count(run.model), **run.summary_fields())
+
+
+def training_arguments(config: RunConfig, record: RunRecord | None, device: str, total_steps: int,
+                       show_progress: bool) -> TrainingArguments:
+    scratch = (record.path if record is not None else Path(os.environ.get("TMPDIR", "/tmp"))) / TRAINER_SCRATCH
+    return TrainingArguments(
+        output_dir=str(scratch), learning_rate=config.lr, weight_decay=0.01, lr_scheduler_type="constant",
+        warmup_steps=0, per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=max(32, config.batch_size), num_train_epochs=config.epochs,
+        max_steps=total_steps, eval_strategy="steps" if config.eval_every else "epoch", eval_steps=config.eval_every,
+        logging_steps=config.logging_steps or max(1, min(10, total_steps // 8)), save_strategy="no", report_to=[],
+        seed=config.seed, data_seed=config.seed, use_cpu=(device == "cpu"), bf16=config.bf16,
+        dataloader_num_workers=0, disable_tqdm=not show_progress, ddp_find_unused_parameters=True,
+        remove_unused_columns=False, ddp_backend="gloo" if device == "cpu" and world_size() > 1 else None,
+    )
+
+
+def metrics_function(config: RunConfig, task: TaskData) -> Callable:
+    def compute(eval_pred) -> dict[str, float]:
+        predictions = logits_to_predictions(eval_pred.predictions, task.is_regression)
+        return compute_metrics(config.task, predictions, eval_pred.label_ids, task.is_regression)
+
+    return compute
+
+
+def scoring_batches(inputs: TaskInputs, config: RunConfig, model) -> Callable[[int, int], list]:
+    """``(step, n)`` -> n shuffled training batches on the model's device, seeded by (seed, step):
+    the scoring passes of proxies that need passes of their own."""
+
+    def batches(step: int, n: int) -> list:
+        gen = torch.Generator().manual_seed(config.seed * 7919 + step)
+        loader = DataLoader(inputs.train_rows, batch_size=config.batch_size, shuffle=True,
+                            collate_fn=inputs.collator, generator=gen)
+        device = next(model.parameters()).device
+        out = []
+        for batch in loader:
+            out.append({k: v.to(device) for k, v in batch.items()})
+            if len(out) >= n:
+                break
+        return out
+
+    return batches
+
+
+def _progress_bar(description: str) -> Callable:
+    return lambda items: tqdm(items, desc=description, leave=False)
