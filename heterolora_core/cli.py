@@ -19,7 +19,7 @@ from pathlib import Path
 from heterolora_core.methods import registry
 from heterolora_core.records.record import RunRecord, Status, read_json
 from heterolora_core.training.run_config import RunConfig
-from heterolora_core.vocab import LORA_TARGETS, Proxy
+from heterolora_core.vocab import DEFAULT_SKETCH_RANK, LORA_TARGETS, Proxy, Scoring
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--batch-size", type=int, default=16)
     score.add_argument("--max-length", type=int, default=128)
     score.add_argument("--seed", type=int, default=0)
+    score.add_argument("--scoring", default=Scoring.AUTO.value, choices=[s.value for s in Scoring],
+                       help="how gradient statistics are held (default: auto; exact: the full gradient)")
+    score.add_argument("--sketch-rank", type=int, default=DEFAULT_SKETCH_RANK, help="k of the scoring sketch")
     score.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     runs = sub.add_parser("runs", help="list the runs under the data home")
@@ -174,7 +177,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     scores, groups = score_candidates(args.proxy, model=args.model, task=args.task, train_file=args.train_file,
                                 dev_file=args.dev_file, rank=args.rank, lora_targets=args.lora_targets,
                                 shortcuts=args.shortcuts, batches=args.batches, batch_size=args.batch_size,
-                                max_length=args.max_length, seed=args.seed)
+                                max_length=args.max_length, seed=args.seed, scoring=args.scoring,
+                                sketch_rank=args.sketch_rank)
     if args.json:
         print(json.dumps(scores, indent=1))
         return 0

@@ -25,7 +25,7 @@ from heterolora_core.training.data import TASKS, check_task_source, load_task, m
 from heterolora_core.training.models import (check_model, load_classifier, load_config, load_tokenizer,
                                              meta_classifier)
 from heterolora_core.training.run_config import RunConfig
-from heterolora_core.vocab import Group
+from heterolora_core.vocab import DEFAULT_SKETCH_RANK, Group, Scoring
 
 
 @dataclass(frozen=True)
@@ -97,8 +97,8 @@ def _max_positions(model: str) -> int | None:
 
 def score_candidates(proxy: str, model: str, task: str, train_file: str | None = None, dev_file: str | None = None,
                      rank: int = 8, lora_targets=("q", "v"), shortcuts: bool = True, batches: int = 8,
-                     batch_size: int = 16, max_length: int = 128, seed: int = 0,
-                     ) -> tuple[dict[str, float], dict[str, Group]]:
+                     batch_size: int = 16, max_length: int = 128, seed: int = 0, scoring: str = Scoring.AUTO,
+                     sketch_rank: int = DEFAULT_SKETCH_RANK) -> tuple[dict[str, float], dict[str, Group]]:
     """Every candidate's ``proxy`` score on ``batches`` training batches at initialisation, and
     each candidate's group. ValueError for bad input, before the model's weights are loaded."""
     task_id = "custom" if train_file else task
@@ -114,6 +114,7 @@ def score_candidates(proxy: str, model: str, task: str, train_file: str | None =
     loader = DataLoader(rows, batch_size=batch_size, shuffle=True, collate_fn=make_collator(tokenizer),
                         generator=torch.Generator().manual_seed(seed))
     chosen = [b for _, b in zip(range(batches), loader)]
-    scores = compute_scores(proxy, classifier, adapters, batches=chosen, seed=seed,
+    scores = compute_scores(proxy, classifier, adapters, batches=chosen, seed=seed, scoring=scoring,
+                            sketch_rank=sketch_rank,
                             progress=lambda items: tqdm(items, desc=f"scoring ({proxy})", leave=False))
     return scores, adapters.groups()

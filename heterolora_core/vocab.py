@@ -55,6 +55,21 @@ class Proxy(StrEnum):
 GRADIENT_PROXIES = (Proxy.GRAD_NORM, Proxy.SNIP, Proxy.FISHER)
 
 
+class Scoring(StrEnum):
+    """How a window's gradient statistics are held (:mod:`heterolora_core.search.statistics`):
+    ``auto`` (the default: a sketch of O((d_in + d_out)·k) per candidate where the candidate is large
+    enough for it to pay, the full gradient where it is small), ``sketch`` (every candidate) or
+    ``exact`` (the full d_out × d_in gradient of every candidate, for checking)."""
+
+    AUTO = "auto"
+    SKETCH = "sketch"
+    EXACT = "exact"
+
+
+#: k, the default (largest) width of the scoring sketch.
+DEFAULT_SKETCH_RANK = 32
+
+
 class Ranking(StrEnum):
     """combined: LoRA and shortcut candidates in one ranking; separated: a quota per group."""
 

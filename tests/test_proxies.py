@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from heterolora_core import HeteroLoraConfig, attach
-from heterolora_core.search.proxies import (GradientCollector, alpha_test_scores, collect_gradients, compute_scores,
-                                            scores_from_gradients)
+from heterolora_core.search.proxies import alpha_test_scores, collect_gradients, compute_scores, scores_from_gradients
+from heterolora_core.search.statistics import ExactStatistics
 from tiny_models import random_batches, tiny_model
 
 HIDDEN = 32
@@ -139,7 +139,7 @@ def test_scores_from_training_steps_match_extra_pass_scores():
     model, adapters = _model()
     batches = random_batches(2)
     reference = compute_scores("grad_norm", model, adapters, batches=batches)
-    collector = GradientCollector()
+    collector = ExactStatistics()
     with adapters.collecting(collector):
         for batch in batches:
             model(**batch).loss.backward()

@@ -68,7 +68,7 @@ class StaticHeteroLora(AdapterMethod):
         reallocator = Reallocator(
             model, adapters, config.proxy, budget_of(config), ranking=config.ranking, score_norm=config.score_norm,
             seed=config.seed, proxy_batches=config.proxy_batches, reduce_scores=context.reduce_scores,
-            on_record=on_record, progress=context.progress)
+            on_record=on_record, progress=context.progress, scoring=config.scoring, sketch_rank=config.sketch_rank)
         schedule = (ReallocationSchedule(context.steps_per_epoch, context.total_steps, float(config.realloc_every))
                     if self.dynamic else None)
         run.planned_reallocations = 1 + (len(schedule) if schedule is not None else 0)

@@ -41,42 +41,12 @@ import torch
 from torch import nn
 
 from heterolora_core.adapters.modules import AdapterModule, AdapterSet, probe_generator
-from heterolora_core.vocab import GRADIENT_PROXIES, Proxy, choose
+from heterolora_core.search.statistics import (DEFAULT_SKETCH_RANK, ScoringStatistics,
+                                               make_statistics)
+from heterolora_core.vocab import GRADIENT_PROXIES, Proxy, Scoring, choose
 
 Batch = Mapping[str, torch.Tensor]
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
-
-
-class GradientCollector:
-    """Accumulates, per candidate, G_sum = Σ_b G_b and fisher = Σ_b ‖G_b‖²_F.
-
-    A module called once per forward pass gives one G_b per backward pass (one per batch).
-    """
-
-    def __init__(self) -> None:
-        self.G: dict[str, torch.Tensor] = {}
-        self.fisher: dict[str, float] = {}
-        self.calls: dict[str, int] = {}
-
-    def add(self, module: AdapterModule, grad: torch.Tensor, x: torch.Tensor) -> None:
-        """grad: (N, d_out) gradients at the module's output; x: (N, d_in) its inputs."""
-        with torch.no_grad():
-            g_b = grad.float().transpose(0, 1) @ x.float()
-            name = module.name
-            if name in self.G:
-                self.G[name] += g_b
-            else:
-                self.G[name] = g_b
-            self.fisher[name] = self.fisher.get(name, 0.0) + float(g_b.pow(2).sum())
-            self.calls[name] = self.calls.get(name, 0) + 1
-
-    def __len__(self) -> int:
-        return len(self.G)
-
-    def reset(self) -> None:
-        self.G.clear()
-        self.fisher.clear()
-        self.calls.clear()
 
 
 def default_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
@@ -105,13 +75,14 @@ def ensure_probes(adapters: AdapterSet, seed: int) -> None:
 
 def collect_gradients(model: nn.Module, adapters: AdapterSet, batches: Iterable[Batch],
                       loss_fn: LossFn = default_loss, progress: Callable[[Iterable], Iterable] | None = None,
-                      ) -> GradientCollector:
-    """Accumulate G over extra forward/backward passes on ``batches``, with every candidate on.
+                      statistics: ScoringStatistics | None = None) -> ScoringStatistics:
+    """Accumulate the scoring statistics (default: the sketch) over extra forward/backward passes
+    on ``batches``, with every candidate on.
 
     Uses ``torch.autograd.grad`` rather than ``backward``, so no parameter's ``.grad`` is touched:
     the scoring passes leave the optimizer's view of the model exactly as it was.
     """
-    collector = GradientCollector()
+    collector = statistics if statistics is not None else make_statistics()
     params = [p for p in model.parameters() if p.requires_grad]
     batches = progress(batches) if progress else batches
     with adapters.all_enabled(), adapters.collecting(collector):
@@ -123,19 +94,20 @@ def collect_gradients(model: nn.Module, adapters: AdapterSet, batches: Iterable[
     return collector
 
 
-def _factor_saliency(module: AdapterModule, G: torch.Tensor, absolute: bool) -> float:
-    """Σ|A ⊙ ∇A| + Σ|B ⊙ ∇B| with ∇B = s·G Aᵀ, ∇A = s·Bᵀ G (B: the module's B, or its probe)."""
-    A = module.lora_A.detach().float().to(G.device)
-    B = module.effective_B().detach().float().to(G.device)
-    if absolute:
+def factor_saliency(module: AdapterModule, statistics: ScoringStatistics) -> float:
+    """Σ|A ⊙ ∇A| + Σ|B ⊙ ∇B| with ∇B = s·G Aᵀ, ∇A = s·Bᵀ G (B: the module's B, or its probe;
+    |A|, |B| when the statistics were gathered for synflow)."""
+    P, Q = statistics.factor_products(module)
+    A = module.lora_A.detach().float().to(P.device)
+    B = module.effective_B().detach().float().to(P.device)
+    if statistics.absolute:
         A, B = A.abs(), B.abs()
     s = module.scaling
-    grad_B = s * (G @ A.transpose(0, 1))
-    grad_A = s * (B.transpose(0, 1) @ G)
-    return float((A * grad_A).abs().sum() + (B * grad_B).abs().sum())
+    return float((A * (s * Q)).abs().sum() + (B * (s * P)).abs().sum())
 
 
-def scores_from_gradients(proxy: str, adapters: AdapterSet, collector: GradientCollector, seed: int = 0) -> dict[str, float]:
+def scores_from_gradients(proxy: str, adapters: AdapterSet, statistics: ScoringStatistics,
+                          seed: int = 0) -> dict[str, float]:
     """grad_norm / snip / fisher from accumulated statistics. A module that saw no gradient
     (e.g. outside the graph) scores 0."""
     if proxy not in GRADIENT_PROXIES:
@@ -144,15 +116,14 @@ def scores_from_gradients(proxy: str, adapters: AdapterSet, collector: GradientC
         ensure_probes(adapters, seed)
     scores = {}
     for module in adapters.modules_in_order():
-        G = collector.G.get(module.name)
-        if G is None:
+        if module.name not in statistics:
             scores[module.name] = 0.0
         elif proxy == Proxy.GRAD_NORM:
-            scores[module.name] = float(torch.linalg.matrix_norm(G))
+            scores[module.name] = statistics.grad_norm(module.name)
         elif proxy == Proxy.FISHER:
-            scores[module.name] = collector.fisher[module.name]
+            scores[module.name] = statistics.fisher(module.name)
         else:
-            scores[module.name] = _factor_saliency(module, G, absolute=False)
+            scores[module.name] = factor_saliency(module, statistics)
     return scores
 
 
@@ -171,16 +142,18 @@ def _absolute_weights(model: nn.Module) -> Iterator[None]:
                 p.mul_(signs[name])  # |p|·sign(p) == p exactly, zeros included
 
 
-def synflow_scores(model: nn.Module, adapters: AdapterSet, example: Batch, seed: int = 0) -> dict[str, float]:
+def synflow_scores(model: nn.Module, adapters: AdapterSet, example: Batch, seed: int = 0,
+                   scoring: str = Scoring.AUTO, sketch_rank: int = DEFAULT_SKETCH_RANK) -> dict[str, float]:
     """SynFlow: one pass with |θ| everywhere and an all-ones input embedding of the example's
-    shape; R = Σ logits; score = Σ|θ ⊙ ∇θ R| over the module's factors (B̃ while B = 0)."""
+    shape; R = Σ logits; score = Σ|θ ⊙ ∇θ R| over the module's factors (B̃ while B = 0). Costs
+    one extra forward and backward pass of its own (its input is not a training batch)."""
     ensure_probes(adapters, seed)
     input_ids = example["input_ids"]
     embed_dim = model.get_input_embeddings().embedding_dim
     param = next(model.parameters())
     ones = torch.ones(*input_ids.shape, embed_dim, device=param.device, dtype=param.dtype, requires_grad=True)
     mask = example.get("attention_mask")
-    collector = GradientCollector()
+    collector = make_statistics(scoring, sketch_rank, seed, factors=True, absolute=True)
     with torch.enable_grad(), _eval_mode(model), _absolute_weights(model), adapters.all_enabled(), \
             adapters.collecting(collector):
         kwargs = {"inputs_embeds": ones}
@@ -188,15 +161,15 @@ def synflow_scores(model: nn.Module, adapters: AdapterSet, example: Batch, seed:
             kwargs["attention_mask"] = torch.ones_like(mask)
         out = model(**kwargs)
         torch.autograd.grad(out.logits.float().sum(), [ones])
-    return {m.name: _factor_saliency(m, collector.G[m.name], absolute=True) if m.name in collector.G else 0.0
-            for m in adapters.modules_in_order()}
+    return {m.name: factor_saliency(m, collector) if m.name in collector else 0.0 for m in adapters.modules_in_order()}
 
 
 def alpha_test_scores(model: nn.Module, adapters: AdapterSet, batches: list[Batch], tol: float = 0.01,
                       steps: int = 10, loss_fn: LossFn = default_loss, seed: int = 0,
                       progress: Callable[[Iterable], Iterable] | None = None) -> dict[str, float]:
     """Smallest α ∈ {0, 1/steps, …, 1} with L(α) ≤ (1 + tol)·L(1), found by bisection (assumes
-    the loss grows as α shrinks); ~log2(steps + 1) loss evaluations per module."""
+    the loss grows as α shrinks); ~log2(steps + 1) forward passes over ``batches`` per module, of
+    its own (it needs no gradient statistics)."""
     ensure_probes(adapters, seed)
     batches = list(batches)
 
@@ -225,13 +198,15 @@ def alpha_test_scores(model: nn.Module, adapters: AdapterSet, batches: list[Batc
 
 
 def compute_scores(proxy: str, model: nn.Module, adapters: AdapterSet, batches: list[Batch] | None = None,
-                   collector: GradientCollector | None = None, loss_fn: LossFn = default_loss, seed: int = 0,
-                   progress: Callable[[Iterable], Iterable] | None = None) -> dict[str, float]:
+                   collector: ScoringStatistics | None = None, loss_fn: LossFn = default_loss, seed: int = 0,
+                   progress: Callable[[Iterable], Iterable] | None = None, scoring: str = Scoring.AUTO,
+                   sketch_rank: int = DEFAULT_SKETCH_RANK) -> dict[str, float]:
     """Score every candidate with ``proxy``.
 
     Gradient proxies use ``collector`` when given (statistics accumulated from training steps),
-    else extra passes over ``batches``; synflow needs one batch for its shape; alpha_test needs
-    ``batches``; constant needs nothing.
+    else extra passes over ``batches`` gathered as ``scoring`` says (``sketch``: the default,
+    see :mod:`heterolora_core.search.statistics`; ``exact``: the full G); synflow needs one batch
+    for its shape; alpha_test needs ``batches``; constant needs nothing.
     """
     proxy = choose(Proxy, proxy, "proxy")
     if proxy is Proxy.CONSTANT:
@@ -240,10 +215,13 @@ def compute_scores(proxy: str, model: nn.Module, adapters: AdapterSet, batches: 
         if collector is None:
             if not batches:
                 raise ValueError(f"{proxy} needs scoring batches or accumulated gradients")
-            collector = collect_gradients(model, adapters, batches, loss_fn, progress)
+            if proxy == Proxy.SNIP:
+                ensure_probes(adapters, seed)
+            statistics = make_statistics(scoring, sketch_rank, seed, factors=proxy == Proxy.SNIP)
+            collector = collect_gradients(model, adapters, batches, loss_fn, progress, statistics)
         return scores_from_gradients(proxy, adapters, collector, seed)
     if not batches:
         raise ValueError(f"{proxy} needs at least one scoring batch")
     if proxy is Proxy.SYNFLOW:
-        return synflow_scores(model, adapters, batches[0], seed)
+        return synflow_scores(model, adapters, batches[0], seed, scoring, sketch_rank)
     return alpha_test_scores(model, adapters, batches, loss_fn=loss_fn, seed=seed, progress=progress)

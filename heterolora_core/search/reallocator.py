@@ -18,10 +18,11 @@ from torch import nn
 
 from heterolora_core.adapters.modules import AdapterSet
 from heterolora_core.search.budget import Budget, resolve
-from heterolora_core.search.proxies import (Batch, GradientCollector, LossFn, compute_scores, default_loss,
+from heterolora_core.search.proxies import (Batch, LossFn, compute_scores, default_loss, ensure_probes,
                                             scores_from_gradients)
+from heterolora_core.search.statistics import DEFAULT_SKETCH_RANK, make_statistics
 from heterolora_core.search.selection import select
-from heterolora_core.vocab import GRADIENT_PROXIES, Proxy, Ranking, ScoreNorm, choose
+from heterolora_core.vocab import GRADIENT_PROXIES, Proxy, Ranking, Scoring, ScoreNorm, choose
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,8 @@ class Reallocator:
     - otherwise, extra passes over ``batches`` with every module on (the authors' way).
 
     Args:
+        scoring, sketch_rank: how the window's statistics are held (``sketch`` with k =
+            ``sketch_rank``, or ``exact``; :mod:`heterolora_core.search.statistics`).
         reduce_scores: maps this process's scores to the scores every process agrees on (e.g. an
             all-reduce mean under DDP), applied before selection.
         on_record: called with each :class:`Reallocation` (run records, logging).
@@ -103,7 +106,8 @@ class Reallocator:
                  proxy_batches: int | None = None, loss_fn: LossFn = default_loss,
                  reduce_scores: Callable[[dict[str, float]], dict[str, float]] | None = None,
                  on_record: Callable[[Reallocation], None] | None = None,
-                 progress: Callable[[Iterable], Iterable] | None = None):
+                 progress: Callable[[Iterable], Iterable] | None = None, scoring: str = Scoring.AUTO,
+                 sketch_rank: int = DEFAULT_SKETCH_RANK):
         self.model = model
         self.adapters = adapters
         self.proxy = choose(Proxy, proxy, "proxy")
@@ -115,9 +119,13 @@ class Reallocator:
         self.reduce_scores = reduce_scores
         self.on_record = on_record
         self.progress = progress
+        self.scoring = choose(Scoring, scoring, "scoring")
+        self.sketch_rank = int(sketch_rank)
         self.costs, self.groups = adapters.costs(), adapters.groups()
         self.allocation = resolve(budget, self.costs, self.groups, adapters.config.rank)
-        self.collector = GradientCollector()
+        if self.proxy is Proxy.SNIP:
+            ensure_probes(adapters, self.seed)  # the factor statistics read B's probe as they accumulate
+        self.collector = make_statistics(self.scoring, self.sketch_rank, self.seed, factors=self.proxy is Proxy.SNIP)
         self.history: list[Reallocation] = []
         self.search_seconds = 0.0
 
@@ -154,7 +162,8 @@ class Reallocator:
             scores = scores_from_gradients(self.proxy, self.adapters, self.collector, self.seed)
         else:
             scores = compute_scores(self.proxy, self.model, self.adapters, batches=batches,
-                                    loss_fn=self.loss_fn, seed=self.seed, progress=self.progress)
+                                    loss_fn=self.loss_fn, seed=self.seed, progress=self.progress,
+                                    scoring=self.scoring, sketch_rank=self.sketch_rank)
         self.collector.reset()
         if self.reduce_scores is not None:
             scores = self.reduce_scores(scores)

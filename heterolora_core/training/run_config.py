@@ -20,7 +20,8 @@ from typing import Any
 from heterolora_core.methods import registry
 from heterolora_core.training.data import CUSTOM_TASK
 from heterolora_core.training.models import EMBEDDED
-from heterolora_core.vocab import DEFAULT_TARGETS, LORA_TARGETS, Proxy, Ranking, ScoreNorm, choose
+from heterolora_core.vocab import (DEFAULT_SKETCH_RANK, DEFAULT_TARGETS, LORA_TARGETS, Proxy, Ranking, Scoring,
+                                   ScoreNorm, choose)
 
 
 #: Upper bounds on the size of a run, so a typo cannot ask for a run that never ends or fills the
@@ -29,7 +30,7 @@ LIMITS: dict[str, int | float] = {
     "rank": 4096, "epochs": 1000.0, "max_steps": 10_000_000, "train_limit": 100_000_000,
     "dev_limit": 100_000_000, "batch_size": 4096, "max_length": 131_072, "score_window": 10_000,
     "proxy_batches": 1024, "eval_every": 10_000_000, "logging_steps": 10_000_000, "seed": 2**31 - 1,
-    "match_uniform_rank": 4096, "adalora_init_r": 4096, "adalora_target_r": 4096, "alpha": 1e6,
+    "match_uniform_rank": 4096, "adalora_init_r": 4096, "adalora_target_r": 4096, "alpha": 1e6, "sketch_rank": 4096,
 }
 
 
@@ -78,6 +79,12 @@ class RunConfig:
         "default: reuse the training steps' gradients"))
     score_window: int = field(default=8, metadata=_help(
         "training steps whose gradients make up a reallocation's scores"))
+    scoring: str = field(default=Scoring.AUTO.value, metadata=_help(
+        "how scoring windows hold their gradient statistics: auto (a sketch of O((d_in + d_out)·k) per "
+        "candidate where it pays, the exact gradient of small candidates), sketch (every candidate) or "
+        "exact (the full d_out x d_in gradient, for checking)"))
+    sketch_rank: int = field(default=DEFAULT_SKETCH_RANK, metadata=_help(
+        "k, the (largest) width of the scoring sketch (see heterolora_core/search/statistics.py)"))
     batch_size: int = field(default=16, metadata=_help("per-device batch size"))
     max_length: int = field(default=128, metadata=_help("truncate inputs to this many tokens"))
     eval_every: int | None = field(default=None, metadata=_help(
@@ -174,6 +181,7 @@ class RunConfig:
         choose(Proxy, self.proxy, "proxy")
         choose(Ranking, self.ranking, "ranking")
         choose(ScoreNorm, self.score_norm, "score normalisation")
+        choose(Scoring, self.scoring, "scoring")
         method = registry.load(self.mode)  # unknown mode: ValueError naming the methods
         unknown = [t for t in self.lora_targets if t not in LORA_TARGETS]
         if unknown:
@@ -195,8 +203,9 @@ class RunConfig:
         method.validate(self)
 
 
-_TEXT_FIELDS = ("task", "model", "mode", "proxy", "ranking", "score_norm", "device")
-_INT_FIELDS = ("rank", "batch_size", "max_length", "score_window", "adalora_init_r", "adalora_target_r", "seed")
+_TEXT_FIELDS = ("task", "model", "mode", "proxy", "ranking", "score_norm", "device", "scoring")
+_INT_FIELDS = ("rank", "batch_size", "max_length", "score_window", "adalora_init_r", "adalora_target_r", "seed",
+               "sketch_rank")
 _OPTIONAL_INT_FIELDS = ("max_steps", "train_limit", "dev_limit", "proxy_batches", "eval_every", "logging_steps",
                         "match_uniform_rank")
 _FLOAT_FIELDS = ("lr", "epochs", "realloc_every", "enable_ratio", "alpha")
