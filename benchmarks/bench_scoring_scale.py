@@ -149,11 +149,12 @@ def measure_width(hidden: int, layers: int, pairs: int, device: str) -> dict:
 # Peak memory: a dynamic search against uniform LoRA at the same budget, each its own process
 # ----------------------------------------------------------------------------------------------
 
-def memory_child(mode: str, hidden: int, layers: int, steps: int, device: str) -> None:
+def memory_child(role: str, hidden: int, layers: int, steps: int, device: str) -> None:
     """Train ``steps`` steps and print the peak resident memory (MiB) as JSON."""
     torch.manual_seed(0)
     model = llama(hidden, layers).to(device).train()
-    rank = 32 if mode == "dynamic" else 8
+    searching = role == "search"
+    rank = 32 if searching else 8
     adapters = attach(model, HeteroLoraConfig(rank=rank, lora_targets=TARGETS, shortcuts=False, init_seed=0))
     for p in head_module(model).parameters():
         p.requires_grad_(True)
@@ -161,7 +162,7 @@ def memory_child(mode: str, hidden: int, layers: int, steps: int, device: str) -
     inputs = batch(device)
     _reset_peak_rss()  # the peak of building the model is the same for both: measure training alone
     reallocator = None
-    if mode == "dynamic":  # 25% of the candidates at rank 32 = every candidate at rank 8
+    if searching:  # 25% of the candidates at rank 32 = every candidate at rank 8
         reallocator = Reallocator(model, adapters, "grad_norm", Budget(match_uniform_rank=8), seed=0)
     for step in range(steps):
         window = reallocator.training_window() if reallocator is not None else contextlib.nullcontext()
@@ -175,7 +176,7 @@ def memory_child(mode: str, hidden: int, layers: int, steps: int, device: str) -
     peak = _peak_rss_mib()
     if device.startswith("cuda"):
         peak = torch.cuda.max_memory_allocated() / 2**20
-    print(json.dumps({"mode": mode, "peak_mib": peak, "trainable": trainable}))
+    print(json.dumps({"role": role, "peak_mib": peak, "trainable": trainable}))
 
 
 def _reset_peak_rss() -> None:
@@ -196,13 +197,14 @@ def measure_memory(hidden: int, layers: int, steps: int, device: str, rounds: in
     peaks: dict[str, list[float]] = {"uniform": [], "dynamic": []}
     trainable = {}
     for r in range(rounds):
-        for mode in (("uniform", "dynamic") if r % 2 == 0 else ("dynamic", "uniform")):
-            proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_scoring_scale", "--child-memory", mode,
+        for kind in (("uniform", "dynamic") if r % 2 == 0 else ("dynamic", "uniform")):
+            role = "search" if kind == "dynamic" else "uniform"
+            proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_scoring_scale", "--child-memory", role,
                                    "--memory-hidden", str(hidden), "--layers", str(layers), "--memory-steps", str(steps),
                                    "--device", device], capture_output=True, text=True, check=True)
             result = json.loads(proc.stdout.strip().splitlines()[-1])
-            peaks[mode].append(result["peak_mib"])
-            trainable[mode] = result["trainable"]
+            peaks[kind].append(result["peak_mib"])
+            trainable[kind] = result["trainable"]
     ratios = [d / u for d, u in zip(peaks["dynamic"], peaks["uniform"])]
     return {"hidden": hidden, "steps": steps, "peaks_mib": peaks, "trainable": trainable,
             "median_ratio": statistics.median(ratios), "unit": "GPU MiB allocated" if device.startswith("cuda") else "RSS MiB"}
@@ -320,7 +322,7 @@ def main() -> None:
     parser.add_argument("--accuracy", action="store_true")
     parser.add_argument("--accuracy-steps", type=int, default=96)
     parser.add_argument("--merge", action="store_true", help="keep the parts of --out not measured this time")
-    parser.add_argument("--child-memory", choices=["uniform", "dynamic"], help=argparse.SUPPRESS)
+    parser.add_argument("--child-memory", choices=["uniform", "search"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_memory:
         memory_child(args.child_memory, args.memory_hidden, args.layers, args.memory_steps, args.device)

@@ -11,7 +11,8 @@ rows; :func:`load_sweep` checks it and :func:`expand` turns it into the runs it 
     rows:                              # optional; each row is RunConfig overrides plus
       - {row: qv, lora_targets: [q, v]}        #   row: an id (default r0, r1, ...), label: a name,
       - {row: all, lora_targets: [q, k, v, o, ffn_in, ffn_out], only: {proxy: [grad_norm]}}
-                                       #   only: restrict axes for this row, report: free-form notes
+                                       #   only: restrict axes for this row, report: free-form notes,
+                                       #   folder: this row's own folder template (records kept elsewhere)
 
 Every key of ``base``, ``axes`` and the rows is a :class:`~heterolora_core.training.run_config.RunConfig`
 field (or ``repeat``, an axis of repetitions with no setting of its own); anything else, an empty
@@ -48,7 +49,7 @@ from heterolora_core.records.worker import Worker, ensure_worker
 from heterolora_core.training.run_config import RunConfig
 
 TOP_KEYS = ("sweep", "folder", "base", "axes", "order", "rows", "description")
-ROW_KEYS = ("row", "label", "only", "report")
+ROW_KEYS = ("row", "label", "only", "report", "folder")
 REPEAT = "repeat"
 #: Fields that do not change a run's result: a stored run may differ in them and still count.
 IGNORED_FIELDS = ("device", "logging_steps")
@@ -95,6 +96,7 @@ class SweepRow:
     overrides: dict[str, Any]
     only: dict[str, list[Any]]
     report: dict[str, Any]
+    folder: str | None = None
 
 
 @dataclass(frozen=True)
@@ -194,8 +196,11 @@ def _rows(value: Any, fields: set[str], axes: dict, source: str) -> tuple[SweepR
             if name not in axes or not isinstance(values, list) or not values:
                 raise ValueError(f"{source}: row {row_id}: 'only' restricts an axis to a non-empty list; {name!r} is not one")
         overrides = {k: v for k, v in item.items() if k in fields}
+        folder = item.get("folder")
+        if folder is not None and (not isinstance(folder, str) or not folder.strip() or Path(folder).is_absolute()):
+            raise ValueError(f"{source}: row {row_id}: 'folder' must be a relative path template, got {folder!r}")
         rows.append(SweepRow(row_id, str(item.get("label", row_id)), overrides, only,
-                             _mapping(item.get("report", {}), f"{source}: row {row_id}: report")))
+                             _mapping(item.get("report", {}), f"{source}: row {row_id}: report"), folder))
     return tuple(rows)
 
 
@@ -207,17 +212,20 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def folder_of(spec: SweepSpec, row: str, config: RunConfig, values: dict[str, Any] | None = None) -> str | None:
-    """A run's folder from the sweep's template: every setting of the run, its axis values (such as
-    ``repeat``), ``row`` and ``sweep`` are variables; floats are written as ``format(x, "g")``."""
-    if not spec.folder:
+def folder_of(spec: SweepSpec, row: str, config: RunConfig, values: dict[str, Any] | None = None,
+              template: str | None = None) -> str | None:
+    """A run's folder from its row's template or else the sweep's: every setting of the run, its
+    axis values (such as ``repeat``), ``row`` and ``sweep`` are variables; floats are written as
+    ``format(x, "g")``."""
+    template = template or spec.folder
+    if not template:
         return None
     variables = {**{k: _text(v) for k, v in config.to_dict().items()},
                  **{k: _text(v) for k, v in (values or {}).items()}, "row": row, "sweep": spec.sweep}
     try:
-        return spec.folder.format(**variables)
+        return template.format(**variables)
     except (KeyError, IndexError, ValueError) as exc:
-        raise ValueError(f"folder template {spec.folder!r}: unknown variable {exc}") from None
+        raise ValueError(f"folder template {template!r}: unknown variable {exc}") from None
 
 
 def expand(spec: SweepSpec) -> list[PlannedRun]:
@@ -235,7 +243,7 @@ def expand(spec: SweepSpec) -> list[PlannedRun]:
             config.validate()
         except ValueError as exc:
             raise ValueError(f"row {row.row} ({', '.join(f'{k}={_text(v)}' for k, v in chosen.items())}): {exc}") from None
-        runs.append(PlannedRun(row, config, chosen, folder_of(spec, row.row, config, chosen)))
+        runs.append(PlannedRun(row, config, chosen, folder_of(spec, row.row, config, chosen, row.folder)))
     if not runs:
         raise ValueError(f"sweep {spec.sweep} names no run (every row's 'only' excludes every axis value)")
     folders = [r.folder for r in runs if r.folder is not None]

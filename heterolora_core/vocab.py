@@ -70,6 +70,23 @@ class Scoring(StrEnum):
 DEFAULT_SKETCH_RANK = 32
 
 
+class RankRule(StrEnum):
+    """How the rank allocator turns gradient statistics into ranks (:mod:`heterolora_core.search.ranks`):
+    ``spectrum`` water-fills the singular-value spectra of the gradients; ``proportional`` makes
+    ranks proportional to the proxy score."""
+
+    SPECTRUM = "spectrum"
+    PROPORTIONAL = "proportional"
+
+
+class RankInit(StrEnum):
+    """How a rank allocation initialises A: ``kaiming`` (uniform, as every LoRA); ``gradient``:
+    the top right singular vectors of each candidate's gradient G (B stays zero)."""
+
+    KAIMING = "kaiming"
+    GRADIENT = "gradient"
+
+
 class Ranking(StrEnum):
     """combined: LoRA and shortcut candidates in one ranking; separated: a quota per group."""
 

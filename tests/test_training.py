@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from cli_helpers import GLUE, REPO, cli_env, needs_glue, read_jsonl_strict, run_cli, save_tiny_bert
-from heterolora_core.methods.heterolora import SearchCallback
+from heterolora_core.methods.callbacks import SearchCallback
 from heterolora_core.records.record import RunRecord
 from heterolora_core.search.reallocator import ReallocationSchedule
 from heterolora_core.training.run_config import RunConfig

@@ -6,6 +6,7 @@ A run's checkpoint folder (``<run>/adapters/``) holds
                            for every candidate; AdaLoRA: ``peft.<parameter name>``) and the task head
                            (``head.<key>``)
     enabled.json           the enabled set at the end of training (HeteroLoRA and uniform LoRA)
+    ranks.json             every candidate's rank at the end (heterogeneous-rank runs only)
 
 :func:`export_peft` writes a LoRA-only selection as a PEFT adapter folder: ``adapter_config.json``
 (written by PEFT's own ``LoraConfig``: ``target_modules`` lists exactly the enabled projections,
@@ -29,6 +30,7 @@ from heterolora_core.vocab import Group
 
 WEIGHTS_FILE = "adapters.safetensors"
 ENABLED_FILE = "enabled.json"
+RANKS_FILE = "ranks.json"
 HEAD_PREFIX = "head."
 ADAPTER_PREFIX = "adapters."
 _PEFT_PREFIX = "base_model.model."
@@ -41,10 +43,11 @@ class Checkpoint:
     tensors: dict[str, torch.Tensor]
     head: dict[str, torch.Tensor]
     enabled: list[str] | None
+    ranks: dict[str, int] | None = None
 
 
 def save_checkpoint(folder: str | Path, model: nn.Module, tensors: dict[str, torch.Tensor],
-                    enabled: list[str] | None = None) -> Path:
+                    enabled: list[str] | None = None, ranks: dict[str, int] | None = None) -> Path:
     """Write ``tensors`` (keys carry the method's prefix) and the head of ``model`` to ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -55,6 +58,8 @@ def save_checkpoint(folder: str | Path, model: nn.Module, tensors: dict[str, tor
     save_file(out, str(folder / WEIGHTS_FILE))
     if enabled is not None:
         (folder / ENABLED_FILE).write_text(json.dumps(list(enabled)))
+    if ranks is not None:
+        (folder / RANKS_FILE).write_text(json.dumps(dict(ranks)))
     return folder
 
 
@@ -78,7 +83,20 @@ def load_checkpoint(folder: str | Path) -> Checkpoint:
             raise ValueError(f"{folder / ENABLED_FILE} must hold a list of module names")
     head = {k[len(HEAD_PREFIX):]: v for k, v in tensors.items() if k.startswith(HEAD_PREFIX)}
     own = {k: v for k, v in tensors.items() if not k.startswith(HEAD_PREFIX)}
-    return Checkpoint(own, head, enabled)
+    return Checkpoint(own, head, enabled, _read_ranks(folder))
+
+
+def _read_ranks(folder: Path) -> dict[str, int] | None:
+    path = folder / RANKS_FILE
+    if not path.is_file():
+        return None
+    try:
+        ranks = json.loads(path.read_text())
+    except ValueError:
+        raise ValueError(f"{path} is not valid JSON") from None
+    if not isinstance(ranks, dict) or not all(isinstance(r, int) and not isinstance(r, bool) for r in ranks.values()):
+        raise ValueError(f"{path} must map module names to whole-number ranks")
+    return ranks
 
 
 def load_head(model: nn.Module, checkpoint: Checkpoint) -> None:
@@ -110,7 +128,8 @@ def load_adapter_tensors(adapters: AdapterSet, tensors: dict[str, torch.Tensor])
 
 def export_peft(model: nn.Module, adapters: AdapterSet, out_dir: str | Path,
                 base_model_name_or_path: str | None = None) -> Path:
-    """Write the enabled LoRA modules and the head of ``model`` as a PEFT adapter in ``out_dir``.
+    """Write the enabled LoRA modules (each at its active rank: ``rank_pattern`` / ``alpha_pattern``)
+    and the head of ``model`` as a PEFT adapter in ``out_dir``.
 
     Raises ValueError when an enabled shortcut is in the selection (PEFT has no such module) or
     when nothing LoRA is enabled.
@@ -126,18 +145,19 @@ def export_peft(model: nn.Module, adapters: AdapterSet, out_dir: str | Path,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [m.target_path for m in enabled]
-    alphas = {m.target_path: m.scaling * m.rank for m in enabled}
+    alphas = {m.target_path: m.scaling * m.active_rank for m in enabled}
     head = head_module(model)
     head_name = next((name for name, mod in model.named_modules() if mod is head), None) if head is not None else None
     config = LoraConfig(
-        r=enabled[0].rank, lora_alpha=alphas[paths[0]], lora_dropout=adapters.config.dropout,
-        target_modules=paths, rank_pattern={m.target_path: m.rank for m in enabled}, alpha_pattern=alphas,
+        r=enabled[0].active_rank, lora_alpha=alphas[paths[0]], lora_dropout=adapters.config.dropout,
+        target_modules=paths, rank_pattern={m.target_path: m.active_rank for m in enabled}, alpha_pattern=alphas,
         modules_to_save=[head_name] if head_name else None, base_model_name_or_path=base_model_name_or_path)
     config.save_pretrained(str(out))
     tensors = {}
-    for m in enabled:
-        tensors[f"{_PEFT_PREFIX}{m.target_path}.lora_A.weight"] = m.lora_A.detach().cpu().contiguous()
-        tensors[f"{_PEFT_PREFIX}{m.target_path}.lora_B.weight"] = m.lora_B.detach().cpu().contiguous()
+    for m in enabled:  # the active components only: a rank-r_i module exports as a rank-r_i LoRA
+        r = m.active_rank
+        tensors[f"{_PEFT_PREFIX}{m.target_path}.lora_A.weight"] = m.lora_A.detach()[:r].cpu().contiguous()
+        tensors[f"{_PEFT_PREFIX}{m.target_path}.lora_B.weight"] = m.lora_B.detach()[:, :r].cpu().contiguous()
     if head is not None:
         for key, value in head.state_dict().items():
             tensors[f"{_PEFT_PREFIX}{head_name}.{key}"] = value.detach().cpu().contiguous()

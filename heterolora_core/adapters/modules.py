@@ -62,8 +62,10 @@ class AdapterModule(nn.Module):
         generator: the random generator of A's initialisation (a seed fixes it exactly).
 
     Attributes beyond the arguments: ``lora_A`` (r, d_in), ``lora_B`` (d_out, r), ``enabled``;
-    ``alpha_scale`` (alpha-test proxy only: when set, the module's whole output, base and delta, is
-    multiplied by it) and ``probe_B`` (proxies only: a fixed non-zero stand-in for an all-zero B).
+    ``active_rank`` (heterogeneous ranks: only the first ``active_rank`` components of A and B take
+    part, the others are masked and keep their values; see :meth:`set_rank`); ``alpha_scale``
+    (alpha-test proxy only: when set, the module's whole output, base and delta, is multiplied by
+    it) and ``probe_B`` (proxies only: a fixed non-zero stand-in for an all-zero B).
     """
 
     def __init__(self, name: ModuleName, base: Base, d_in: int, d_out: int, rank: int, scaling: float,
@@ -84,6 +86,7 @@ class AdapterModule(nn.Module):
         self.lora_B = nn.Parameter(torch.zeros(self.d_out, self.rank))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.enabled = True
+        self.active_rank = self.rank
         self.alpha_scale: float | None = None
         self.probe_B: torch.Tensor | None = None
         self.initialize_parameters(generator)
@@ -98,13 +101,24 @@ class AdapterModule(nn.Module):
 
     @property
     def num_params(self) -> int:
-        """Trainable parameters: r · (d_in + d_out)."""
-        return self.rank * (self.d_in + self.d_out)
+        """Trainable parameters: r · (d_in + d_out), r the active rank (masked components excluded)."""
+        return self.active_rank * (self.d_in + self.d_out)
+
+    def set_rank(self, rank: int) -> None:
+        """Use the first ``rank`` components (0 <= rank <= r): 0 switches the module off. The other
+        components are masked: they get no gradient and keep their values (and, through
+        :class:`~heterolora_core.methods.callbacks.MaskedRankGuard`, their optimizer state)."""
+        if not 0 <= int(rank) <= self.rank:
+            raise ValueError(f"{self.name}: rank {rank} outside 0..{self.rank}")
+        self.active_rank = int(rank) if rank else self.rank
+        self.enabled = bool(rank)
 
     def delta(self, x: torch.Tensor, B: torch.Tensor | None = None) -> torch.Tensor:
-        """s · B (A x) for x of shape (..., d_in) -> (..., d_out)."""
+        """s · B (A x) for x of shape (..., d_in) -> (..., d_out), over the active components."""
         A = self.lora_A
         B = self.lora_B if B is None else B
+        if self.active_rank < self.rank:
+            A, B = A[: self.active_rank], B[:, : self.active_rank]
         x = self.dropout(x).to(A.dtype)
         return nn.functional.linear(nn.functional.linear(x, A), B) * self.scaling
 
@@ -187,9 +201,25 @@ class AdapterSet(nn.Module):
     def enable_all(self) -> None:
         self.set_enabled(self._order)
 
+    def set_ranks(self, ranks: dict[str, int]) -> None:
+        """Give every candidate its rank (0: off); candidates not named are switched off. Unknown
+        name: ValueError."""
+        unknown = set(ranks).difference(self._order)
+        if unknown:
+            raise ValueError(f"unknown adapter module(s): {', '.join(sorted(unknown))}")
+        for name in self._order:
+            self.module(name).set_rank(int(ranks.get(name, 0)))
+
+    def ranks(self) -> dict[str, int]:
+        """Every candidate's rank now (0 when off), in layer order."""
+        return {n: (self.module(n).active_rank if self.module(n).enabled else 0) for n in self._order}
+
     def enabled(self) -> list[str]:
         """Names of the candidates now on, in layer order."""
         return [n for n in self._order if self.module(n).enabled]
+
+    def all_at_full_rank(self) -> bool:
+        return all(self.module(n).active_rank == self.module(n).rank for n in self._order)
 
     def num_trainable(self, names: Iterable[str] | None = None) -> int:
         """Trainable parameters of the enabled candidates (or of ``names``); task head excluded."""

@@ -19,3 +19,18 @@ register(MethodInfo(
     "adalora", "AdaLoRA (PEFT)", "heterolora_core.methods.adalora:AdaLora", shortcuts=False, reallocates=True,
     options=("adalora_init_r", "adalora_target_r"),
     description="PEFT's AdaLoRA: prunes SVD triplets from --adalora-init-r to --adalora-target-r"))
+register(MethodInfo(
+    "rank_static", "static rank allocation", "heterolora_core.methods.ranks:RankStatic", searches=True,
+    options=("budget_params", "rank_min", "rank_rule", "rank_init"),
+    description="a rank per candidate from the gradients' spectra before training, under an exact budget"))
+register(MethodInfo(
+    "rank_dynamic", "dynamic rank allocation", "heterolora_core.methods.ranks:RankDynamic", searches=True,
+    reallocates=True, options=("budget_params", "rank_min", "rank_rule"),
+    description="ranks moved between candidates every --realloc-every of an epoch, under an exact budget"))
+register(MethodInfo(
+    "rank_random", "random ranks (control)", "heterolora_core.methods.ranks:RankRandom", searches=True,
+    options=("budget_params", "rank_min", "rank_rule"),
+    description="rank_static's ranks dealt at random among candidates of equal cost: the control"))
+register(MethodInfo(
+    "eva", "EVA (PEFT)", "heterolora_core.methods.eva:Eva", shortcuts=False,
+    description="PEFT's EVA: LoRA at --rank, ranks redistributed by the explained variance of the inputs"))

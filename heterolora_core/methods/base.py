@@ -100,6 +100,10 @@ class MethodRun(ABC):
         """The enabled set to save beside the tensors (None: the method has none)."""
         return None
 
+    def ranks(self) -> dict[str, int] | None:
+        """Each candidate's rank to save beside the tensors (None: every candidate at its full rank)."""
+        return None
+
 
 class Method(ABC):
     """One way of allocating a run's budget; see the module docstring."""
@@ -165,6 +169,9 @@ class AdapterRun(MethodRun):
     def enabled(self) -> list[str] | None:
         return self.adapters.enabled()
 
+    def ranks(self) -> dict[str, int] | None:
+        return None if self.adapters.all_at_full_rank() else self.adapters.ranks()
+
 
 class AdapterMethod(Method):
     """Common base of uniform LoRA and HeteroLoRA: attach the search space, restore by name."""
@@ -173,4 +180,6 @@ class AdapterMethod(Method):
         adapters = attach(model, search_space(config))
         load_adapter_tensors(adapters, checkpoint.tensors)
         adapters.set_enabled(checkpoint.enabled if checkpoint.enabled is not None else adapters.names())
+        if checkpoint.ranks is not None:
+            adapters.set_ranks(checkpoint.ranks)
         return model

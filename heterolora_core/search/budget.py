@@ -24,13 +24,18 @@ from heterolora_core.vocab import Group
 
 @dataclass(frozen=True)
 class Budget:
-    """How much to enable: ``enable_ratio`` p in (0, 1], or ``match_uniform_rank`` r_u >= 1."""
+    """How much to train: ``params`` (an explicit count of adapter parameters), else
+    ``match_uniform_rank`` r_u >= 1, else ``enable_ratio`` p in (0, 1]."""
 
     enable_ratio: float | None = None
     match_uniform_rank: int | None = None
+    params: int | None = None
 
     def __post_init__(self) -> None:
-        if self.match_uniform_rank is not None:
+        if self.params is not None:
+            if isinstance(self.params, bool) or not isinstance(self.params, int) or self.params < 1:
+                raise ValueError(f"budget-params must be a whole number >= 1, got {self.params}")
+        elif self.match_uniform_rank is not None:
             rank = self.match_uniform_rank
             if isinstance(rank, bool) or not isinstance(rank, (int, float)) or int(rank) != rank or rank < 1:
                 raise ValueError(f"match_uniform_rank must be an integer >= 1, got {rank}")
@@ -67,19 +72,30 @@ def resolve(budget: Budget, costs: Mapping[str, int], groups: Mapping[str, str],
     n_shortcut = sum(1 for g in groups.values() if g == Group.SHORTCUT)
     total_cost = sum(costs.values())
     max_params = None
-    if budget.match_uniform_rank is not None:
-        lora_cost = sum(c for n, c in costs.items() if groups[n] == Group.LORA)
-        if lora_cost == 0:
-            raise ValueError("match-uniform budgets need LoRA targets in the search space")
-        max_params = lora_cost * int(budget.match_uniform_rank) // rank
+    if budget.params is not None or budget.match_uniform_rank is not None:
+        max_params = budget_params(budget, costs, groups, rank)
         ratio = min(1.0, max_params / total_cost)
     else:
         ratio = float(budget.enable_ratio)
     allocation = Allocation(ratio, int(math.floor(ratio * n_lora + 1e-9)), _round_half_up(ratio * n_shortcut), max_params)
     cheapest = min(costs.values()) if costs else 0
     if allocation.total_on == 0 or (max_params is not None and max_params < cheapest):
-        what = (f"uniform rank {budget.match_uniform_rank}" if budget.match_uniform_rank is not None
+        what = (f"{budget.params:,} parameters" if budget.params is not None
+                else f"uniform rank {budget.match_uniform_rank}" if budget.match_uniform_rank is not None
                 else f"enable ratio {ratio:g}")
         raise ValueError(f"the budget enables nothing: {what} at rank {rank} over {n_lora} LoRA + "
                          f"{n_shortcut} shortcut candidates")
     return allocation
+
+
+def budget_params(budget: Budget, costs: Mapping[str, int], groups: Mapping[str, str], rank: int) -> int:
+    """The budget as a parameter count: ``params``; or Σ_LoRA r_u·(d_in + d_out) for
+    ``match_uniform_rank`` (``costs`` are at the search rank ``rank``); or p · Σ costs for a ratio."""
+    if budget.params is not None:
+        return int(budget.params)
+    if budget.match_uniform_rank is not None:
+        lora_cost = sum(c for n, c in costs.items() if groups[n] == Group.LORA)
+        if lora_cost == 0:
+            raise ValueError("match-uniform budgets need LoRA targets in the search space")
+        return lora_cost * int(budget.match_uniform_rank) // rank
+    return int(float(budget.enable_ratio) * sum(costs.values()))

@@ -89,6 +89,10 @@ class ScoringStatistics(ABC):
         """G's leading singular values, largest first (estimated by the sketch)."""
 
     @abstractmethod
+    def directions(self, name: str, r: int) -> torch.Tensor:
+        """G's top ``r`` right singular vectors (r × d_in, orthonormal rows; estimated by the sketch)."""
+
+    @abstractmethod
     def tensors(self) -> dict[str, torch.Tensor]:
         """Every tensor held, by a descriptive key (memory accounting, tests)."""
 
@@ -140,6 +144,9 @@ class ExactStatistics(ScoringStatistics):
 
     def spectrum(self, name: str) -> torch.Tensor:
         return torch.linalg.svdvals(self.G[name])
+
+    def directions(self, name: str, r: int) -> torch.Tensor:
+        return torch.linalg.svd(self.G[name], full_matrices=False).Vh[:r]
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {f"G:{name}": G for name, G in self.G.items()}
@@ -242,6 +249,9 @@ class SketchStatistics(ScoringStatistics):
     def spectrum(self, name: str) -> torch.Tensor:
         return torch.linalg.svdvals(self.reconstruction(name)[0])
 
+    def directions(self, name: str, r: int) -> torch.Tensor:
+        return torch.linalg.svd(self.reconstruction(name)[0], full_matrices=False).Vh[:r]
+
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {f"YZ:{n}": t for n, t in self.YZ.items()}
         out.update({f"W:{n}": t for n, t in self.W.items()})
@@ -297,6 +307,9 @@ class AutoStatistics(ScoringStatistics):
 
     def spectrum(self, name: str) -> torch.Tensor:
         return self._route[name].spectrum(name)
+
+    def directions(self, name: str, r: int) -> torch.Tensor:
+        return self._route[name].directions(name, r)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         out = dict(self.exact.tensors())

@@ -20,8 +20,9 @@ from typing import Any
 from heterolora_core.methods import registry
 from heterolora_core.training.data import CUSTOM_TASK
 from heterolora_core.training.models import EMBEDDED
-from heterolora_core.vocab import (DEFAULT_SKETCH_RANK, DEFAULT_TARGETS, LORA_TARGETS, Proxy, Ranking, Scoring,
-                                   ScoreNorm, choose)
+from heterolora_core.search.budget import Budget
+from heterolora_core.vocab import (DEFAULT_SKETCH_RANK, DEFAULT_TARGETS, LORA_TARGETS, Proxy, RankInit, Ranking,
+                                   RankRule, Scoring, ScoreNorm, choose)
 
 
 #: Upper bounds on the size of a run, so a typo cannot ask for a run that never ends or fills the
@@ -31,6 +32,7 @@ LIMITS: dict[str, int | float] = {
     "dev_limit": 100_000_000, "batch_size": 4096, "max_length": 131_072, "score_window": 10_000,
     "proxy_batches": 1024, "eval_every": 10_000_000, "logging_steps": 10_000_000, "seed": 2**31 - 1,
     "match_uniform_rank": 4096, "adalora_init_r": 4096, "adalora_target_r": 4096, "alpha": 1e6, "sketch_rank": 4096,
+    "rank_min": 4096, "budget_params": 10**12,
 }
 
 
@@ -58,6 +60,8 @@ class RunConfig:
     enable_ratio: float = field(default=0.25, metadata=_help("fraction p of candidates enabled by the search"))
     match_uniform_rank: int | None = field(default=None, metadata=_help(
         "budget = uniform LoRA at this rank on the LoRA targets (overrides --enable-ratio)"))
+    budget_params: int | None = field(default=None, metadata=_help(
+        "budget = exactly this many adapter parameters (overrides --match-uniform-rank and --enable-ratio)"))
     ranking: str = field(default=Ranking.COMBINED.value, metadata=_help(
         "rank LoRA and shortcut candidates together (combined) or separately"))
     score_norm: str = field(default=ScoreNorm.PER_GROUP.value, metadata=_help(
@@ -96,6 +100,11 @@ class RunConfig:
     train_file: str | None = field(default=None, metadata=_help(
         "your own training data: CSV or JSON lines with text, [text_pair,] label"))
     dev_file: str | None = field(default=None, metadata=_help("your own dev data, same columns"))
+    rank_min: int = field(default=0, metadata=_help("rank modes: the least rank of a candidate (0: it may be off)"))
+    rank_rule: str = field(default=RankRule.SPECTRUM.value, metadata=_help(
+        "rank modes: spectrum (water-fill the gradients' singular values) or proportional (to the proxy score)"))
+    rank_init: str = field(default=RankInit.KAIMING.value, metadata=_help(
+        "rank_static / rank_random: kaiming, or gradient (A from the top singular vectors of the gradient)"))
     adalora_init_r: int = field(default=32, metadata=_help("adalora mode: initial rank"))
     adalora_target_r: int = field(default=24, metadata=_help("adalora mode: average target rank"))
 
@@ -124,6 +133,11 @@ class RunConfig:
         elif isinstance(out.lora_targets, (list, tuple)):
             out.lora_targets = list(out.lora_targets)
         return out
+
+    def budget(self) -> Budget:
+        """The search budget: ``budget_params``, else ``match_uniform_rank``, else ``enable_ratio``."""
+        return Budget(enable_ratio=float(self.enable_ratio), match_uniform_rank=self.match_uniform_rank,
+                      params=self.budget_params)
 
     def to_cli_args(self) -> list[str]:
         """The ``python -m heterolora_core train`` arguments that reproduce this config (a list for
@@ -182,6 +196,8 @@ class RunConfig:
         choose(Ranking, self.ranking, "ranking")
         choose(ScoreNorm, self.score_norm, "score normalisation")
         choose(Scoring, self.scoring, "scoring")
+        choose(RankRule, self.rank_rule, "rank rule")
+        choose(RankInit, self.rank_init, "rank init")
         method = registry.load(self.mode)  # unknown mode: ValueError naming the methods
         unknown = [t for t in self.lora_targets if t not in LORA_TARGETS]
         if unknown:
@@ -190,7 +206,7 @@ class RunConfig:
             raise ValueError(f"duplicate LoRA targets in {self.lora_targets}")
         for name in _INT_FIELDS + _OPTIONAL_INT_FIELDS:
             if getattr(self, name) is not None:
-                _in_range(name, getattr(self, name), 0 if name == "seed" else 1, LIMITS.get(name))
+                _in_range(name, getattr(self, name), 0 if name in ("seed", "rank_min") else 1, LIMITS.get(name))
         _in_range("lr", self.lr, 0.0, 1.0, open_low=True)
         _in_range("epochs", self.epochs, 0.0, LIMITS["epochs"], open_low=True)
         _in_range("realloc_every", self.realloc_every, 0.0, 1.0, open_low=True, what="a fraction of an epoch")
@@ -203,11 +219,12 @@ class RunConfig:
         method.validate(self)
 
 
-_TEXT_FIELDS = ("task", "model", "mode", "proxy", "ranking", "score_norm", "device", "scoring")
+_TEXT_FIELDS = ("task", "model", "mode", "proxy", "ranking", "score_norm", "device", "scoring", "rank_rule",
+                "rank_init")
 _INT_FIELDS = ("rank", "batch_size", "max_length", "score_window", "adalora_init_r", "adalora_target_r", "seed",
-               "sketch_rank")
+               "sketch_rank", "rank_min")
 _OPTIONAL_INT_FIELDS = ("max_steps", "train_limit", "dev_limit", "proxy_batches", "eval_every", "logging_steps",
-                        "match_uniform_rank")
+                        "match_uniform_rank", "budget_params")
 _FLOAT_FIELDS = ("lr", "epochs", "realloc_every", "enable_ratio", "alpha")
 
 

@@ -167,7 +167,7 @@ def finish_record(record: RunRecord, run: MethodRun, callback: RecordCallback, s
                   started: float) -> None:
     """Save the checkpoint and write the final summary (status done)."""
     shutil.rmtree(record.path / TRAINER_SCRATCH, ignore_errors=True)
-    save_checkpoint(record.path / RunRecord.ADAPTERS, run.model, run.checkpoint_tensors(), run.enabled())
+    save_checkpoint(record.path / RunRecord.ADAPTERS, run.model, run.checkpoint_tensors(), run.enabled(), run.ranks())
     # peak of tensors this process allocated on the GPU (the allocator's view; RSS is the CPU's)
     peak_gpu = round(torch.cuda.max_memory_allocated() / 2**20, 1) if device.startswith("cuda") else None
     record.update_summary(
