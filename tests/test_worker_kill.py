@@ -130,3 +130,20 @@ def test_sigkill_worker_mid_run_then_restart(home, fake_trainer, monkeypatch):
     assert new_pid != worker_pid
     wait_for(lambda: queued_run.raw_summary().status == "done", 60, "the queued run to complete")
     assert long_run.raw_summary().status == "failed"  # the new worker did not retry or resurrect it
+
+
+def test_a_paused_queue_starts_nothing_until_resumed(home, monkeypatch):
+    """``"paused": true`` in worker.json: the worker starts no run (a sweep's worker returns); once
+    the setting is cleared, the queued run trains."""
+    from heterolora_core.records.store import RunStore
+    from heterolora_core.records.worker import TRAIN_CMD_ENV, Worker
+
+    monkeypatch.setenv(TRAIN_CMD_ENV, FAKE_TRAIN_CMD)
+    store = RunStore(home)
+    record = store.enqueue({"task": "mrpc", "mode": "lora", "max_steps": 2})
+    store.write_setting("paused", True)
+    Worker(home, poll=0.05, stop_when_idle=True, idle_exit=None, log=lambda _: None).serve()
+    assert record.raw_summary().status == "queued"
+    store.write_setting("paused", False)
+    Worker(home, poll=0.05, stop_when_idle=True, idle_exit=None, log=lambda _: None).serve()
+    assert record.raw_summary().status == "done"

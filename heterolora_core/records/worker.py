@@ -19,8 +19,9 @@ worker when none is alive for the data home. The worker:
    next page load), when the data home disappears, or (``stop_when_idle``: sweeps and the grid)
    once the queue is empty, a ``deadline`` has passed or a ``pause_file`` exists.
 
-The number of slots is read from ``<home>/worker.json`` (written by the dashboard) at every loop,
-unless given on the command line. Runs are real and nothing is lost: the worker runs in its own
+The number of slots, and whether the queue is paused (``"paused": true``: no new run starts, the
+running ones finish), are read from ``<home>/worker.json`` (written by the dashboard) at every
+loop; slots can also be fixed on the command line. Runs are real and nothing is lost: the worker runs in its own
 session, so closing the browser or stopping Streamlit does not stop it. If the worker itself is
 killed (even by SIGKILL), its training processes die with it (``PR_SET_PDEATHSIG`` on Linux), the
 next reconcile of the store marks those runs ``failed`` with the reason, and a fresh worker takes
@@ -290,7 +291,10 @@ class Worker:
         self.abandon_all("the data home disappeared while this run was training")
 
     def blocked(self) -> str | None:
-        """Why no run may start now (a pause file, a passed deadline), or None."""
+        """Why no run may start now (the home's ``paused`` setting, a pause file, a passed
+        deadline), or None. Running runs always finish."""
+        if self.store.settings().get("paused") is True:
+            return "the queue is paused (worker.json)"
         if self.pause_file is not None and self.pause_file.exists():
             return f"{self.pause_file} exists"
         if self.deadline is not None and time.monotonic() >= self.deadline:
