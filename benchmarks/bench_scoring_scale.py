@@ -40,6 +40,7 @@ import transformers as tf
 from benchmarks import common
 from heterolora_core import HeteroLoraConfig, attach
 from heterolora_core.adapters.modules import head_module
+from heterolora_core.methods import registry
 from heterolora_core.search.budget import Budget
 from heterolora_core.search.reallocator import Reallocator
 from heterolora_core.search.statistics import ScoringStatistics, make_statistics
@@ -148,18 +149,23 @@ def measure_width(hidden: int, layers: int, pairs: int, device: str) -> dict:
 # Peak memory: a dynamic search against uniform LoRA at the same budget, each its own process
 # ----------------------------------------------------------------------------------------------
 
-def memory_child(mode: str, hidden: int, layers: int, steps: int, device: str) -> None:
-    """Train ``steps`` steps and print the peak resident memory (MiB) as JSON."""
+#: The two arms of the memory comparison and the method each one runs (its flags decide the set-up).
+MEMORY_ARMS = {"uniform": "lora", "dynamic": "dynamic"}
+
+
+def memory_child(arm: str, hidden: int, layers: int, steps: int, device: str) -> None:
+    """Train ``steps`` steps of one arm of :data:`MEMORY_ARMS` and print the peak resident memory (MiB) as JSON."""
+    method = registry.info(MEMORY_ARMS[arm])
     torch.manual_seed(0)
     model = llama(hidden, layers).to(device).train()
-    rank = 32 if mode == "dynamic" else 8
+    rank = 32 if method.searches else 8
     adapters = attach(model, HeteroLoraConfig(rank=rank, lora_targets=TARGETS, shortcuts=False, init_seed=0))
     for p in head_module(model).parameters():
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     inputs = batch(device)
     reallocator = None
-    if mode == "dynamic":  # 25% of the candidates at rank 32 = every candidate at rank 8
+    if method.reallocates:  # 25% of the candidates at rank 32 = every candidate at rank 8
         reallocator = Reallocator(model, adapters, "grad_norm", Budget(match_uniform_rank=8), seed=0)
     for step in range(steps):
         window = reallocator.training_window() if reallocator is not None else contextlib.nullcontext()
@@ -173,7 +179,7 @@ def memory_child(mode: str, hidden: int, layers: int, steps: int, device: str) -
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device.startswith("cuda"):
         peak = torch.cuda.max_memory_allocated() / 2**20
-    print(json.dumps({"mode": mode, "peak_mib": peak, "trainable": trainable}))
+    print(json.dumps({"mode": arm, "peak_mib": peak, "trainable": trainable}))
 
 
 def measure_memory(hidden: int, layers: int, steps: int, device: str, rounds: int) -> dict:
@@ -303,7 +309,7 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--accuracy", action="store_true")
     parser.add_argument("--accuracy-steps", type=int, default=96)
-    parser.add_argument("--child-memory", choices=["uniform", "dynamic"], help=argparse.SUPPRESS)
+    parser.add_argument("--child-memory", choices=list(MEMORY_ARMS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_memory:
         memory_child(args.child_memory, args.memory_hidden, args.layers, args.memory_steps, args.device)
