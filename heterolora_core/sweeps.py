@@ -42,6 +42,7 @@ from typing import Any, Sequence
 import yaml
 
 from heterolora_core.records.home import inside
+from heterolora_core.records.launchers import Launcher
 from heterolora_core.records.record import ACTIVE_STATUSES, RunRecord, Status
 from heterolora_core.records.store import RunStore
 from heterolora_core.records.worker import Worker, ensure_worker
@@ -352,17 +353,21 @@ def prepare(store: RunStore, path: str | Path, overrides: dict[str, Any] | None 
 
 
 def drain(store: RunStore, sweep_id: str, slots: int | None = None, gpus: list[str] | None = None,
-          deadline_minutes: float | None = None, pause_file: Path | None = None, log=print) -> int:
-    """Train the queued runs until the sweep's are finished: a worker in this process, or, when
-    the home already has one, wait for it. Returns 1 when a run of the sweep failed, else 0."""
+          deadline_minutes: float | None = None, pause_file: Path | None = None, log=print,
+          launcher: Launcher | None = None) -> int:
+    """Train the queued runs until the sweep's are finished: a worker in this process (its runs
+    local processes, or Ray tasks with a :class:`~heterolora_core.records.ray_executor.RayLauncher`),
+    or, when the home already has a worker, wait for it. Returns 1 when a run of the sweep failed,
+    else 0."""
     deadline = time.monotonic() + 60 * deadline_minutes if deadline_minutes else None
     worker = Worker(store.home, slots=slots, gpus=gpus, stop_when_idle=True, deadline=deadline,
-                    pause_file=pause_file, idle_exit=None, log=log)
+                    pause_file=pause_file, idle_exit=None, log=log, launcher=launcher)
     worker.serve()  # returns at once when another worker holds the home's lock
     while any(r.sweep_id == sweep_id and r.status in ACTIVE_STATUSES for r in store.list_runs()):
         if deadline is not None and time.monotonic() >= deadline:
             break
-        ensure_worker(store.home)
+        if launcher is None:  # a local worker replaces one that died; Ray runs are not moved here
+            ensure_worker(store.home)
         time.sleep(2.0)
     runs = [r for r in store.list_runs() if r.sweep_id == sweep_id]
     counts = {s: sum(1 for r in runs if r.status == s) for s in ("done", "failed", "cancelled", "queued", "running")}
