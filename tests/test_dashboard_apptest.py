@@ -85,6 +85,17 @@ def test_app_starts_the_worker(home, monkeypatch):
     assert any("pid 4242" in c.value for c in at.sidebar.caption)
 
 
+def test_the_sidebar_sets_the_workers_slots(home):
+    at = open_page()
+    slots = at.sidebar.number_input(key="worker_slots")
+    assert (slots.value, slots.min, slots.max) == (1, 1, 64)
+    assert any("only makes sense on a GPU machine or for tiny runs" in c.value for c in at.sidebar.caption)
+    slots.set_value(3).run()
+    assert not at.exception
+    assert RunStore(home).settings()["slots"] == 3  # <home>/worker.json, read by the worker at every loop
+    assert open_page("runs").sidebar.number_input(key="worker_slots").value == 3  # a new session reads it back
+
+
 # -- Launch ---------------------------------------------------------------------------------------
 
 
