@@ -276,22 +276,16 @@ def _sweep_launcher(args: argparse.Namespace, home: Path):
 
 def describe_plan(spec, planned) -> str:
     """The count of a sweep's runs, each row's trainable parameters (exact, from the model's shapes;
-    every check before a launch is made on the way) and what is still to do."""
-    from heterolora_core.planning import check_run
+    every check before a launch is made on the way: :func:`heterolora_core.planning.sweep_budgets`)
+    and what is still to do."""
+    from heterolora_core.planning import sweep_budgets
+    from heterolora_core.sweeps import state_counts
 
-    states = [state for _, state in planned]
-    lines = [f"sweep {spec.sweep}: {len(planned)} run(s) — " +
-             ", ".join(f"{states.count(s)} {s}" for s in ("todo", "rerun", "busy", "done") if states.count(s))]
-    seen: set[tuple[str, str]] = set()
-    for run, _ in planned:
-        key = (run.row.row, run.config.task)
-        if key in seen:
-            continue
-        seen.add(key)
-        count = sum(1 for r, _ in planned if (r.row.row, r.config.task) == key)
-        plan = check_run(run.config)
-        lines.append(f"  row {run.row.row:<14} {run.config.task:<6} {run.config.mode:<8} {count:>3} run(s)  "
-                     f"{plan.trainable_params:>11,} trainable ({plan.uniform_equivalent})  {run.row.label}")
+    counts = state_counts(planned)
+    lines = [f"sweep {spec.sweep}: {len(planned)} run(s) — " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)]
+    for b in sweep_budgets([run for run, _ in planned]):
+        lines.append(f"  row {b.row:<14} {b.task:<6} {b.mode:<8} {b.runs:>3} run(s)  "
+                     f"{b.trainable_params:>11,} trainable ({b.uniform_equivalent})  {b.label}")
     return "\n".join(lines)
 
 
