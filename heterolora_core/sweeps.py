@@ -282,8 +282,8 @@ def expand(spec: SweepSpec) -> list[PlannedRun]:
         for run in runs:
             first = seen.setdefault(run_key(run.config), run)
             if first is not run:
-                rows = f"row {run.row.row}" if first.row is run.row else f"rows {first.row.row} and {run.row.row}"
-                raise ValueError(f"{rows} name the same run twice ({_values(first.values)} and "
+                rows = f"row {run.row.row} names" if first.row is run.row else f"rows {first.row.row} and {run.row.row} name"
+                raise ValueError(f"{rows} the same run twice ({_values(first.values)} and "
                                  f"{_values(run.values)}); vary a setting, or give a folder template with the "
                                  f"varying axis in it")
     return runs
