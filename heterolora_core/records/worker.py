@@ -9,9 +9,11 @@ worker when none is alive for the data home. The worker:
    Streamlit rerun, never starts a second worker) and writes its pid and start time to
    ``<home>/worker.pid``;
 2. fills its free slots with the oldest queued runs (claimed in the store, so none starts twice),
-   each a training command (:func:`train_command`) in a new session with its output in
-   ``<run>/train.log``, its device assigned by ``CUDA_VISIBLE_DEVICES`` when GPUs are given (one
-   per run, or several runs sharing one), and watches every run's cancel flag;
+   each a training command (:func:`train_command`) started by its launcher
+   (:mod:`heterolora_core.records.launchers`: a process in a new session here, with its output in
+   ``<run>/train.log``; or a Ray task, :mod:`heterolora_core.records.ray_executor`), its device
+   assigned by ``CUDA_VISIBLE_DEVICES`` when GPUs are given (one per run, or several runs sharing
+   one), and watches every run's cancel flag;
 3. after a process ends, reads its peak resident memory from the kernel (``os.wait4``) and makes
    sure the summary tells the truth: ``cancelled`` if the user cancelled it, ``failed`` with the
    exit code and the log's last line if the process ended without finishing the run;
@@ -26,7 +28,8 @@ killed (even by SIGKILL), its training processes die with it (``PR_SET_PDEATHSIG
 next reconcile of the store marks those runs ``failed`` with the reason, and a fresh worker takes
 the queued runs. One slot's process dying leaves the other slots running.
 
-Run it by hand with ``python -m heterolora_core.records.worker [--home DIR] [--slots N] [--gpus 0,1]``.
+Run it by hand with ``python -m heterolora_core.records.worker [--home DIR] [--slots N] [--gpus 0,1]``,
+or on a Ray cluster with ``--executor ray [--address auto] [--num-gpus 1 --num-cpus 2]``.
 """
 from __future__ import annotations
 
