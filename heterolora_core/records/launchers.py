@@ -79,11 +79,13 @@ def die_with_parent(parent_pid: int):
 class Ended:
     """How a run's training ended: the exit code of its process, or, when there is none (a Ray
     task that died or was cancelled), ``reason``; the process's peak resident memory in KiB (0:
-    not measured)."""
+    not measured); ``status``: the run's status as read where it trained, once the launcher
+    recorded its measurements there (None: the worker reads and completes the summary itself)."""
 
     returncode: int | None
     peak_kb: int = 0
     reason: str | None = None
+    status: str | None = None
 
 
 class Launcher(Protocol):
@@ -94,8 +96,9 @@ class Launcher(Protocol):
     def capacity(self) -> int | None:
         """Runs this launcher can hold at once (None: the worker's ``slots`` decide)."""
 
-    def start(self, record: RunRecord, device: str | None) -> Any:
-        """Start training ``record`` (``device``: a CUDA device id, or None); returns a handle."""
+    def start(self, record: RunRecord, device: str | None, parallel_runs: int) -> Any:
+        """Start training ``record`` (``device``: a CUDA device id, or None; ``parallel_runs``: the
+        worker's runs at once, for the record); returns a handle."""
 
     def poll(self, handle: Any) -> Ended | None:
         """How the run ended, or None while it runs."""
@@ -138,7 +141,7 @@ class LocalLauncher:
     def capacity(self) -> int | None:
         return None
 
-    def start(self, record: RunRecord, device: str | None) -> LocalProcess:
+    def start(self, record: RunRecord, device: str | None, parallel_runs: int = 1) -> LocalProcess:
         env = {**self.env, **({"CUDA_VISIBLE_DEVICES": device} if device is not None else {})}
         proc = spawn_detached(train_command(record.path, self.override), record.path / TRAIN_LOG, env=env,
                               preexec_fn=die_with_parent(os.getpid()))

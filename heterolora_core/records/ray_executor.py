@@ -68,20 +68,29 @@ def forwarded_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     return {k: v for k, v in environ.items() if k in FORWARDED_NAMES or k.startswith(FORWARDED_PREFIXES)}
 
 
-def run_task(run_dir: str, override: str | None, env: dict[str, str]) -> dict[str, Any]:
+def run_task(run_dir: str, override: str | None, env: dict[str, str], parallel_runs: int = 1) -> dict[str, Any]:
     """The body of a run's Ray task, on the node Ray chose: train the run in ``run_dir`` with the
     training command (``override``: ``$HETEROLORA_TRAIN_CMD`` of the driver) as a subprocess of
-    this task, and return its exit code, peak resident memory (KiB) and host. A ``ray.cancel``
-    (KeyboardInterrupt here) stops the subprocess before the task ends."""
+    this task; then add the worker's measurements to its summary here, where the training
+    process wrote it (a shared file read from another machine may be stale), and return its exit
+    code, peak resident memory (KiB), host and status. A ``ray.cancel`` (KeyboardInterrupt here)
+    stops the subprocess before the task ends."""
+    record = RunRecord(Path(run_dir))
     launcher = LocalLauncher(override, env)
-    handle = launcher.start(RunRecord(Path(run_dir)), None)
+    started = time.monotonic()
+    handle = launcher.start(record, None)
     try:
         while (ended := launcher.poll(handle)) is None:
             time.sleep(TASK_POLL_SECONDS)
     except KeyboardInterrupt:
         _stop_process(launcher, handle)
         raise
-    return {"returncode": ended.returncode, "peak_kb": ended.peak_kb, "host": socket.gethostname()}
+    status = None
+    if record.exists():
+        record.update_summary(process_seconds=round(time.monotonic() - started, 2), parallel_runs=parallel_runs,
+                              peak_rss_mb=round(ended.peak_kb / 1024, 1) if ended.peak_kb else None)
+        status = record.raw_summary().status
+    return {"returncode": ended.returncode, "peak_kb": ended.peak_kb, "host": socket.gethostname(), "status": status}
 
 
 def _stop_process(launcher: LocalLauncher, handle: LocalProcess) -> None:
@@ -160,8 +169,9 @@ class RayLauncher:
         self._capacity = (time.monotonic(), value)
         return value
 
-    def start(self, record: RunRecord, device: str | None) -> RayTask:
-        return RayTask(self._task.remote(str(record.path), os.environ.get(TRAIN_CMD_ENV), forwarded_env()))
+    def start(self, record: RunRecord, device: str | None, parallel_runs: int = 1) -> RayTask:
+        return RayTask(self._task.remote(str(record.path), os.environ.get(TRAIN_CMD_ENV), forwarded_env(),
+                                         parallel_runs))
 
     def poll(self, handle: RayTask) -> Ended | None:
         if handle.ended is not None:
@@ -171,7 +181,7 @@ class RayLauncher:
             return None
         try:
             result = self.ray.get(handle.ref)
-            handle.ended = Ended(int(result["returncode"]), int(result.get("peak_kb") or 0))
+            handle.ended = Ended(int(result["returncode"]), int(result.get("peak_kb") or 0), None, result.get("status"))
         except self.ray.exceptions.TaskCancelledError:
             handle.ended = Ended(None, 0, "the Ray task was cancelled")
         except self.ray.exceptions.RayError as exc:

@@ -299,7 +299,7 @@ class Worker:
     def start(self, record: RunRecord, index: int) -> Slot:
         device = self.gpus[index * len(self.gpus) // self.slots] if self.gpus else None
         self.log(f"starting {self.store.run_id_of(record.path)} in slot {index}" + (f" on GPU {device}" if device else ""))
-        return Slot(index, record, self.launcher.start(record, device), time.monotonic(), device)
+        return Slot(index, record, self.launcher.start(record, device, self.slots), time.monotonic(), device)
 
     def check_running(self) -> None:
         """Reap finished runs, forward cancels, stop runs whose folder is gone."""
@@ -325,7 +325,12 @@ class Worker:
         return self.finish(slot, ended)
 
     def finish(self, slot: Slot, ended: Ended) -> str:
-        """Make the summary tell the truth after the run's training ended."""
+        """Make the summary tell the truth after the run's training ended.
+
+        When the launcher read the run's status where it trained (``ended.status``: a Ray task,
+        whose node wrote the summary on shared storage and added the measurements itself), that
+        word is taken and the summary is written here only to correct it (cancelled, failed), so a
+        stale read of a shared file is never written back over a finished run's results."""
         record = slot.record
         run_id = self.store.run_id_of(record.path)
         how = f"code {ended.returncode}" if ended.returncode is not None else ended.reason
@@ -333,17 +338,18 @@ class Worker:
             self.log(f"{run_id} ended ({how}): its folder was deleted")
             return "deleted"
         raw = record.raw_summary()
-        peak = round(ended.peak_kb / 1024, 1) if ended.peak_kb else None
-        fields = dict(process_seconds=round(time.monotonic() - slot.started, 2), peak_rss_mb=peak,
-                      parallel_runs=self.slots)
+        status = ended.status or raw.status
+        fields = {} if ended.status else measured(slot, ended, self.slots)
         if self.store.cancel_requested(run_id):
-            fields.update(status=Status.CANCELLED, error="cancelled by the user", pid=None, eta_seconds=None,
-                          finished_at=raw.finished_at or time.time())
-        elif raw.status in ACTIVE_STATUSES:
+            if ended.status != Status.CANCELLED:
+                fields.update(status=Status.CANCELLED, error="cancelled by the user", pid=None, eta_seconds=None,
+                              finished_at=raw.finished_at or time.time())
+        elif status in ACTIVE_STATUSES:
             fields.update(status=Status.FAILED, error=failure_reason(record, ended), pid=None,
                           eta_seconds=None, finished_at=time.time())
-        record.update_summary(**fields)
-        status = record.summary().status
+        if fields:
+            record.update_summary(**fields)
+            status = record.summary().status
         self.store.set_status(run_id, status)
         self.log(f"{run_id} ended ({how}): {status}")
         return status
@@ -366,6 +372,14 @@ class Worker:
                                            finished_at=time.time())
             self.store.set_status(self.store.run_id_of(slot.record.path), slot.record.summary().status)
             del self.running[index]
+
+
+def measured(slot: Slot, ended: Ended, parallel_runs: int) -> dict[str, Any]:
+    """The summary fields the worker measures of a run's process: its wall time, peak memory, and
+    how many runs trained at once."""
+    peak = round(ended.peak_kb / 1024, 1) if ended.peak_kb else None
+    return {"process_seconds": round(time.monotonic() - slot.started, 2), "peak_rss_mb": peak,
+            "parallel_runs": parallel_runs}
 
 
 def failure_reason(record: RunRecord, ended: Ended) -> str:
