@@ -17,6 +17,7 @@ browser_hints.preload_plotly(st.sidebar)
 
 from dashboard import data  # noqa: E402
 from heterolora_core.records.home import data_home  # noqa: E402
+from heterolora_core.records.worker import MAX_SLOTS  # noqa: E402
 
 worker_pid = data.start_worker()
 
@@ -31,5 +32,12 @@ page = st.navigation(PAGES)
 with st.sidebar:
     st.caption(f"Data home: `{data_home()}`")
     st.caption(f"Queue worker: pid {worker_pid}" if worker_pid else "Queue worker: not started")
+    st.number_input("Runs at once", min_value=1, max_value=MAX_SLOTS, value=data.slots(), step=1, key="worker_slots",
+                    on_change=lambda: data.set_slots(st.session_state["worker_slots"]),
+                    help="The queue worker's slots: how many queued runs train at the same time, each its own "
+                         "process. More than 1 only makes sense on a GPU machine (the worker's `--gpus 0,1` shares "
+                         "the GPUs out between the slots) or for tiny runs: on a CPU, parallel runs share its cores "
+                         "and each one takes longer.")
+    st.caption("More than 1 run at once only makes sense on a GPU machine or for tiny runs.")
 
 page.run()

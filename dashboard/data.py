@@ -43,6 +43,16 @@ def start_worker() -> int | None:
     return worker.ensure_worker(data_home())
 
 
+def slots() -> int:
+    """The worker's runs at once (the data home's ``slots`` setting)."""
+    return worker.read_slots(store())
+
+
+def set_slots(value: int) -> int:
+    """Write the ``slots`` setting; the worker reads it at every loop (ValueError outside 1..64)."""
+    return worker.write_slots(store(), int(value))
+
+
 def list_runs() -> list[StoredRun]:
     """Every run, newest first, synced with the folders on disk."""
     return store().list_runs()

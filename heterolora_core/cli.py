@@ -18,6 +18,7 @@ from pathlib import Path
 
 from heterolora_core.methods import registry
 from heterolora_core.records.record import RunRecord, Status, read_json
+from heterolora_core.records.worker import add_executor_arguments, launcher_from_args, worker_pid
 from heterolora_core.training.run_config import RunConfig
 from heterolora_core.vocab import DEFAULT_SKETCH_RANK, LORA_TARGETS, Proxy, Scoring
 
@@ -124,8 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train the queued runs now (a worker in this process, or the home's running worker) "
                             "and return when the sweep is finished")
     sweep.add_argument("--slots", type=int, help="with --wait: runs at once (default: the home's setting, else 1)")
-    sweep.add_argument("--gpus", help="with --wait: comma list of CUDA device ids to share out between the slots")
+    sweep.add_argument("--gpus", help="with --wait: comma list of CUDA device ids to share out between the slots "
+                                      "(slot i gets gpus[i * len(gpus) // slots])")
     sweep.add_argument("--deadline-minutes", type=float, help="with --wait: start no run after this many minutes")
+    add_executor_arguments(sweep)
 
     predict = sub.add_parser("predict", help="predict with a finished run's adapters and head")
     predict.add_argument("--run", required=True, help="the run folder")
@@ -237,37 +240,52 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from heterolora_core.records.store import RunStore
     from heterolora_core.sweeps import drain, parse_overrides, prepare, submit
 
+    if not args.wait and args.executor != "local":
+        raise ValueError("--executor trains the runs: give it with --wait")
     store = RunStore(Path(args.home).expanduser() if args.home else None)
     spec, planned = prepare(store, args.file, parse_overrides(args.set))
     print(describe_plan(spec, planned), flush=True)
     if args.dry_run:
         return 0
-    records = submit(store, planned, spec.sweep)
-    print(f"queued {len(records)} run(s) under experiment {spec.sweep}", flush=True)
-    if not args.wait:
-        return 0
-    gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
-    return drain(store, spec.sweep, slots=args.slots, gpus=gpus, deadline_minutes=args.deadline_minutes)
+    launcher = _sweep_launcher(args, store.home)  # before queueing: a missing Ray queues nothing
+    try:
+        records = submit(store, planned, spec.sweep)
+        print(f"queued {len(records)} run(s) under experiment {spec.sweep}", flush=True)
+        if not args.wait:
+            return 0
+        gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
+        return drain(store, spec.sweep, slots=args.slots, gpus=gpus, deadline_minutes=args.deadline_minutes,
+                     launcher=launcher)
+    finally:
+        if launcher is not None:
+            launcher.close()
+
+
+def _sweep_launcher(args: argparse.Namespace, home: Path):
+    """The launcher of ``sweep --wait --executor ...`` (None: local processes); ValueError when the
+    home's worker already runs (it would train the runs, not Ray) or Ray is missing."""
+    if args.executor == "local":
+        launcher_from_args(args)  # refuses Ray flags without --executor ray
+        return None
+    pid = worker_pid(home)
+    if pid is not None:
+        raise ValueError(f"the data home's worker (pid {pid}) is running and would train these runs; "
+                         "stop it to train them on Ray")
+    return launcher_from_args(args)
 
 
 def describe_plan(spec, planned) -> str:
     """The count of a sweep's runs, each row's trainable parameters (exact, from the model's shapes;
-    every check before a launch is made on the way) and what is still to do."""
-    from heterolora_core.planning import check_run
+    every check before a launch is made on the way: :func:`heterolora_core.planning.sweep_budgets`)
+    and what is still to do."""
+    from heterolora_core.planning import sweep_budgets
+    from heterolora_core.sweeps import state_counts
 
-    states = [state for _, state in planned]
-    lines = [f"sweep {spec.sweep}: {len(planned)} run(s) — " +
-             ", ".join(f"{states.count(s)} {s}" for s in ("todo", "rerun", "busy", "done") if states.count(s))]
-    seen: set[tuple[str, str]] = set()
-    for run, _ in planned:
-        key = (run.row.row, run.config.task)
-        if key in seen:
-            continue
-        seen.add(key)
-        count = sum(1 for r, _ in planned if (r.row.row, r.config.task) == key)
-        plan = check_run(run.config)
-        lines.append(f"  row {run.row.row:<14} {run.config.task:<6} {run.config.mode:<8} {count:>3} run(s)  "
-                     f"{plan.trainable_params:>11,} trainable ({plan.uniform_equivalent})  {run.row.label}")
+    counts = state_counts(planned)
+    lines = [f"sweep {spec.sweep}: {len(planned)} run(s) — " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)]
+    for b in sweep_budgets([run for run, _ in planned]):
+        lines.append(f"  row {b.row:<14} {b.task:<6} {b.mode:<8} {b.runs:>3} run(s)  "
+                     f"{b.trainable_params:>11,} trainable ({b.uniform_equivalent})  {b.label}")
     return "\n".join(lines)
 
 

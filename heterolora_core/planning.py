@@ -10,6 +10,7 @@ planned on a meta-device copy of the model (no weights, no memory), by the run's
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,7 @@ from heterolora_core.adapters.families import attach
 from heterolora_core.adapters.modules import head_parameter_count
 from heterolora_core.methods import registry
 from heterolora_core.search.proxies import compute_scores
+from heterolora_core.sweeps import PlannedRun, run_key
 from heterolora_core.training.data import TASKS, check_task_source, load_task, make_collator, tokenize_examples
 from heterolora_core.training.models import (check_model, load_classifier, load_config, load_tokenizer,
                                              meta_classifier)
@@ -87,6 +89,40 @@ def check_run(config: RunConfig) -> BudgetPlan:
     if positions is not None and config.max_length > positions:
         raise ValueError(f"max-length {config.max_length} exceeds the {positions} positions of model {config.model!r}")
     return plan
+
+
+@dataclass(frozen=True)
+class RowBudget:
+    """What the runs of one sweep row train: the row's runs with one task, method and budget."""
+
+    row: str
+    label: str
+    task: str
+    mode: str
+    runs: int
+    trainable_params: int
+    uniform_equivalent: str
+
+
+def sweep_budgets(runs: Sequence[PlannedRun]) -> list[RowBudget]:
+    """Every run of a sweep through :func:`check_run` (each distinct setting once), grouped by row,
+    task, method and budget, in the sweep's order; ValueError naming the run of the first refusal,
+    so a sweep with one bad run queues nothing."""
+    plans: dict[str, BudgetPlan] = {}
+    groups: dict[tuple[str, str, str, int, str], list] = {}
+    for run in runs:
+        key = run_key(run.config)
+        if key not in plans:
+            try:
+                plans[key] = check_run(run.config)
+            except ValueError as exc:
+                text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ValueError(f"{run.where()}: {text}") from None
+        plan = plans[key]
+        group = (run.row.row, run.config.task, run.config.mode, plan.trainable_params, plan.uniform_equivalent)
+        groups.setdefault(group, [run.row.label, 0])[1] += 1
+    return [RowBudget(row, label, task, mode, n, params, equivalent)
+            for (row, task, mode, params, equivalent), (label, n) in groups.items()]
 
 
 def _max_positions(model: str) -> int | None:

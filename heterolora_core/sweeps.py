@@ -25,7 +25,10 @@ cancelled or dead one is rerun (its folder is replaced), and a finished record w
 is an error (results would mix). Without a ``folder`` template, runs of the same sweep id with the
 same settings count as the same run.
 
-:func:`proxy_sweep` is the Launch page's case: one run per (seed, proxy), everything else equal.
+The Launch page defines the same thing: its form's settings as the base and axes of
+comma-separated values (:func:`form_sweep`, the settings of :data:`FORM_AXES`), or a sweep file
+pasted or uploaded (:func:`read_sweep`); :func:`proxy_sweep`, one run per (seed, proxy), is one
+case of it. Every way ends in :func:`queue_sweep` (or the CLI's :func:`prepare` and :func:`submit`).
 """
 from __future__ import annotations
 
@@ -36,13 +39,15 @@ import re
 import shutil
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
 
+from heterolora_core.methods import registry
 from heterolora_core.records.home import inside
+from heterolora_core.records.launchers import Launcher
 from heterolora_core.records.record import ACTIVE_STATUSES, RunRecord, Status
 from heterolora_core.records.store import RunStore
 from heterolora_core.records.worker import Worker, ensure_worker
@@ -53,34 +58,13 @@ ROW_KEYS = ("row", "label", "only", "report", "folder")
 REPEAT = "repeat"
 #: Fields that do not change a run's result: a stored run may differ in them and still count.
 IGNORED_FIELDS = ("device", "logging_steps")
+#: The largest sweep file read (a grid of hundreds of rows is a few kB).
+MAX_SWEEP_BYTES = 2**20
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 
 
 def new_sweep_id(prefix: str = "sweep") -> str:
     return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
-
-
-@dataclass
-class Sweep:
-    """Runs of one experiment, in launch order; ``folders`` (relative to the data home) is None
-    for the store's default folders; ``rows`` names each run's row."""
-
-    sweep_id: str
-    configs: list[dict[str, Any]]
-    folders: list[str] | None = None
-    rows: list[str] = field(default_factory=list)
-
-
-def proxy_sweep(base: dict[str, Any] | RunConfig, proxies: Sequence[str], seeds: Sequence[int] = (0,)) -> Sweep:
-    """One run per (seed, proxy), everything else as ``base``; the runs of the first seed come
-    first, so the first comparison completes early. ValueError without a proxy or seed."""
-    data = base.to_dict() if isinstance(base, RunConfig) else dict(base)
-    if not proxies:
-        raise ValueError("choose at least one proxy for the sweep")
-    if not seeds:
-        raise ValueError("choose at least one seed for the sweep")
-    configs = [{**data, "proxy": proxy, "seed": int(seed)} for seed in seeds for proxy in proxies]
-    return Sweep(new_sweep_id(), configs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -99,6 +83,10 @@ class SweepRow:
     folder: str | None = None
 
 
+#: The one row of a sweep file without ``rows``.
+DEFAULT_ROW = SweepRow("all", "all", {}, {}, {})
+
+
 @dataclass(frozen=True)
 class SweepSpec:
     """A checked sweep file."""
@@ -111,6 +99,29 @@ class SweepSpec:
     folder: str | None = None
     description: str = ""
 
+    def to_dict(self) -> dict[str, Any]:
+        """The sweep as a sweep file's mapping (:func:`parse_sweep` reads it back to the same runs);
+        base settings equal to the RunConfig defaults are left out."""
+        defaults = RunConfig().to_dict()
+        data: dict[str, Any] = {"sweep": self.sweep}
+        if self.description:
+            data["description"] = self.description
+        if self.folder:
+            data["folder"] = self.folder
+        data["base"] = {k: v for k, v in self.base.items() if k not in defaults or defaults[k] != v}
+        data["axes"] = {k: list(v) for k, v in self.axes.items()}
+        data["order"] = list(self.order)
+        if self.rows != (DEFAULT_ROW,):
+            data["rows"] = [{"row": r.row, **({"label": r.label} if r.label != r.row else {}), **r.overrides,
+                             **({"only": r.only} if r.only else {}), **({"report": r.report} if r.report else {}),
+                             **({"folder": r.folder} if r.folder else {})}
+                            for r in self.rows]
+        return data
+
+    def to_yaml(self) -> str:
+        """:meth:`to_dict` as the text of a sweep file."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None, width=100)
+
 
 @dataclass
 class PlannedRun:
@@ -122,20 +133,42 @@ class PlannedRun:
     values: dict[str, Any]
     folder: str | None
 
+    def where(self) -> str:
+        """``row all (seed=0, rank=8)``: the run in words, for messages."""
+        return f"row {self.row.row} ({_values(self.values)})"
+
 
 def load_sweep(path: str | Path) -> SweepSpec:
     """Read and check a sweep file (``.yaml``, ``.yml`` or ``.json``); ValueError with one line."""
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_SWEEP_BYTES:
+            raise ValueError(f"sweep file {path} is larger than {MAX_SWEEP_BYTES // 2**20} MiB")
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"cannot read sweep file {path}: {type(exc).__name__}") from None
+    return read_sweep(text, path.name)
+
+
+def read_sweep(text: str | bytes, name: str = "sweep.yaml") -> SweepSpec:
+    """Check a sweep file's text (pasted or uploaded on the Launch page): JSON when ``name`` ends in
+    ``.json``, else YAML (which reads JSON too); ValueError with one line."""
+    if isinstance(text, bytes):
+        if len(text) > MAX_SWEEP_BYTES:
+            raise ValueError(f"{name} is larger than {MAX_SWEEP_BYTES // 2**20} MiB")
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"{name} is not UTF-8 text") from None
+    if len(text) > MAX_SWEEP_BYTES:
+        raise ValueError(f"{name} is larger than {MAX_SWEEP_BYTES // 2**20} MiB")
+    as_json = name.lower().endswith(".json")
     try:
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as exc:
+        data = json.loads(text) if as_json else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError, RecursionError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{path.name} is not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {first}") from None
-    return parse_sweep(data, source=path.name)
+        raise ValueError(f"{name} is not valid {'JSON' if as_json else 'YAML'}: {first}") from None
+    return parse_sweep(data, source=name)
 
 
 def parse_sweep(data: Any, source: str = "sweep") -> SweepSpec:
@@ -156,6 +189,10 @@ def parse_sweep(data: Any, source: str = "sweep") -> SweepSpec:
             axes[name] = list(range(values))
         elif not isinstance(values, list) or not values:
             raise ValueError(f"{source}: axis {name!r} must be a non-empty list of values")
+        texts = [json.dumps(v, sort_keys=True, default=str) for v in axes[name]]
+        if len(set(texts)) != len(texts):
+            twice = next(t for t in texts if texts.count(t) > 1)
+            raise ValueError(f"{source}: axis {name!r} lists {twice} twice")
     rows = _rows(data.get("rows"), fields, axes, source)
     order = data.get("order") or [*axes, "row"]
     if not isinstance(order, list) or sorted(order) != sorted([*axes, "row"]):
@@ -180,7 +217,7 @@ def _mapping(value: Any, what: str) -> dict:
 
 def _rows(value: Any, fields: set[str], axes: dict, source: str) -> tuple[SweepRow, ...]:
     if value is None:
-        return (SweepRow("all", "all", {}, {}, {}),)
+        return (DEFAULT_ROW,)
     if not isinstance(value, list) or not value:
         raise ValueError(f"{source}: 'rows' must be a non-empty list")
     rows, seen = [], set()
@@ -242,14 +279,27 @@ def expand(spec: SweepSpec) -> list[PlannedRun]:
         try:
             config.validate()
         except ValueError as exc:
-            raise ValueError(f"row {row.row} ({', '.join(f'{k}={_text(v)}' for k, v in chosen.items())}): {exc}") from None
+            raise ValueError(f"row {row.row} ({_values(chosen)}): {exc}") from None
         runs.append(PlannedRun(row, config, chosen, folder_of(spec, row.row, config, chosen, row.folder)))
     if not runs:
         raise ValueError(f"sweep {spec.sweep} names no run (every row's 'only' excludes every axis value)")
     folders = [r.folder for r in runs if r.folder is not None]
     if len(set(folders)) != len(folders):
         raise ValueError("the folder template gives two runs the same folder; add the varying axes to it")
+    if spec.folder is None:  # runs without folders are told apart by their settings alone
+        seen: dict[str, PlannedRun] = {}
+        for run in runs:
+            first = seen.setdefault(run_key(run.config), run)
+            if first is not run:
+                rows = f"row {run.row.row} names" if first.row is run.row else f"rows {first.row.row} and {run.row.row} name"
+                raise ValueError(f"{rows} the same run twice ({_values(first.values)} and "
+                                 f"{_values(run.values)}); vary a setting, or give a folder template with the "
+                                 f"varying axis in it")
     return runs
+
+
+def _values(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={_text(v)}" for k, v in values.items()) or "no axis"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -294,11 +344,12 @@ def run_state(home: Path, run: PlannedRun, existing: dict[str, str]) -> str:
     """:func:`record_state` of the run's folder; for runs without a folder template, the state of
     this sweep's run with the same settings (``existing``: config key -> state)."""
     if run.folder is None:
-        return existing.get(_key(run.config), "todo")
+        return existing.get(run_key(run.config), "todo")
     return record_state(home / run.folder, run.config)
 
 
-def _key(config: RunConfig) -> str:
+def run_key(config: RunConfig) -> str:
+    """A run's settings as text, without the fields that do not change its result."""
     return json.dumps({k: v for k, v in config.to_dict().items() if k not in IGNORED_FIELDS}, sort_keys=True, default=str)
 
 
@@ -308,7 +359,7 @@ def plan_sweep(store: RunStore, runs: list[PlannedRun], sweep_id: str) -> list[t
     for stored in store.list_runs():
         if stored.sweep_id == sweep_id and stored.config is not None:
             state = {"done": "done", "queued": "busy", "running": "busy"}.get(stored.status, "rerun")
-            key = _key(stored.config)
+            key = run_key(stored.config)
             if existing.get(key) not in ("done", "busy"):
                 existing[key] = state
     return [(run, run_state(store.home, run, existing)) for run in runs]
@@ -346,6 +397,111 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+# ----------------------------------------------------------------------------------------------
+# The Launch page's sweeps: the form's settings as the base, axes of comma-separated values
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FormAxis:
+    """A run setting the Launch page offers as a sweep axis: its RunConfig field, how one of its
+    comma-separated values is read, a label, and whether it is a search method's setting."""
+
+    name: str
+    kind: type
+    label: str
+    search_only: bool = False
+
+
+#: The axes of the Launch page's sweep: the budget is ``enable_ratio``, ``match_uniform_rank`` or
+#: ``budget_params`` (adapter parameters, for the rank modes).
+FORM_AXES: dict[str, FormAxis] = {a.name: a for a in (
+    FormAxis("proxy", str, "proxy", search_only=True),
+    FormAxis("seed", int, "seed"),
+    FormAxis("rank", int, "rank r"),
+    FormAxis("enable_ratio", float, "budget: enable ratio", search_only=True),
+    FormAxis("match_uniform_rank", int, "budget: match uniform rank", search_only=True),
+    FormAxis("budget_params", int, "budget: adapter parameters", search_only=True),
+    FormAxis("lr", float, "learning rate"),
+    FormAxis("task", str, "task"),
+    FormAxis("model", str, "model"),
+    FormAxis("mode", str, "mode"),
+)}
+#: The budget settings in RunConfig's order of precedence, lowest first (a higher one set hides the lower).
+BUDGET_AXES = ("enable_ratio", "match_uniform_rank", "budget_params")
+
+
+def parse_axis(name: str, text: str) -> list[Any]:
+    """The values of a Launch-page axis from ``"0, 1, 2"``, read as the setting's type (duplicates
+    dropped, order kept); ValueError with one line. Ranges are the run's validation's to check."""
+    axis = FORM_AXES.get(name)
+    if axis is None:
+        raise ValueError(f"{name!r} cannot be swept here; choose from {', '.join(FORM_AXES)}")
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    if not parts:
+        raise ValueError(f"{axis.label}: give one or more comma-separated values")
+    values = []
+    for part in parts:
+        try:
+            value = axis.kind(part)
+        except ValueError:
+            kind = {int: "a whole number", float: "a number"}.get(axis.kind, "a value")
+            raise ValueError(f"{axis.label}: {part!r} is not {kind}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{axis.label}: {part!r} is not a finite number")
+        if value not in values:
+            values.append(value)
+    return values
+
+
+def form_sweep(sweep_id: str, base: dict[str, Any] | RunConfig, axes: dict[str, str]) -> SweepSpec:
+    """The Launch page's sweep: ``base`` (the form's settings) with each axis's comma-separated
+    values (``{"seed": "0, 1", "rank": "8, 32"}``), one run per combination, the first axis
+    outermost. A swept budget setting is the budget (the settings that would take precedence over
+    it are cleared); ValueError with one line for no axis, two budgets, a search setting swept for a method that
+    does not search, or a bad value (the run's own validation, at :func:`expand`)."""
+    data = base.to_dict() if isinstance(base, RunConfig) else dict(base)
+    if not axes:
+        raise ValueError("choose at least one setting to sweep")
+    values = {name: parse_axis(name, text) for name, text in axes.items()}
+    swept_budgets = [name for name in BUDGET_AXES if name in values]
+    if len(swept_budgets) > 1:
+        raise ValueError("sweep one budget: the enable ratio, the matched uniform rank or the adapter parameters")
+    for name in BUDGET_AXES[BUDGET_AXES.index(swept_budgets[0]) + 1:] if swept_budgets else ():
+        data[name] = None
+    method = registry.find(data.get("mode"))
+    idle = [FORM_AXES[n].label for n in values if FORM_AXES[n].search_only]
+    if idle and "mode" not in values and method is not None and not method.searches:
+        raise ValueError(f"{method.label} uses no proxy or budget: sweeping {idle[0]} would train the same run again")
+    base_only = {k: v for k, v in data.items() if k not in values}
+    return parse_sweep({"sweep": sweep_id, "base": base_only, "axes": values}, source="sweep")
+
+
+def proxy_sweep(base: dict[str, Any] | RunConfig, proxies: Sequence[str], seeds: Sequence[int] = (0,)) -> SweepSpec:
+    """One run per (seed, proxy), everything else as ``base``, under a new experiment id; the runs
+    of the first seed come first, so the first comparison completes early. ValueError without a
+    proxy or seed."""
+    data = base.to_dict() if isinstance(base, RunConfig) else dict(base)
+    if not proxies:
+        raise ValueError("choose at least one proxy for the sweep")
+    if not seeds:
+        raise ValueError("choose at least one seed for the sweep")
+    data = {k: v for k, v in data.items() if k not in ("proxy", "seed")}
+    return parse_sweep({"sweep": new_sweep_id(), "base": data, "order": ["seed", "proxy", "row"],
+                        "axes": {"seed": [int(s) for s in seeds], "proxy": list(proxies)}}, source="proxy sweep")
+
+
+def state_counts(planned: list[tuple[PlannedRun, str]]) -> dict[str, int]:
+    """How many of a sweep's runs are ``todo``, ``rerun`` (queued again), ``busy`` and ``done``."""
+    states = [state for _, state in planned]
+    return {s: states.count(s) for s in ("todo", "rerun", "busy", "done")}
+
+
+def queue_sweep(store: RunStore, spec: SweepSpec) -> list[RunRecord]:
+    """Expand a sweep, skip what is done or busy and queue the rest under its id (resumable: the
+    Launch page's sweeps; ``python -m heterolora_core sweep FILE`` does the same in steps)."""
+    return submit(store, plan_sweep(store, expand(spec), spec.sweep), spec.sweep)
+
+
 def prepare(store: RunStore, path: str | Path, overrides: dict[str, Any] | None = None,
             ) -> tuple[SweepSpec, list[tuple[PlannedRun, str]]]:
     """Load, check and expand a sweep file (``overrides`` replace base settings and remove an axis
@@ -360,17 +516,21 @@ def prepare(store: RunStore, path: str | Path, overrides: dict[str, Any] | None 
 
 
 def drain(store: RunStore, sweep_id: str, slots: int | None = None, gpus: list[str] | None = None,
-          deadline_minutes: float | None = None, pause_file: Path | None = None, log=print) -> int:
-    """Train the queued runs until the sweep's are finished: a worker in this process, or, when
-    the home already has one, wait for it. Returns 1 when a run of the sweep failed, else 0."""
+          deadline_minutes: float | None = None, pause_file: Path | None = None, log=print,
+          launcher: Launcher | None = None) -> int:
+    """Train the queued runs until the sweep's are finished: a worker in this process (its runs
+    local processes, or Ray tasks with a :class:`~heterolora_core.records.ray_executor.RayLauncher`),
+    or, when the home already has a worker, wait for it. Returns 1 when a run of the sweep failed,
+    else 0."""
     deadline = time.monotonic() + 60 * deadline_minutes if deadline_minutes else None
     worker = Worker(store.home, slots=slots, gpus=gpus, stop_when_idle=True, deadline=deadline,
-                    pause_file=pause_file, idle_exit=None, log=log)
+                    pause_file=pause_file, idle_exit=None, log=log, launcher=launcher)
     worker.serve()  # returns at once when another worker holds the home's lock
     while any(r.sweep_id == sweep_id and r.status in ACTIVE_STATUSES for r in store.list_runs()):
         if deadline is not None and time.monotonic() >= deadline:
             break
-        ensure_worker(store.home)
+        if launcher is None:  # a local worker replaces one that died; Ray runs are not moved here
+            ensure_worker(store.home)
         time.sleep(2.0)
     runs = [r for r in store.list_runs() if r.sweep_id == sweep_id]
     counts = {s: sum(1 for r in runs if r.status == s) for s in ("done", "failed", "cancelled", "queued", "running")}

@@ -25,8 +25,7 @@ import zlib
 from pathlib import Path
 
 from heterolora_core.methods import registry
-from heterolora_core.records.processes import process_started_at
-from heterolora_core.records.record import RunRecord, Status
+from heterolora_core.records.record import RunRecord, Status, process_identity
 from heterolora_core.search.budget import Budget, resolve
 from heterolora_core.search.selection import select
 from heterolora_core.training.run_config import RunConfig
@@ -161,7 +160,7 @@ def fake_train(config_path: Path, out: Path) -> int:
     modules = candidate_modules(EMBEDDED_LAYERS, config.lora_targets, config.shortcuts)
     rng = random.Random(config.seed)
     started = time.time()
-    record.update_summary(status=Status.RUNNING, pid=os.getpid(), pid_started_at=process_started_at(), started_at=started,
+    record.update_summary(status=Status.RUNNING, **process_identity(), started_at=started,
                           step=0, max_steps=max_steps, progress=0.0, metric="accuracy", n_layers=EMBEDDED_LAYERS,
                           trainable_params=len(select_top(dict.fromkeys(modules, 1.0), config.enable_ratio, rng, config.rank))
                           * module_cost(config.rank))

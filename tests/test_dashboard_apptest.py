@@ -85,6 +85,17 @@ def test_app_starts_the_worker(home, monkeypatch):
     assert any("pid 4242" in c.value for c in at.sidebar.caption)
 
 
+def test_the_sidebar_sets_the_workers_slots(home):
+    at = open_page()
+    slots = at.sidebar.number_input(key="worker_slots")
+    assert (slots.value, slots.min, slots.max) == (1, 1, 64)
+    assert any("only makes sense on a GPU machine or for tiny runs" in c.value for c in at.sidebar.caption)
+    slots.set_value(3).run()
+    assert not at.exception
+    assert RunStore(home).settings()["slots"] == 3  # <home>/worker.json, read by the worker at every loop
+    assert open_page("runs").sidebar.number_input(key="worker_slots").value == 3  # a new session reads it back
+
+
 # -- Launch ---------------------------------------------------------------------------------------
 
 
@@ -184,6 +195,75 @@ def test_sweep_refuses_an_empty_proxy_list(home):
     assert any("choose at least one proxy" in e.value for e in at.error), [e.value for e in at.error]
     assert at.button(key="launch_sweep").disabled and not at.button(key="launch").disabled
     assert run_dirs(home) == []
+
+
+def test_a_sweep_defined_on_the_page_shows_its_runs_and_budgets_then_queues_resumably(home):
+    at = open_page()
+    at.multiselect(key="sweep_axes").set_value(["seed", "rank"]).run()
+    at.text_input(key="sweep_axis_seed").set_value("0, 1").run()
+    at.text_input(key="sweep_axis_rank").set_value("8, 32").run()
+    at.text_input(key="sweep_id").set_value("page-sweep").run()
+    assert not at.error, [e.value for e in at.error]
+    assert any("**4 runs** in experiment `page-sweep`: 4 to queue" in m.value for m in at.markdown)
+    budgets = at.dataframe[0].value
+    # the form's budget (25% of the 35 candidates = 9 modules) at each swept rank, 2 seeds each
+    assert list(zip(budgets["runs"], budgets["trainable_params"])) == [(2, 9 * 8 * 768), (2, 9 * 32 * 768)]
+    assert "rank 24" in budgets["uniform_equivalent"][1]
+    assert at.button(key="launch_custom_sweep").label == "Queue sweep (4 runs)"
+    at.button(key="launch_custom_sweep").click().run()
+    assert any("Queued 4 runs under experiment `page-sweep`" in s.value for s in at.success)
+    configs = [json.loads((f / "config.json").read_text()) for f in run_dirs(home)]
+    assert sorted((c["seed"], c["rank"]) for c in configs) == [(0, 8), (0, 32), (1, 8), (1, 32)]
+    assert {c["sweep_id"] for c in configs} == {"page-sweep"} and {c["max_steps"] for c in configs} == {SHORT_RUN["max_steps"]}
+    at.run()  # the same sweep again: nothing left to queue
+    assert any("0 to queue, 4 queued or running (left alone)" in m.value for m in at.markdown)
+    assert at.button(key="launch_custom_sweep").disabled
+    assert len(run_dirs(home)) == 4
+
+
+@pytest.mark.parametrize("axis, values, message", [
+    ("rank", "0, 8", "row all (rank=0): rank must be at least 1"),
+    ("proxy", "grad_norm, nope", "unknown proxy 'nope'"),
+    ("seed", "0, x", "seed: 'x' is not a whole number"),
+    ("lr", "", "learning rate: give one or more comma-separated values"),
+])
+def test_a_bad_sweep_gets_one_inline_line_and_queues_nothing(home, axis, values, message):
+    at = open_page()
+    at.multiselect(key="sweep_axes").set_value([axis]).run()
+    at.text_input(key=f"sweep_axis_{axis}").set_value(values).run()
+    errors = [e.value for e in at.error]
+    assert any(message in e for e in errors) and all("\n" not in e for e in errors), errors
+    assert at.button(key="launch_custom_sweep").disabled
+    assert not at.button(key="launch").disabled  # the single run is still fine
+    assert run_dirs(home) == []
+
+
+PASTED = """sweep: pasted-sweep
+folder: "runs/pasted/{row}/seed{seed}"
+base: {max_steps: 4, train_limit: 32, rank: 16}
+axes: {seed: [0, 1]}
+rows:
+  - {row: dyn, mode: dynamic, proxy: snip}
+  - {row: qv8, mode: lora, rank: 8, shortcuts: false, only: {seed: [0]}}
+"""
+
+
+def test_a_pasted_sweep_file_queues_what_the_cli_would(home):
+    at = open_page()
+    at.radio(key="sweep_source").set_value("a sweep file").run()
+    assert at.button(key="launch_custom_sweep").disabled  # nothing pasted yet
+    at.text_area(key="sweep_text").set_value(PASTED).run()
+    assert not at.error, [e.value for e in at.error]
+    assert any("**3 runs** in experiment `pasted-sweep`" in m.value for m in at.markdown)
+    budgets = at.dataframe[0].value
+    assert list(zip(budgets["row"], budgets["runs"], budgets["trainable_params"])) == [
+        ("dyn", 2, 9 * 16 * 768), ("qv8", 1, 12 * 8 * 768)]
+    at.button(key="launch_custom_sweep").click().run()
+    folders = sorted(p.relative_to(home).as_posix() for p in (home / "runs" / "pasted").glob("*/*"))
+    assert folders == ["runs/pasted/dyn/seed0", "runs/pasted/dyn/seed1", "runs/pasted/qv8/seed0"]
+    at.text_area(key="sweep_text").set_value(PASTED.replace("rows:", "colour: blue\nrows:")).run()
+    assert [e.value for e in at.error] == ["pasted.yaml: unknown key 'colour'"]
+    assert at.button(key="launch_custom_sweep").disabled
 
 
 # -- Runs -----------------------------------------------------------------------------------------

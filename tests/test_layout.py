@@ -173,7 +173,8 @@ def test_the_mode_branch_finder_finds_one(tmp_path):
 
 
 @pytest.mark.parametrize("module", [
-    "heterolora_core.records.store", "heterolora_core.records.worker", "heterolora_core.analysis.compare",
+    "heterolora_core.records.store", "heterolora_core.records.worker", "heterolora_core.records.launchers",
+    "heterolora_core.records.ray_executor", "heterolora_core.analysis.compare",
     "heterolora_core.analysis.allocation", "heterolora_core.sweeps", "heterolora_core.search.selection",
     "heterolora_core.training.run_config", "benchmarks.grid.report",
 ])

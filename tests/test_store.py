@@ -114,6 +114,29 @@ def test_reconcile_names_a_killed_worker(home):
     assert f"worker (pid {gone.pid}) was killed" in summary.error
 
 
+def test_a_run_on_another_machine_is_judged_by_its_worker(home):
+    """A run training on another node (a Ray task) names a pid of that node: its liveness is not
+    judged from here; it reads failed only when the worker that started it (on this machine) is gone."""
+    store = RunStore()
+    record = store.enqueue(RunConfig())
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        store.set_worker(record.run_id, worker.pid)
+        record.update_summary(status="running", pid=2**22 + 17, started_at=time.time(), host="gpu-node-7")
+        assert store.list_runs()[0].status == "running"  # pid 4194321 is not alive here, and need not be
+        assert record.summary().status == "running"
+        assert store.cancel(record.run_id) == "cancelled"  # no signal is sent here: its worker stops it
+        record.update_summary(status="running", error=None, finished_at=None)  # (as if it had not been)
+    finally:
+        worker.kill()
+        worker.wait()
+    store.sync()
+    summary = record.raw_summary()
+    assert summary.status == "failed"
+    assert summary.error == (f"the worker (pid {worker.pid}) that ran it on gpu-node-7 is gone, "
+                             f"and its task (process {2**22 + 17} there) with it")
+
+
 def test_cancel_queued_run(home):
     store = RunStore()
     record = store.enqueue(RunConfig())

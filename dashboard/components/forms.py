@@ -1,13 +1,17 @@
 """The Launch form's presets and checks: what the form offers and how its fields become a run.
 
-The checks themselves are the engine's (:func:`heterolora_core.planning.check_run`); this module
+The checks themselves are the engine's (:func:`heterolora_core.planning.check_run`, and for sweeps
+:mod:`heterolora_core.sweeps` with :func:`heterolora_core.planning.sweep_budgets`); this module
 turns their one-line ValueErrors into :class:`LaunchError` for the form.
 """
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from typing import Any
 
-from heterolora_core.planning import BudgetPlan, check_run
+from heterolora_core.planning import BudgetPlan, RowBudget, check_run, sweep_budgets
+from heterolora_core.sweeps import PlannedRun, SweepSpec, expand, form_sweep, read_sweep
 from heterolora_core.training.data import TASKS
 from heterolora_core.training.run_config import RunConfig
 
@@ -67,6 +71,40 @@ def parse_seeds(text: str) -> list[int]:
     if any(s < 0 for s in seeds):
         raise LaunchError("seeds must be ≥ 0")
     return seeds
+
+
+@dataclass(frozen=True)
+class SweepRequest:
+    """What the Launch page's sweep section asks for: the form's settings (``base``, a config as
+    JSON) with axes of comma-separated values under an experiment id, or a sweep file's bytes."""
+
+    sweep_id: str = ""
+    base: str = "{}"
+    axes: tuple[tuple[str, str], ...] = ()
+    file_name: str | None = None
+    file_bytes: bytes | None = None
+
+
+def sweep_spec(request: SweepRequest) -> SweepSpec:
+    """The sweep a request defines (:func:`~heterolora_core.sweeps.read_sweep` for a file, else
+    :func:`~heterolora_core.sweeps.form_sweep`); LaunchError with the engine's one line."""
+    try:
+        if request.file_bytes is not None:
+            return read_sweep(request.file_bytes, request.file_name or "sweep.yaml")
+        return form_sweep(request.sweep_id.strip(), json.loads(request.base), dict(request.axes))
+    except ValueError as exc:
+        raise LaunchError(_one_line(exc)) from None
+
+
+def check_sweep(request: SweepRequest) -> tuple[SweepSpec, list[PlannedRun], list[RowBudget]]:
+    """The sweep, its runs and each row's budget, every run checked as a launch is; LaunchError
+    with one line when any run is refused (then nothing may be queued)."""
+    spec = sweep_spec(request)
+    try:
+        runs = expand(spec)
+        return spec, runs, sweep_budgets(runs)
+    except ValueError as exc:
+        raise LaunchError(_one_line(exc)) from None
 
 
 def _one_line(exc: BaseException) -> str:

@@ -1,4 +1,4 @@
-"""Launch page: configure a run (or a proxy sweep), see its exact budget, queue it."""
+"""Launch page: configure a run (or a sweep of runs), see its exact budget, queue it."""
 import dataclasses
 import json
 
@@ -6,10 +6,10 @@ import streamlit as st
 
 from dashboard import data
 from dashboard.components.formatting import command_line, kind_label
-from dashboard.components.forms import (RUN_LENGTH_KEYS, SHORT_RUN, LaunchError, check_launch, launch_config,
-                                        parse_seeds, task_names)
+from dashboard.components.forms import (RUN_LENGTH_KEYS, SHORT_RUN, LaunchError, SweepRequest, check_launch,
+                                        check_sweep, launch_config, parse_seeds, sweep_spec, task_names)
 from heterolora_core.methods import registry
-from heterolora_core.sweeps import proxy_sweep
+from heterolora_core.sweeps import FORM_AXES, expand, new_sweep_id, plan_sweep, proxy_sweep, queue_sweep, state_counts
 from heterolora_core.training.run_config import RunConfig
 from heterolora_core.vocab import LORA_TARGETS, Proxy, Ranking
 
@@ -18,7 +18,9 @@ PROXIES = [p.value for p in Proxy]
 RANKINGS = [r.value for r in Ranking]
 BUDGET_RATIO, BUDGET_MATCH = "enable ratio", "match uniform rank r"
 LENGTH_SHORT, LENGTH_CUSTOM = "short run (≈2 min)", "custom"
+SWEEP_FORM, SWEEP_FILE = "this form + axes", "a sweep file"
 FIELD_HELP = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(RunConfig)}
+SWEEP_EXAMPLE = "sweep: my-sweep\nbase: {task: mrpc, mode: dynamic, rank: 32, max_steps: 32}\naxes: {proxy: [grad_norm, snip], seed: [0, 1]}"
 
 
 @st.cache_data(ttl=60, show_spinner="Computing the exact budget (the first time, this loads the engine)…")
@@ -29,6 +31,17 @@ def checked_plan(config_json: str) -> tuple[dict | None, str | None]:
     except LaunchError as exc:
         return None, str(exc)
     return dataclasses.asdict(plan), None
+
+
+@st.cache_data(ttl=60, show_spinner="Checking every run of the sweep…")
+def checked_sweep(request: SweepRequest) -> tuple[list[dict] | None, str | None]:
+    """(each row's budget as dicts, None) when every run of the sweep passes the launch checks,
+    (None, one-line error) otherwise."""
+    try:
+        _, _, budgets = check_sweep(request)
+    except LaunchError as exc:
+        return None, str(exc)
+    return [dataclasses.asdict(b) for b in budgets], None
 
 
 st.title("Launch")
@@ -127,9 +140,73 @@ with preview:
     n_sweep = len(sweep_proxies) * len(sweep_seeds)
     if st.button(f"Launch proxy sweep ({n_sweep} runs)", disabled=bool(error or sweep_error), icon=":material/stacks:", key="launch_sweep"):
         sweep = proxy_sweep(config, sweep_proxies, sweep_seeds)
-        records = data.store().enqueue_many(sweep.configs, sweep_id=sweep.sweep_id)
+        records = queue_sweep(data.store(), sweep)
         data.start_worker()
-        st.success(f"Queued sweep `{sweep.sweep_id}`: {len(records)} runs.")
+        st.success(f"Queued sweep `{sweep.sweep}`: {len(records)} runs.")
+        st.page_link("views/compare.py", label="Compare them", icon=":material/compare:")
+
+st.divider()
+st.subheader("Sweep")
+st.caption("Many runs as one experiment: this form's settings as the base with one or more settings swept, or a "
+           "sweep file (what `python -m heterolora_core sweep FILE` queues). Queueing it again under the same "
+           "experiment id skips its finished runs and reruns its failed ones.")
+source = st.radio("Define it by", [SWEEP_FORM, SWEEP_FILE], horizontal=True, key="sweep_source")
+request = None
+if source == SWEEP_FORM:
+    axis_names = st.multiselect("Settings to sweep", list(FORM_AXES), default=["seed"], key="sweep_axes",
+                                format_func=lambda name: FORM_AXES[name].label,
+                                help="one run per combination of their values; the first one is the outermost")
+    axis_columns = st.columns(3)
+    axes = tuple((name, axis_columns[i % 3].text_input(
+        f"{FORM_AXES[name].label} values", value=str(config.get(name) if config.get(name) is not None else ""),
+        key=f"sweep_axis_{name}", help="comma-separated, e.g. 0, 1, 2")) for i, name in enumerate(axis_names))
+    st.session_state.setdefault("sweep_id", new_sweep_id("launch"))
+    sweep_id = st.text_input("Experiment id", key="sweep_id",
+                             help="the runs' sweep id: queue the same sweep under the same id to resume it")
+    request = SweepRequest(sweep_id=sweep_id, base=json.dumps(config, sort_keys=True), axes=axes)
+else:
+    uploaded = st.file_uploader("Upload a sweep file", type=["yaml", "yml", "json"], key="sweep_upload")
+    pasted = st.text_area("…or paste one (YAML or JSON)", key="sweep_text", height=150, placeholder=SWEEP_EXAMPLE,
+                          help="keys: sweep, base, axes, optionally folder, order, rows (see heterolora_core/sweeps.py)")
+    if uploaded is not None:
+        request = SweepRequest(file_name=uploaded.name, file_bytes=uploaded.getvalue())
+    elif pasted.strip():
+        request = SweepRequest(file_name="pasted.yaml", file_bytes=pasted.encode("utf-8"))
+    else:
+        st.caption("Upload or paste a sweep file to see its runs.")
+
+budgets, sweep_error = checked_sweep(request) if request is not None else (None, None)
+spec, planned, to_queue = None, [], 0
+if budgets is not None:
+    try:
+        spec = sweep_spec(request)
+        planned = plan_sweep(data.store(), expand(spec), spec.sweep)
+    except ValueError as exc:  # e.g. a finished record with other settings in one of its folders
+        sweep_error = str(exc).strip().splitlines()[0]
+if sweep_error:
+    st.error(sweep_error, icon=":material/error:")
+elif planned:
+    counts = state_counts(planned)
+    to_queue = counts["todo"] + counts["rerun"]
+    st.markdown(f"**{len(planned)} runs** in experiment `{spec.sweep}`: {to_queue} to queue"
+                + (f" ({counts['rerun']} failed or cancelled before, queued again)" if counts["rerun"] else "")
+                + (f", {counts['done']} finished (skipped)" if counts["done"] else "")
+                + (f", {counts['busy']} queued or running (left alone)" if counts["busy"] else ""))
+    st.dataframe(budgets, hide_index=True, key="sweep_budgets", column_config={
+        "row": "row", "label": "label", "runs": "runs",
+        "trainable_params": st.column_config.NumberColumn("trainable params", format="localized"),
+        "uniform_equivalent": "matches"})
+    with st.expander("As a sweep file"):
+        st.code(spec.to_yaml(), language="yaml")
+        st.caption("Saved as `sweep.yaml`: `python -m heterolora_core sweep sweep.yaml --wait` queues and trains the same runs.")
+if st.button(f"Queue sweep ({to_queue} runs)", disabled=not to_queue, icon=":material/stacks:", key="launch_custom_sweep"):
+    try:
+        records = queue_sweep(data.store(), spec)
+    except ValueError as exc:
+        st.error(str(exc).strip().splitlines()[0], icon=":material/error:")
+    else:
+        data.start_worker()
+        st.success(f"Queued {len(records)} runs under experiment `{spec.sweep}`.")
         st.page_link("views/compare.py", label="Compare them", icon=":material/compare:")
 
 with st.expander("Command line equivalent"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 
 import psutil
 
@@ -18,6 +19,11 @@ import psutil
 PROJECT_MARKERS = ("heterolora_core", "heterolora_testing")
 #: psutil reads create times from clock ticks; a recorded one is equal to well within this.
 START_TIME_TOLERANCE = 0.05
+
+
+def this_host() -> str:
+    """This machine's host name, as a run record names the machine of its training process."""
+    return socket.gethostname()
 
 
 def process_started_at(pid: int | None = None) -> float | None:

@@ -34,7 +34,7 @@ from typing import Any, Iterator
 
 from heterolora_core.methods import registry
 from heterolora_core.records.home import runs_dir
-from heterolora_core.records.processes import process_alive
+from heterolora_core.records.processes import process_alive, process_started_at, this_host
 from heterolora_core.training.run_config import RunConfig
 
 
@@ -132,6 +132,7 @@ class RunSummary:
     finished_at: float | None = None
     pid: int | None = None  # the training process, while it runs
     pid_started_at: float | None = None  # its start time (psutil's create_time): a signal guard
+    host: str | None = None  # the machine the training process runs on (its pid means nothing elsewhere)
     error: str | None = None  # why a run failed or was cancelled
     progress: float | None = None  # 0..1
     step: int | None = None
@@ -222,6 +223,7 @@ def _string_list(value: Any) -> list[str] | None:
 _FIELD_PARSERS = {
     "status": _text, "created_at": _number, "started_at": _number, "finished_at": _number,
     "pid": lambda v: (_integer(v) if (_integer(v) or 0) > 0 else None), "pid_started_at": _number,
+    "host": _text,
     "error": _text, "progress": lambda v: min(max(_number(v), 0.0), 1.0) if _number(v) is not None else None,
     "step": _count, "max_steps": _count, "eta_seconds": _number, "metric": _text, "best_score": _number,
     "final_score": _number, "trainable_params": _count, "head_params": _count, "num_reallocations": _count,
@@ -401,17 +403,36 @@ class RunRecord:
     def mark_failed_if_dead(self) -> bool:
         """Persist ``failed`` for a running run whose process is gone. Returns True if it did."""
         raw = self.raw_summary()
-        if raw.status == Status.RUNNING and not process_alive(raw.pid, raw.started_at):
+        if raw.status == Status.RUNNING and process_gone(raw):
             self.update_summary(status=Status.FAILED, error=self.summary().error, pid=None)
             return True
         return False
 
 
+def process_identity() -> dict[str, Any]:
+    """The summary fields naming the calling process as a run's training process."""
+    return {"pid": os.getpid(), "pid_started_at": process_started_at(), "host": this_host()}
+
+
+def runs_here(summary: RunSummary) -> bool:
+    """True when the run's training process is (or was) on this machine, or no host is recorded."""
+    return summary.host is None or summary.host == this_host()
+
+
+def process_gone(summary: RunSummary, worker_pid: int | None = None) -> bool:
+    """True when the training process of a ``running`` run is gone. Judged by its pid on its own
+    machine; a run on another machine (a Ray node) is gone only when the worker that started it
+    (``worker_pid``, a process on this machine, where the store lives) is gone."""
+    if runs_here(summary):
+        return not process_alive(summary.pid, summary.started_at)
+    return bool(worker_pid) and not process_alive(worker_pid)
+
+
 def effective_summary(raw: RunSummary) -> RunSummary:
     """A copy of ``raw`` with the *effective* status: a ``running`` run whose process is gone is
-    reported as ``failed`` (with the reason in ``error``)."""
+    reported as ``failed`` (with the reason in ``error``; see :func:`process_gone`)."""
     summary = dataclasses.replace(raw, extra=dict(raw.extra), problems=list(raw.problems))
-    if summary.status == Status.RUNNING and not process_alive(summary.pid, summary.started_at):
+    if summary.status == Status.RUNNING and process_gone(summary):
         summary.status = Status.FAILED.value
         summary.error = summary.error or f"process {summary.pid} ended without finishing the run"
     return summary

@@ -34,7 +34,7 @@ from typing import Any, Iterator
 from heterolora_core.records.home import data_home, inside, runs_dir
 from heterolora_core.records.processes import process_alive, signal_run_process
 from heterolora_core.records.record import (ACTIVE_STATUSES, RunRecord, RunSummary, Status, atomic_write_json,
-                                            effective_summary, new_run_id, read_json)
+                                            effective_summary, new_run_id, process_gone, read_json, runs_here)
 from heterolora_core.training.run_config import RunConfig
 
 DB_NAME = "runs.sqlite"
@@ -222,12 +222,16 @@ class RunStore:
         """The run's effective summary, persisting ``failed`` for a ``running`` run whose process died.
 
         When the worker that started the run is dead too, the reason says so (the worker was killed
-        and its training process died with it).
+        and its training process died with it). A run training on another machine (a Ray node) is
+        judged by its worker alone (:func:`~heterolora_core.records.record.process_gone`).
         """
         raw = record.raw_summary()
-        if raw.status == Status.RUNNING and not process_alive(raw.pid, raw.started_at):
+        if raw.status == Status.RUNNING and process_gone(raw, worker_pid):
             reason = f"process {raw.pid} ended without finishing the run"
-            if worker_pid and not process_alive(worker_pid):
+            if not runs_here(raw):
+                reason = (f"the worker (pid {worker_pid}) that ran it on {raw.host} is gone, and its task "
+                          f"(process {raw.pid} there) with it")
+            elif worker_pid and not process_alive(worker_pid):
                 reason = (f"the worker (pid {worker_pid}) was killed while this run was training; "
                           f"its training process (pid {raw.pid}) ended with it")
             if not _is_link(record.path):
@@ -378,7 +382,7 @@ class RunStore:
         with self._tx() as db:
             db.execute("UPDATE runs SET cancel_requested=1, status='cancelled', updated_at=? WHERE path=?",
                        (time.time(), str(stored.path)))
-        if stored.status == Status.RUNNING:
+        if stored.status == Status.RUNNING and runs_here(stored.summary):  # elsewhere: its worker stops it
             signal_run_process(stored.summary.pid, stored.summary.pid_started_at)
         if not stored.is_link:
             stored.record.update_summary(status=Status.CANCELLED, error="cancelled by the user", finished_at=time.time(),
@@ -399,7 +403,8 @@ class RunStore:
             # Let the training process finish dying first, so it cannot write into (and recreate)
             # the folder after it is gone.
             deadline = time.time() + DELETE_WAIT_SECONDS
-            while time.time() < deadline and process_alive(stored.summary.pid, stored.summary.started_at):
+            while (time.time() < deadline and runs_here(stored.summary)
+                   and process_alive(stored.summary.pid, stored.summary.started_at)):
                 time.sleep(0.1)
         shutil.rmtree(stored.path, ignore_errors=True)
         with self._tx() as db:

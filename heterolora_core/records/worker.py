@@ -9,9 +9,11 @@ worker when none is alive for the data home. The worker:
    Streamlit rerun, never starts a second worker) and writes its pid and start time to
    ``<home>/worker.pid``;
 2. fills its free slots with the oldest queued runs (claimed in the store, so none starts twice),
-   each a training command (:func:`train_command`) in a new session with its output in
-   ``<run>/train.log``, its device assigned by ``CUDA_VISIBLE_DEVICES`` when GPUs are given (one
-   per run, or several runs sharing one), and watches every run's cancel flag;
+   each a training command (:func:`train_command`) started by its launcher
+   (:mod:`heterolora_core.records.launchers`: a process in a new session here, with its output in
+   ``<run>/train.log``; or a Ray task, :mod:`heterolora_core.records.ray_executor`), its device
+   assigned by ``CUDA_VISIBLE_DEVICES`` when GPUs are given (one per run, or several runs sharing
+   one), and watches every run's cancel flag;
 3. after a process ends, reads its peak resident memory from the kernel (``os.wait4``) and makes
    sure the summary tells the truth: ``cancelled`` if the user cancelled it, ``failed`` with the
    exit code and the log's last line if the process ended without finishing the run;
@@ -27,79 +29,57 @@ killed (even by SIGKILL), its training processes die with it (``PR_SET_PDEATHSIG
 next reconcile of the store marks those runs ``failed`` with the reason, and a fresh worker takes
 the queued runs. One slot's process dying leaves the other slots running.
 
-Run it by hand with ``python -m heterolora_core.records.worker [--home DIR] [--slots N] [--gpus 0,1]``.
+Run it by hand with ``python -m heterolora_core.records.worker [--home DIR] [--slots N] [--gpus 0,1]``,
+or on a Ray cluster with ``--executor ray [--address auto] [--num-gpus 1 --num-cpus 2]``.
 """
 from __future__ import annotations
 
 import argparse
-import ctypes
 import fcntl
 import os
-import resource
-import shlex
 import signal
-import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from heterolora_core.records.home import PROJECT_ROOT, data_home
-from heterolora_core.records.processes import is_project_process, process_alive, process_started_at, signal_process
+from heterolora_core.records.home import data_home
+from heterolora_core.records.launchers import (TRAIN_CMD_ENV, TRAIN_LOG, Ended, Launcher, LocalLauncher, last_line,
+                                               spawn_detached, train_command)
+from heterolora_core.records.processes import is_project_process, process_alive, process_started_at
+from heterolora_core.records.ray_executor import RayLauncher
 from heterolora_core.records.record import ACTIVE_STATUSES, RunRecord, Status
 from heterolora_core.records.store import RunStore
+
+__all__ = ["TRAIN_CMD_ENV", "TRAIN_LOG", "MAX_SLOTS", "Worker", "ensure_worker", "stop_worker", "worker_pid",
+           "train_command", "spawn_detached", "read_slots", "write_slots"]
 
 LOCK_NAME = "worker.lock"
 PID_NAME = "worker.pid"
 LOG_NAME = "worker.log"
 SPAWN_STAMP = "worker.spawn"
-#: A shell-style command that replaces ``python -m heterolora_core train`` (tests, demos); the worker
-#: appends ``--config <run>/config.json --out <run>``.
-TRAIN_CMD_ENV = "HETEROLORA_TRAIN_CMD"
-TRAIN_LOG = "train.log"
 POLL_SECONDS = 0.5
 SYNC_SECONDS = 10.0
 CANCEL_GRACE_SECONDS = 10.0
 DEFAULT_IDLE_EXIT = 15 * 60
 MAX_SLOTS = 64
-
-_PR_SET_PDEATHSIG = 1
-
-
-def train_command(run_dir: Path) -> list[str]:
-    """The command that trains the run in ``run_dir`` (a folder the store created)."""
-    run_dir = Path(run_dir)
-    override = os.environ.get(TRAIN_CMD_ENV)
-    if override:
-        return [*shlex.split(override), "--config", str(run_dir / RunRecord.CONFIG), "--out", str(run_dir)]
-    # --no-progress: train.log is read by people and its last line becomes a failed run's reason
-    return [sys.executable, "-m", "heterolora_core", "train", "--config", str(run_dir / RunRecord.CONFIG),
-            "--out", str(run_dir), "--no-progress"]
+SLOTS_SETTING = "slots"
 
 
-def spawn_detached(command: list[str], log_path: Path, env: dict[str, str] | None = None, **popen_kwargs) -> subprocess.Popen:
-    """Start ``command`` from the project root in its own session (a Streamlit rerun or a closed
-    browser does not signal it), output appended to ``log_path``."""
-    child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    with open(log_path, "ab") as log:
-        return subprocess.Popen(command, cwd=str(PROJECT_ROOT), env=child_env, stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **popen_kwargs)
+def read_slots(store: RunStore) -> int:
+    """The home's ``slots`` setting (runs at once), 1 when unset or unusable, bounded 1..64."""
+    value = store.settings().get(SLOTS_SETTING, 1)
+    return max(1, min(MAX_SLOTS, value)) if isinstance(value, int) and not isinstance(value, bool) else 1
 
 
-def _die_with_parent(parent_pid: int):
-    """A ``preexec_fn`` that makes the child get SIGKILL when the worker dies (Linux only)."""
-
-    def preexec() -> None:
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        except (OSError, AttributeError):  # not Linux: the run is still reconciled as failed
-            pass
-        if os.getppid() != parent_pid:  # the worker died before prctl took effect
-            os._exit(1)
-
-    return preexec
+def write_slots(store: RunStore, slots: int) -> int:
+    """Set the home's ``slots`` setting, read by its worker at every loop; ValueError outside 1..64."""
+    if isinstance(slots, bool) or not isinstance(slots, int) or not 1 <= slots <= MAX_SLOTS:
+        raise ValueError(f"slots must be a whole number from 1 to {MAX_SLOTS}, got {slots!r}")
+    store.write_setting(SLOTS_SETTING, slots)
+    return slots
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,24 +170,25 @@ class _Stop(Exception):
 
 @dataclass
 class Slot:
-    """One training process of the worker."""
+    """One run the worker is training: its record, the launcher's handle, where it runs."""
 
     index: int
     record: RunRecord
-    proc: subprocess.Popen
+    handle: Any
     started: float
     device: str | None = None
     cancel_sent_at: float | None = None
-    peak_kb: int = 0  # the highest VmHWM seen while polling (the exec'd program's own peak)
 
 
 class Worker:
     """The queue loop of one data home. Use :meth:`serve` (takes the lock) in the worker process.
 
     Args:
-        slots: runs at once (None: the ``slots`` setting of the home, default 1).
-        gpus: CUDA device ids to hand out (``["0", "1"]``); slot i gets ``gpus[i // runs_per_gpu]``.
+        slots: runs at once (None: the launcher's capacity, such as a Ray cluster's; for local
+            processes the ``slots`` setting of the home, default 1).
+        gpus: CUDA device ids to hand out (``["0", "1"]``); slot i gets ``gpus[i * len(gpus) // slots]``.
             None: no ``CUDA_VISIBLE_DEVICES`` is set (a CPU machine, or one GPU shared by all).
+        launcher: where runs train (default: :class:`~heterolora_core.records.launchers.LocalLauncher`).
         stop_when_idle: exit as soon as nothing is queued or running (sweeps, the grid).
         deadline: a ``time.monotonic()`` after which no run is started (the running ones finish).
         pause_file: while this file exists no run is started.
@@ -215,7 +196,8 @@ class Worker:
 
     def __init__(self, home: str | os.PathLike | None = None, slots: int | None = None, gpus: list[str] | None = None,
                  poll: float = POLL_SECONDS, idle_exit: float | None = DEFAULT_IDLE_EXIT, stop_when_idle: bool = False,
-                 deadline: float | None = None, pause_file: Path | None = None, log=None):
+                 deadline: float | None = None, pause_file: Path | None = None, log=None,
+                 launcher: Launcher | None = None):
         self.home = _home(home)
         self.fixed_slots = slots
         self.gpus = list(gpus) if gpus else None
@@ -225,9 +207,9 @@ class Worker:
         self.deadline = deadline
         self.pause_file = pause_file
         self.store = RunStore(self.home)
+        self.launcher: Launcher = launcher or LocalLauncher()
         self.running: dict[int, Slot] = {}
         self._log = log
-        self._own_peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
     def log(self, message: str) -> None:
         text = f"{time.strftime('%Y-%m-%d %H:%M:%S')} worker {os.getpid()}: {message}"
@@ -235,11 +217,12 @@ class Worker:
 
     @property
     def slots(self) -> int:
-        """Runs at once: the fixed number, else the home's ``slots`` setting (1 by default)."""
+        """Runs at once: the fixed number, else the launcher's capacity, else the home's ``slots``
+        setting (1 by default)."""
         if self.fixed_slots is not None:
             return max(1, min(MAX_SLOTS, int(self.fixed_slots)))
-        value = self.store.settings().get("slots", 1)
-        return max(1, min(MAX_SLOTS, value)) if isinstance(value, int) and not isinstance(value, bool) else 1
+        capacity = self.launcher.capacity()
+        return max(1, capacity) if capacity is not None else read_slots(self.store)
 
     def serve(self) -> int:
         """Hold the lock and process the queue until idle or stopped. Returns the exit code."""
@@ -248,6 +231,8 @@ class Worker:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self.log("another worker holds the lock; exiting")
+            lock.close()
+            self.launcher.close()
             return 0
         (self.home / PID_NAME).write_text(f"{os.getpid()} {process_started_at()}")
 
@@ -255,7 +240,7 @@ class Worker:
             raise _Stop(signal.Signals(signum).name)
 
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-        self.log(f"serving {self.home}")
+        self.log(f"serving {self.home}" + ("" if self.launcher.name == "local" else f" on {self.launcher.name}"))
         try:
             self.loop()
         except _Stop as stop:
@@ -268,6 +253,7 @@ class Worker:
             if found and found[0] == os.getpid():
                 (self.home / PID_NAME).unlink(missing_ok=True)
             lock.close()
+            self.launcher.close()
         return 0
 
     def loop(self) -> None:
@@ -304,11 +290,12 @@ class Worker:
     def fill_slots(self) -> int:
         """Start queued runs in free slots; returns how many started."""
         started = 0
-        while len(self.running) < self.slots and self.blocked() is None:
+        slots = self.slots
+        while len(self.running) < slots and self.blocked() is None:
             record = self.store.claim_next(os.getpid())
             if record is None:
                 break
-            free = min(set(range(self.slots)) - set(self.running))
+            free = min(set(range(slots)) - set(self.running))
             self.running[free] = self.start(record, free)
             started += 1
         return started
@@ -316,77 +303,74 @@ class Worker:
     def start(self, record: RunRecord, index: int) -> Slot:
         device = self.gpus[index * len(self.gpus) // self.slots] if self.gpus else None
         self.log(f"starting {self.store.run_id_of(record.path)} in slot {index}" + (f" on GPU {device}" if device else ""))
-        env = {"CUDA_VISIBLE_DEVICES": device} if device is not None else {}
-        proc = spawn_detached(train_command(record.path), record.path / TRAIN_LOG, env=env,
-                              preexec_fn=_die_with_parent(os.getpid()))
-        return Slot(index, record, proc, time.monotonic(), device)
+        return Slot(index, record, self.launcher.start(record, device, self.slots), time.monotonic(), device)
 
     def check_running(self) -> None:
-        """Reap finished processes, forward cancels, stop runs whose folder is gone."""
+        """Reap finished runs, forward cancels, stop runs whose folder is gone."""
         for index, slot in list(self.running.items()):
-            slot.peak_kb = max(slot.peak_kb, _vm_hwm_kb(slot.proc.pid))
-            ended = _reap(slot.proc)
+            ended = self.launcher.poll(slot.handle)
             if ended is not None:
                 del self.running[index]
-                self.finish(slot, *ended)
+                self.finish(slot, ended)
                 continue
             if not self.home.exists() or not slot.record.path.exists():
-                signal_process(slot.proc.pid, signal.SIGKILL)
+                self.launcher.stop(slot.handle, force=True)
             elif slot.cancel_sent_at is None and self.store.cancel_requested(self.store.run_id_of(slot.record.path)):
-                signal_process(slot.proc.pid, signal.SIGTERM)
+                self.launcher.stop(slot.handle, force=False)
                 slot.cancel_sent_at = time.monotonic()
             elif slot.cancel_sent_at is not None and time.monotonic() - slot.cancel_sent_at > CANCEL_GRACE_SECONDS:
-                signal_process(slot.proc.pid, signal.SIGKILL)
+                self.launcher.stop(slot.handle, force=True)
 
     def run_one(self, record: RunRecord) -> str:
         """Train one run to its end in the calling thread; returns its final status."""
         slot = self.start(record, 0)
-        while (ended := _reap(slot.proc)) is None:
-            slot.peak_kb = max(slot.peak_kb, _vm_hwm_kb(slot.proc.pid))
+        while (ended := self.launcher.poll(slot.handle)) is None:
             time.sleep(min(self.poll, 0.1))
-        return self.finish(slot, *ended)
+        return self.finish(slot, ended)
 
-    def finish(self, slot: Slot, returncode: int, peak_kb: int) -> str:
-        """Make the summary tell the truth after the training process ended."""
+    def finish(self, slot: Slot, ended: Ended) -> str:
+        """Make the summary tell the truth after the run's training ended.
+
+        When the launcher read the run's status where it trained (``ended.status``: a Ray task,
+        whose node wrote the summary on shared storage and added the measurements itself), that
+        word is taken and the summary is written here only to correct it (cancelled, failed), so a
+        stale read of a shared file is never written back over a finished run's results."""
         record = slot.record
         run_id = self.store.run_id_of(record.path)
+        how = f"code {ended.returncode}" if ended.returncode is not None else ended.reason
         if not record.path.exists():
-            self.log(f"{run_id} ended with code {returncode}: its folder was deleted")
+            self.log(f"{run_id} ended ({how}): its folder was deleted")
             return "deleted"
         raw = record.raw_summary()
-        # A child's ru_maxrss includes what it inherited from this process before exec: it is the
-        # child's own peak only when it is larger than ours (always for a training run started by
-        # the light worker process); else the high-water mark polled from /proc while it ran.
-        peak_kb = peak_kb if peak_kb > self._own_peak_kb else slot.peak_kb
-        peak = round(peak_kb / 1024, 1) if peak_kb else None
-        fields = dict(process_seconds=round(time.monotonic() - slot.started, 2), peak_rss_mb=peak,
-                      parallel_runs=self.slots)
+        status = ended.status or raw.status
+        fields = {} if ended.status else measured(slot, ended, self.slots)
         if self.store.cancel_requested(run_id):
-            fields.update(status=Status.CANCELLED, error="cancelled by the user", pid=None, eta_seconds=None,
-                          finished_at=raw.finished_at or time.time())
-        elif raw.status in ACTIVE_STATUSES:
-            reason = f"training process exited with code {returncode} without finishing the run"
-            last = _last_line(record.path / TRAIN_LOG)
-            fields.update(status=Status.FAILED, error=reason + (f": {last}" if last else ""), pid=None,
+            if ended.status != Status.CANCELLED:
+                fields.update(status=Status.CANCELLED, error="cancelled by the user", pid=None, eta_seconds=None,
+                              finished_at=raw.finished_at or time.time())
+        elif status in ACTIVE_STATUSES:
+            fields.update(status=Status.FAILED, error=failure_reason(record, ended), pid=None,
                           eta_seconds=None, finished_at=time.time())
-        record.update_summary(**fields)
-        status = record.summary().status
+        if fields:
+            record.update_summary(**fields)
+            status = record.summary().status
         self.store.set_status(run_id, status)
-        self.log(f"{run_id} ended with code {returncode}: {status}")
+        self.log(f"{run_id} ended ({how}): {status}")
         return status
 
     def abandon_all(self, reason: str) -> None:
-        """Stop every training process this worker started and record why."""
+        """Stop every run this worker started and record why."""
         for slot in self.running.values():
-            signal_process(slot.proc.pid, signal.SIGTERM)
+            self.launcher.stop(slot.handle, force=False)
         deadline = time.monotonic() + CANCEL_GRACE_SECONDS
         for index, slot in list(self.running.items()):
-            ended = None
-            while (ended := _reap(slot.proc)) is None and time.monotonic() < deadline:
+            while self.launcher.poll(slot.handle) is None and time.monotonic() < deadline:
                 time.sleep(0.05)
-            if ended is None:
-                signal_process(slot.proc.pid, signal.SIGKILL)
-                slot.proc.wait()
+            if self.launcher.poll(slot.handle) is None:
+                self.launcher.stop(slot.handle, force=True)
+                kill_deadline = time.monotonic() + CANCEL_GRACE_SECONDS
+                while self.launcher.poll(slot.handle) is None and time.monotonic() < kill_deadline:
+                    time.sleep(0.05)
             if slot.record.path.exists() and slot.record.raw_summary().status in ACTIVE_STATUSES:
                 slot.record.update_summary(status=Status.FAILED, error=reason, pid=None, eta_seconds=None,
                                            finished_at=time.time())
@@ -394,55 +378,76 @@ class Worker:
             del self.running[index]
 
 
-def _reap(proc: subprocess.Popen) -> tuple[int, int] | None:
-    """(exit code, peak RSS in KiB) of a child that has ended, else None; the child is reaped."""
-    if proc.returncode is not None:
-        return proc.returncode, 0
-    try:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-    except ChildProcessError:  # reaped elsewhere
-        return (proc.returncode if proc.returncode is not None else -1), 0
-    if pid == 0:
-        return None
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, int(usage.ru_maxrss)
+def measured(slot: Slot, ended: Ended, parallel_runs: int) -> dict[str, Any]:
+    """The summary fields the worker measures of a run's process: its wall time, peak memory, and
+    how many runs trained at once."""
+    peak = round(ended.peak_kb / 1024, 1) if ended.peak_kb else None
+    return {"process_seconds": round(time.monotonic() - slot.started, 2), "peak_rss_mb": peak,
+            "parallel_runs": parallel_runs}
 
 
-def _vm_hwm_kb(pid: int) -> int:
-    """The peak resident set of a live process's own address space (``VmHWM``, KiB; 0 off Linux)."""
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
+def failure_reason(record: RunRecord, ended: Ended) -> str:
+    """Why a run that ended without finishing failed: its process's exit code or its task's end,
+    and the last line of its ``train.log`` (a traceback's last line names the error)."""
+    if ended.returncode is not None:
+        reason = f"training process exited with code {ended.returncode} without finishing the run"
+    else:
+        reason = f"{ended.reason or 'the training task ended'} before the run finished"
+    last = last_line(record.path / TRAIN_LOG)
+    return reason + (f": {last}" if last else "")
 
 
-def _last_line(path: Path, max_bytes: int = 4096) -> str:
-    """The last non-empty line of a log file (a traceback's final line names the error)."""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - max_bytes))
-            lines = [ln.strip() for ln in fh.read().decode("utf-8", "replace").splitlines() if ln.strip()]
-        return lines[-1][:300] if lines else ""
-    except OSError:
-        return ""
+def _gpu_list(text: str | None) -> list[str] | None:
+    return [g.strip() for g in text.split(",") if g.strip()] if text else None
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m heterolora_core.records.worker",
                                      description="Train the queued runs of a data home.")
     parser.add_argument("--home", help="data home (default: $HETEROLORA_HOME or the project's data/)")
-    parser.add_argument("--slots", type=int, help="runs at once (default: the home's setting, else 1)")
-    parser.add_argument("--gpus", help="comma list of CUDA device ids to share out between the slots")
+    parser.add_argument("--slots", type=int, help="runs at once (default: the home's setting, else 1; with Ray: "
+                                                  "as many as the cluster's CPUs and GPUs hold)")
+    parser.add_argument("--gpus", help="comma list of CUDA device ids to share out between the slots: slot i gets "
+                                       "gpus[i * len(gpus) // slots] (local executor only)")
     parser.add_argument("--idle-exit", type=float, default=DEFAULT_IDLE_EXIT, help="exit after this many idle seconds (0: never)")
     parser.add_argument("--poll", type=float, default=POLL_SECONDS)
-    args = parser.parse_args(argv)
-    gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
-    worker = Worker(args.home, slots=args.slots, gpus=gpus, poll=args.poll, idle_exit=args.idle_exit or None)
+    add_executor_arguments(parser)
+    return parser
+
+
+def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--executor local|ray`` and the Ray flags (shared with ``python -m heterolora_core sweep``)."""
+    parser.add_argument("--executor", choices=("local", "ray"), default="local",
+                        help="local: processes on this machine; ray: a Ray task per run on a cluster "
+                             "(needs the ray extra: pip install '.[ray]')")
+    parser.add_argument("--address", help="with --executor ray: the cluster to join (auto: the one this node belongs "
+                                          "to; default: start a local Ray)")
+    parser.add_argument("--num-gpus", type=float, default=0.0, help="with --executor ray: GPUs per run (default: 0)")
+    parser.add_argument("--num-cpus", type=float, default=1.0, help="with --executor ray: CPUs per run (default: 1)")
+
+
+def launcher_from_args(args: argparse.Namespace) -> Launcher | None:
+    """The launcher the executor flags ask for (None: the local default); ValueError with one line
+    for a bad combination or a missing Ray."""
+    from_ray = args.executor == "ray"
+    if not from_ray:
+        if args.address or args.num_gpus or args.num_cpus != 1.0:
+            raise ValueError("--address, --num-gpus and --num-cpus are for --executor ray")
+        return None
+    if getattr(args, "gpus", None):
+        raise ValueError("--gpus is for the local executor; with --executor ray, Ray assigns GPUs (--num-gpus)")
+    return RayLauncher(address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        launcher = launcher_from_args(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    worker = Worker(args.home, slots=args.slots, gpus=_gpu_list(args.gpus), poll=args.poll,
+                    idle_exit=args.idle_exit or None, launcher=launcher)
     return worker.serve()
 
 

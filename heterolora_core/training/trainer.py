@@ -31,8 +31,7 @@ from heterolora_core.adapters.modules import head_module, head_parameter_count
 from heterolora_core.methods import registry
 from heterolora_core.methods.base import MethodContext, MethodRun
 from heterolora_core.records.home import runs_dir
-from heterolora_core.records.processes import process_started_at
-from heterolora_core.records.record import RunRecord, Status, new_run_id
+from heterolora_core.records.record import RunRecord, Status, new_run_id, process_identity
 from heterolora_core.training.callbacks import RecordCallback
 from heterolora_core.training.data import TaskData, load_task, make_collator, tokenize_examples
 from heterolora_core.training.environment import (CancelOnSignal, RunCancelled, environment_info, is_main_process,
@@ -81,7 +80,7 @@ def run_training(config: RunConfig, out_dir: str | Path | None = None, progress:
 def claim_record(record: RunRecord, config: RunConfig) -> None:
     """Create the record (or claim the store's queued one) and mark it running by this process."""
     full_config = {**config.to_dict(), **environment_info()}
-    me = dict(pid=os.getpid(), pid_started_at=process_started_at(), started_at=time.time(), progress=0.0)
+    me = dict(**process_identity(), started_at=time.time(), progress=0.0)
     if not record.exists():
         RunRecord.create(record.path, full_config, status=Status.RUNNING, **me)
         return
