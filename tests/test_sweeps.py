@@ -106,6 +106,12 @@ def test_the_launch_pages_sweeps_are_sweep_specs():
     runs = expand(form)
     assert [(r.config.enable_ratio, r.config.seed) for r in runs] == [(0.25, 0), (0.25, 1), (0.5, 0), (0.5, 1)]
     assert {r.config.match_uniform_rank for r in runs} == {None}  # the swept ratio is the budget
+    ranked = expand(form_sweep("page", RunConfig(mode="rank_static", rank=16, max_steps=3, budget_params=9 * 4 * 768),
+                               {"match_uniform_rank": "2, 4"}))
+    assert [(r.config.match_uniform_rank, r.config.budget_params) for r in ranked] == [(2, None), (4, None)]
+    assert [r.config.budget().params for r in expand(form_sweep(
+        "page", RunConfig(mode="rank_static", rank=16, max_steps=3, match_uniform_rank=8),
+        {"budget_params": "6912, 13824"}))] == [6912, 13824]
     proxies = expand(proxy_sweep(RunConfig(max_steps=3), ["grad_norm", "snip"], [0, 13]))
     assert [(r.config.seed, r.config.proxy) for r in proxies] == [(0, "grad_norm"), (0, "snip"), (13, "grad_norm"), (13, "snip")]
 
@@ -240,7 +246,8 @@ def test_the_page_sweeps_refuse_bad_axes_in_one_line():
                           ({"rank": "8, 1.5"}, "rank r: '1.5' is not a whole number"),
                           ({"lr": "inf"}, "learning rate: 'inf' is not a finite number"),
                           ({"colour": "red"}, "'colour' cannot be swept here"),
-                          ({"enable_ratio": "0.1", "match_uniform_rank": "8"}, "sweep one budget")]:
+                          ({"enable_ratio": "0.1", "match_uniform_rank": "8"}, "sweep one budget"),
+                          ({"budget_params": "6912", "enable_ratio": "0.5"}, "sweep one budget")]:
         with pytest.raises(ValueError, match=message):
             form_sweep("page", RunConfig(), axes)
     with pytest.raises(ValueError, match="uniform LoRA uses no proxy or budget: sweeping proxy"):
