@@ -5,9 +5,9 @@ import json
 import streamlit as st
 
 from dashboard import data
-from dashboard.components.formatting import command_line, kind_label
-from dashboard.components.forms import (RUN_LENGTH_KEYS, SHORT_RUN, LaunchError, check_launch, launch_config,
-                                        parse_seeds, task_names)
+from dashboard.components.formatting import command_line, format_duration, format_lr, format_score, kind_label
+from dashboard.components.forms import (FULL_RUN, RUN_LENGTH_KEYS, SHORT_RUN, LaunchError, check_launch,
+                                        launch_config, parse_seeds, task_names)
 from heterolora_core.methods import registry
 from heterolora_core.sweeps import proxy_sweep
 from heterolora_core.training.run_config import RunConfig
@@ -17,7 +17,8 @@ from heterolora_core.vocab import LORA_TARGETS, Proxy, Ranking
 PROXIES = [p.value for p in Proxy]
 RANKINGS = [r.value for r in Ranking]
 BUDGET_RATIO, BUDGET_MATCH = "enable ratio", "match uniform rank r"
-LENGTH_SHORT, LENGTH_CUSTOM = "short run (≈2 min)", "custom"
+LENGTH_SHORT, LENGTH_FULL, LENGTH_CUSTOM = "short run", "full run (the grid's)", "custom"
+PRESETS = {LENGTH_SHORT: SHORT_RUN, LENGTH_FULL: FULL_RUN}
 FIELD_HELP = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(RunConfig)}
 
 
@@ -29,6 +30,35 @@ def checked_plan(config_json: str) -> tuple[dict | None, str | None]:
     except LaunchError as exc:
         return None, str(exc)
     return dataclasses.asdict(plan), None
+
+
+def run_time(config: dict, short: bool) -> None:
+    """The estimated wall time here (the engine's estimate from the store's finished runs) and, for
+    the short run, what its score is worth."""
+    st.subheader("Run time here")
+    size = data.run_size(json.dumps(config, sort_keys=True))
+    if size is None:
+        st.caption("No estimate: the model or the task's data cannot be read now.")
+        return
+    estimate = data.run_time_estimate(config, size)
+    if estimate.seconds is None:
+        st.metric("Estimated run time", "–", help=estimate.basis)
+        st.caption(f"{estimate.seconds_per_step:.2f} s per step on {estimate.device}; the run's length is unknown "
+                   "(the task's training rows cannot be read now).")
+    else:
+        st.metric("Estimated run time", f"≈ {format_duration(estimate.seconds)}",
+                  help="startup + steps × seconds per step; " + estimate.basis)
+        st.caption(f"{estimate.steps:,} steps × {estimate.seconds_per_step:.2f} s + {estimate.startup_seconds:.0f} s "
+                   f"startup on {estimate.device} (range {format_duration(estimate.low)}–{format_duration(estimate.high)}): "
+                   f"{estimate.basis}.")
+    if short and size.majority_rate is not None:
+        split = (f"; {format_score(size.split_majority_rate, 1)}% over the whole dev split"
+                 if size.split_majority_rate is not None and config.get("dev_limit") else "")
+        st.info(f"A short run shows **where the budget goes** (which modules the search turns on, how often it "
+                f"reallocates), not a score that means anything: {config['max_steps']} steps on "
+                f"{size.train_rows:,} examples end at about the majority-class rate of the {size.dev_rows:,} dev rows it "
+                f"evaluates ({format_score(size.majority_rate, 1)}%{split}). For a score, use the full run over several "
+                "seeds and read it on the Results page.", icon=":material/info:")
 
 
 st.title("Launch")
@@ -70,10 +100,13 @@ with settings:
         match_uniform_rank = st.number_input("Match the parameters of uniform rank", min_value=0, value=8, step=1,
                                              key="match_uniform_rank",
                                              help="enable modules at rank r up to the parameters of uniform LoRA on the LoRA targets at this rank")
-    length = st.radio("Run length", [LENGTH_SHORT, LENGTH_CUSTOM], horizontal=True, key="length",
-                      help=f"the short run trains {SHORT_RUN['max_steps']} steps on {SHORT_RUN['train_limit']} training examples "
-                           f"(evaluating on {SHORT_RUN['dev_limit']}) and still reallocates several times")
-    run_length = {k: SHORT_RUN[k] for k in RUN_LENGTH_KEYS}
+    length = st.radio("Run length", [LENGTH_SHORT, LENGTH_FULL, LENGTH_CUSTOM], horizontal=True, key="length",
+                      help=f"short: {SHORT_RUN['max_steps']} steps on {SHORT_RUN['train_limit']} training examples "
+                           f"(evaluating on {SHORT_RUN['dev_limit']}), still reallocating several times: where the budget "
+                           f"goes, in minutes. Full: the quality grid's settings ({FULL_RUN['epochs']:g} epochs of the whole "
+                           f"training set, every dev row, batch {FULL_RUN['batch_size']}, lr {format_lr(FULL_RUN['lr'])}): "
+                           "a score worth reading")
+    run_length = {k: PRESETS.get(length, SHORT_RUN)[k] for k in RUN_LENGTH_KEYS}
     if length == LENGTH_CUSTOM:
         c1, c2, c3 = st.columns(3)
         run_length["max_steps"] = c1.number_input("Max steps (0: by epochs)", min_value=0, value=SHORT_RUN["max_steps"], key="max_steps") or None
@@ -83,6 +116,8 @@ with settings:
         run_length["train_limit"] = c1.number_input("Training examples (0: all)", min_value=0, value=SHORT_RUN["train_limit"], key="train_limit") or None
         run_length["dev_limit"] = c2.number_input("Dev examples (0: all)", min_value=0, value=SHORT_RUN["dev_limit"], key="dev_limit") or None
         run_length["batch_size"] = c3.number_input("Batch size", min_value=1, value=SHORT_RUN["batch_size"], key="batch_size")
+        run_length["lr"] = c1.number_input("Learning rate", min_value=0.0, value=float(SHORT_RUN["lr"]), step=1e-4,
+                                           format="%.1e", key="lr")
 
 fields = dict(model=model.strip(), task=task, mode=mode, proxy=proxy, ranking=ranking, lora_targets=lora_targets,
               shortcuts=shortcuts and method.shortcuts, rank=int(rank), seed=int(seed), enable_ratio=float(enable_ratio),
@@ -103,6 +138,7 @@ with preview:
                    f"classification head: {plan['head_params']:,} parameters, trained in every configuration")
         for note in plan["notes"]:
             st.caption(note)
+        run_time(config, length == LENGTH_SHORT)
     if st.button("Launch run", type="primary", disabled=bool(error), icon=":material/play_arrow:", key="launch"):
         record = data.store().enqueue(config)
         data.start_worker()
