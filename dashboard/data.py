@@ -74,14 +74,16 @@ def _listing_signature(rows: list[StoredRun]) -> int:
 
 def runs_frame(rows: list[StoredRun]) -> pd.DataFrame:
     """The Runs table of ``rows`` (:func:`heterolora_core.analysis.compare.runs_table`) with each
-    run's ``label`` (:func:`labels_for`) as the second column; cached until the listing changes."""
+    run's ``label`` (:func:`~dashboard.components.formatting.run_label`: the fields that define it;
+    two copies of a run read the same, their ids tell them apart) as the second column; cached
+    until the listing changes."""
     return _runs_frame(str(store().home), _listing_signature(rows), rows)
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def _runs_frame(home: str, signature: int, _rows: list[StoredRun]) -> pd.DataFrame:
     frame = runs_table(_rows, Path(home))
-    frame.insert(1, "label", frame["run_id"].map(labels_for(_rows)))
+    frame.insert(1, "label", frame["run_id"].map({row.run_id: run_label(row.config) for row in _rows}))
     return frame
 
 

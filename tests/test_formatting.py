@@ -78,3 +78,10 @@ def test_format_duration():
     assert format_duration(95) == "1m 35s"
     assert format_duration(3700) == "1h 01m"
     assert format_duration(None) == "" and format_duration(float("nan")) == ""
+
+
+def test_search_fields_of_a_method_that_does_not_search_read_as_missing():
+    frame = pd.DataFrame({"proxy": ["grad_norm", "snip"], "rank": [8, 32]})
+    shown = readable_fields(frame, ["proxy", "rank"], modes=["lora", "dynamic"])
+    assert shown["proxy"].tolist() == ["–", "snip"] and shown["rank"].tolist() == ["8", "32"]
+    assert readable_fields(frame, ["proxy"], modes=["no-such-mode", "lora"])["proxy"].tolist() == ["grad_norm", "–"]

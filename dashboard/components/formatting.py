@@ -111,13 +111,21 @@ def format_field(name: str, value: object) -> str:
     return str(value)
 
 
-def readable_fields(frame: pd.DataFrame, fields: Iterable[str]) -> pd.DataFrame:
+#: Config fields that only a searching method reads (shown as ``–`` for the others).
+SEARCH_FIELDS = ("proxy", "ranking", "score_norm", "enable_ratio", "match_uniform_rank", "proxy_batches", "score_window")
+
+
+def readable_fields(frame: pd.DataFrame, fields: Iterable[str], modes: Iterable[object] | None = None) -> pd.DataFrame:
     """``frame`` with each of ``fields`` (config-field columns) as readable text under its
-    readable name (:func:`field_label`, :func:`format_field`)."""
+    readable name (:func:`field_label`, :func:`format_field`). ``modes``, one per row: a method
+    that does not search shows ``–`` for :data:`SEARCH_FIELDS` (uniform LoRA has no proxy)."""
     fields = [f for f in fields if f in frame.columns]
+    searches = [True] * len(frame) if modes is None else [
+        (m := registry.find(mode)) is None or m.searches for mode in modes]
     out = frame.copy()
     for name in fields:
-        out[name] = [format_field(name, v) for v in out[name]]
+        out[name] = [format_field(name, v) if (ok or name not in SEARCH_FIELDS) else "–"
+                     for v, ok in zip(out[name], searches)]
     return out.rename(columns={name: field_label(name) for name in fields})
 
 

@@ -58,7 +58,7 @@ shown = readable_fields(table.assign(
     seeds=table["seeds"].map(lambda seeds: ", ".join(map(str, seeds))),
     search=table["search_seconds"].map(format_duration),
     wall=table["wall_seconds"].map(format_duration),
-), differing)
+), differing, modes=table["key"].map(lambda k: configs[k].mode))
 st.dataframe(
     shown[["config", *[field_label(f) for f in differing], "runs", "n_seeds", "seeds", "best_score", "final_score",
            "trainable_params", "search", "wall"]],

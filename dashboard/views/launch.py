@@ -48,9 +48,10 @@ def run_time(config: dict, short: bool) -> None:
     else:
         st.metric("Estimated run time", f"≈ {format_duration(estimate.seconds)}",
                   help="startup + steps × seconds per step; " + estimate.basis)
+        spread = (f" (range {format_duration(estimate.low)}–{format_duration(estimate.high)})"
+                  if format_duration(estimate.low) != format_duration(estimate.high) else "")
         st.caption(f"{estimate.steps:,} steps × {estimate.seconds_per_step:.2f} s + {estimate.startup_seconds:.0f} s "
-                   f"startup on {estimate.device} (range {format_duration(estimate.low)}–{format_duration(estimate.high)}): "
-                   f"{estimate.basis}.")
+                   f"startup on {estimate.device}{spread}: {estimate.basis}.")
     if short and size.majority_rate is not None:
         split = (f"; {format_score(size.split_majority_rate, 1)}% over the whole dev split"
                  if size.split_majority_rate is not None and config.get("dev_limit") else "")

@@ -54,12 +54,13 @@ shown = readable_fields(table.assign(
     ci=[format_interval((lo, hi), missing="–") for lo, hi in zip(table["final_low"], table["final_high"])],
     best=score_points(table["best_mean"]),
     delta=[format_difference(m, lo, hi) for m, lo, hi in zip(table["delta_mean"], table["delta_low"], table["delta_high"])],
-), fields)
+), fields, modes=table["key"].map(lambda k: configs[k].mode))
 st.dataframe(
-    shown[["configuration", *[field_label(f) for f in fields], "task", "runs", "n_seeds", "seeds", "final", "ci", "best",
-           "delta", "verdict", "trainable_params"]],
+    shown[["configuration", "runs", "n_seeds", "final", "ci", "best", "delta", "verdict", "task",
+           *[field_label(f) for f in fields], "seeds", "trainable_params"]],
     hide_index=True, key="results_table",
     column_config={
+        "configuration": st.column_config.TextColumn("configuration", width="large", pinned=True),
         "n_seeds": "n seeds",
         "final": "final epoch (mean ± std)",
         "ci": "95% interval",

@@ -27,7 +27,7 @@ if not rows:
     st.page_link("views/launch.py", label="Launch a run", icon=":material/rocket_launch:")
     st.stop()
 
-labels = data.labels_for(rows)
+labels = data.labels_for(rows)  # unique (curve legends); the table and the picker show the plain label beside the id
 any_active = any(row.status in ACTIVE_STATUSES for row in rows)
 frame = data.runs_frame(rows)
 chosen = run_filters(frame, "runs", expanded=len(rows) > 20)
@@ -95,7 +95,7 @@ def live_table(chosen: RunFilter, sort_by: str, descending: bool, grouped: bool)
         hide_index=True,
         key="runs_table",
         column_config={
-            "run": st.column_config.TextColumn("run", width="large"),
+            "run": st.column_config.TextColumn("run", width="large", pinned=True),
             "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
             "eta": "ETA",
             "final": st.column_config.NumberColumn("final", format="%.2f", help="last evaluation, GLUE points (×100)"),
@@ -123,15 +123,14 @@ st.subheader("Selected run")
 row_by_id = data.by_id(rows)
 # the filtered runs, in the table's order (every run when nothing matches)
 choices = sort_runs(filter_runs(frame, chosen), sort_by, descending, grouped)["run_id"].tolist() or list(row_by_id)
-if st.session_state.get("selected_run") not in choices:
-    st.session_state.pop("selected_run", None)
-default = next((i for i, rid in enumerate(choices) if row_by_id[rid].status == "running"), 0)
-run_id = st.selectbox("Run", choices, index=default, key="selected_run",
-                      format_func=lambda rid: f"{labels[rid]} — {rid}")
+if st.session_state.get("selected_run") not in choices:  # set, not dropped: the browser shows the new choice
+    st.session_state["selected_run"] = next((rid for rid in choices if row_by_id[rid].status == "running"), choices[0])
+plain = dict(zip(frame["run_id"], frame["label"]))
+run_id = st.selectbox("Run", choices, key="selected_run", format_func=lambda rid: f"{plain.get(rid, rid)} — {rid}")
 row = row_by_id[run_id]
 status = row.status
 store = data.store()
-st.caption(f"Status: **{status}** · {labels[run_id]}")
+st.caption(f"Status: **{status}** · {plain.get(run_id, run_id)}")
 if row.problem:
     st.warning(f"This record is damaged: {row.problem}", icon=":material/warning:")
 
