@@ -40,6 +40,7 @@ import transformers as tf
 from benchmarks import common
 from heterolora_core import HeteroLoraConfig, attach
 from heterolora_core.adapters.modules import head_module
+from heterolora_core.methods import registry
 from heterolora_core.search.budget import Budget
 from heterolora_core.search.reallocator import Reallocator
 from heterolora_core.search.statistics import ScoringStatistics, make_statistics
@@ -152,14 +153,15 @@ def memory_child(mode: str, hidden: int, layers: int, steps: int, device: str) -
     """Train ``steps`` steps and print the peak resident memory (MiB) as JSON."""
     torch.manual_seed(0)
     model = llama(hidden, layers).to(device).train()
-    rank = 32 if mode == "dynamic" else 8
+    searching = (registry.find(mode) or registry.info("lora")).reallocates  # "uniform" is no registered mode
+    rank = 32 if searching else 8
     adapters = attach(model, HeteroLoraConfig(rank=rank, lora_targets=TARGETS, shortcuts=False, init_seed=0))
     for p in head_module(model).parameters():
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     inputs = batch(device)
     reallocator = None
-    if mode == "dynamic":  # 25% of the candidates at rank 32 = every candidate at rank 8
+    if searching:  # 25% of the candidates at rank 32 = every candidate at rank 8
         reallocator = Reallocator(model, adapters, "grad_norm", Budget(match_uniform_rank=8), seed=0)
     for step in range(steps):
         window = reallocator.training_window() if reallocator is not None else contextlib.nullcontext()
