@@ -653,3 +653,24 @@ def test_compare_names_the_differing_fields_readably(make_run):
     table = at.dataframe[0].value
     assert "learning rate" in table.columns and sorted(table["learning rate"]) == ["1e-3", "5e-4"]
     assert set(table["n_seeds"]) == {1}
+
+
+def _plotly_values(array):
+    """A Plotly spec's array (a list, or the typed-array encoding of a numpy array)."""
+    import base64
+
+    import numpy as np
+
+    if isinstance(array, dict) and "bdata" in array:
+        return np.frombuffer(base64.b64decode(array["bdata"]), dtype=array["dtype"]).tolist()
+    return list(array)
+
+
+def test_metric_curves_are_in_glue_points(make_run):
+    record = make_run("curves", status="done")
+    evals = [m["eval_accuracy"] for m in record.metrics() if "eval_accuracy" in m]
+    at = open_page("runs")
+    loss, metric = plotly_specs(at)
+    assert _plotly_values(metric["data"][0]["y"]) == pytest.approx([100 * a for a in evals])
+    assert metric["layout"]["yaxis"]["title"]["text"] == "accuracy (×100)"
+    assert max(_plotly_values(loss["data"][0]["y"])) < 1.5  # the loss is not a score

@@ -157,6 +157,12 @@ def score_points(values: pd.Series) -> pd.Series:
     return pd.to_numeric(values, errors="coerce") * units.SCALE
 
 
+def score_curves(curves: pd.DataFrame) -> pd.DataFrame:
+    """A :func:`~heterolora_core.analysis.compare.curves_frame` of evaluation scores with its
+    ``value`` column in GLUE points."""
+    return curves.assign(value=score_points(curves["value"]))
+
+
 def format_score_stats(mean: float | None, std: float | None, n: int, with_n: bool = True) -> str:
     """Mean ± std of scores in points: ``79.90 ± 1.85 (n=3)`` (:func:`format_mean_std` of the points)."""
     return format_mean_std(units.points(mean), units.points(std), n, digits=2, with_n=with_n)

@@ -4,7 +4,7 @@ import streamlit as st
 from dashboard import data
 from dashboard.components import charts
 from dashboard.components.formatting import (field_label, format_duration, format_score_stats, readable_fields,
-                                             run_label)
+                                             run_label, score_curves)
 from heterolora_core.analysis import allocation as alloc
 from heterolora_core.analysis import compare
 
@@ -93,10 +93,10 @@ if rank_views:
 st.subheader("Curves")
 series = {labels[r.run_id]: (data.metrics(r), r.summary.metric) for r in chosen}
 metric_col, loss_col = st.columns(2)
-metric_curves, loss_curves = compare.curves_frame(series, "metric"), compare.curves_frame(series, "loss")
+metric_curves, loss_curves = score_curves(compare.curves_frame(series, "metric")), compare.curves_frame(series, "loss")
 metric_name = next((m for _, m in series.values() if m), "metric")
 if not metric_curves.empty:
-    metric_col.plotly_chart(charts.curves_figure(metric_curves, metric_name), key="compare_metric", config=charts.png_config("compare-metric"))
+    metric_col.plotly_chart(charts.curves_figure(metric_curves, f"{metric_name} (×100)"), key="compare_metric", config=charts.png_config("compare-metric"))
 if not loss_curves.empty:
     loss_col.plotly_chart(charts.curves_figure(loss_curves, "training loss"), key="compare_loss", config=charts.png_config("compare-loss"))
 

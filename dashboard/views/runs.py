@@ -5,7 +5,7 @@ import streamlit as st
 from dashboard import data
 from dashboard.components import charts
 from dashboard.components.filters import run_filters
-from dashboard.components.formatting import command_line, format_duration, format_lr, score_points
+from dashboard.components.formatting import command_line, format_duration, format_lr, score_curves, score_points
 from heterolora_core.analysis.compare import RunFilter, curves_frame, experiments_table, filter_runs, sort_runs
 from heterolora_core.records.record import ACTIVE_STATUSES, STATUSES
 from heterolora_core.records.store import StoreError, StoredRun
@@ -44,7 +44,7 @@ def run_curves(rows_to_plot: list[StoredRun], key: str, labels: dict[str, str]) 
     series = {labels.get(r.run_id, r.run_id): (data.metrics(r), r.summary.metric) for r in rows_to_plot}
     loss_col, metric_col = st.columns(2)
     loss = curves_frame(series, "loss")
-    metric = curves_frame(series, "metric")
+    metric = score_curves(curves_frame(series, "metric"))
     metric_name = next((m for _, m in series.values() if m), "metric")
     with loss_col:
         if loss.empty:
@@ -56,7 +56,8 @@ def run_curves(rows_to_plot: list[StoredRun], key: str, labels: dict[str, str]) 
         if metric.empty:
             st.caption(f"No evaluation ({metric_name}) yet.")
         else:
-            st.plotly_chart(charts.curves_figure(metric, metric_name), key=f"{key}-metric", config=charts.png_config(metric_name))
+            st.plotly_chart(charts.curves_figure(metric, f"{metric_name} (×100)"), key=f"{key}-metric",
+                            config=charts.png_config(metric_name))
 
 
 def experiments_overview(table) -> None:
