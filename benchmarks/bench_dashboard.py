@@ -14,10 +14,17 @@ has drawn its traces. Three measurements, each repeated ``--repeats`` times, med
 
 Targets (the dashboard issue): sidebar click within 2 s, cold first load within 6 s.
 
+Runs page at research scale (default; ``--no-runs-page`` skips it): a data home of ``--runs`` (default
+1,000) small synthetic records in 10 experiment folders (:func:`heterolora_testing.synthetic.write_many_runs`),
+a freshly started server with the app open on the Compare page, then a click on "Runs" in the
+sidebar until the page is fully drawn (script finished, the runs table on its canvas, the selected
+run's two curves drawn): ``runs_click_first`` (the listing is read and the table built for the first
+time) and ``runs_click_cached`` (the same click again after going back to Compare). Target 2 s.
+
 Short run (``--short-run``): the Launch page's default run (``dashboard.components.forms.SHORT_RUN``)
 through the engine's CLI, ``--short-runs`` times (default 3), median wall time; target 2 minutes.
 
-    python benchmarks/bench_dashboard.py [--repeats 5] [--short-run] [--out data/results/bench_dashboard.json]
+    python benchmarks/bench_dashboard.py [--repeats 5] [--runs 1000] [--short-run] [--out data/results/bench_dashboard.json]
 """
 from __future__ import annotations
 
@@ -25,6 +32,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -33,8 +41,9 @@ import time
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-from heterolora_testing.synthetic import write_synthetic_run
-from heterolora_testing.server import JS_HEATMAPS, JS_PLOTS_DRAWN, StreamlitServer, launch_chromium
+from heterolora_testing.synthetic import write_many_runs, write_synthetic_run
+from heterolora_testing.server import (JS_HEATMAPS, JS_PLOTS_DRAWN, JS_TABLES_AND_PLOTS_DRAWN, StreamlitServer,
+                                       launch_chromium)
 from heterolora_core.records.record import RunRecord
 from dashboard.components.forms import SHORT_RUN, launch_config
 
@@ -117,6 +126,59 @@ def bench_pages(repeats: int, shots: Path | None) -> dict:
     return {name: {"median_s": round(statistics.median(v), 3), "runs_s": [round(x, 3) for x in v]} for name, v in results.items()}
 
 
+RUNS_PAGE_DRAWN = {"tables": 1, "plots": 2}  # the runs table; the selected run's loss and metric curves
+
+
+def open_in_sidebar(page, name: str) -> float:
+    """Seconds from a click on ``name`` in the sidebar to that page fully drawn (Runs: its table
+    and the selected run's curves; any other page: Streamlit idle)."""
+    link = page.locator('[data-testid="stSidebarNav"]').get_by_text(name, exact=True)
+    started = time.perf_counter()
+    link.click()
+    page.wait_for_selector(f'h1:has-text("{name}")', timeout=60_000)
+    drawn = RUNS_PAGE_DRAWN if name == "Runs" else {"tables": 0, "plots": 0}
+    page.wait_for_function(JS_TABLES_AND_PLOTS_DRAWN, arg=drawn, timeout=60_000, polling="raf")
+    return time.perf_counter() - started
+
+
+def check_listed(page, n_runs: int) -> None:
+    """The Runs page's status line counts every run of the store (``800 done · 100 failed · …``)."""
+    line = page.locator('[data-testid="stCaptionContainer"]').filter(has_text=" done").first.inner_text()
+    listed = sum(int(n) for n in re.findall(r"(\d+) (?:queued|running|done|failed|cancelled)", line))
+    assert listed == n_runs, f"the Runs page lists {listed} runs ({line!r}), expected {n_runs}"
+
+
+def bench_runs_page(repeats: int, n_runs: int, shots: Path | None) -> dict:
+    """The Runs page with ``n_runs`` records in the store: sidebar click to fully drawn."""
+    from playwright.sync_api import sync_playwright
+
+    results = {"runs_click_first": [], "runs_click_cached": []}
+    env = {"HETEROLORA_DASHBOARD_WORKER": "0"}
+    with tempfile.TemporaryDirectory(prefix="bench-runs-page-") as tmp, sync_playwright() as pw:
+        home = Path(tmp) / "home"
+        write_many_runs(home, n_runs)
+        browser = launch_chromium(pw)
+        try:
+            for i in range(repeats):
+                with StreamlitServer(home, env=env) as server:
+                    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                    page.goto(server.url + "/compare")
+                    page.wait_for_selector('h1:has-text("Compare")', timeout=60_000)
+                    page.wait_for_function(JS_TABLES_AND_PLOTS_DRAWN, arg={"tables": 1, "plots": 0}, timeout=60_000)
+                    results["runs_click_first"].append(open_in_sidebar(page, "Runs"))
+                    check_listed(page, n_runs)
+                    if shots and i == 0:
+                        page.screenshot(path=str(shots / f"bench-runs-{n_runs}.png"), full_page=True)
+                    open_in_sidebar(page, "Compare")
+                    results["runs_click_cached"].append(open_in_sidebar(page, "Runs"))
+                    check_listed(page, n_runs)
+                    page.close()
+                print(f"repeat {i + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in results.items()), flush=True)
+        finally:
+            browser.close()
+    return {name: {"median_s": round(statistics.median(v), 3), "runs_s": [round(x, 3) for x in v]} for name, v in results.items()}
+
+
 def bench_short_run(runs: int) -> dict:
     """The default short run through the engine's CLI, ``runs`` times; wall time of the process."""
     config = launch_config(SHORT_RUN)
@@ -148,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5, help="repetitions of each page measurement (median reported)")
     parser.add_argument("--no-pages", action="store_true", help="skip the browser measurements")
+    parser.add_argument("--no-runs-page", action="store_true", help="skip the Runs page at research scale")
+    parser.add_argument("--runs", type=int, default=1000, help="synthetic runs in the store for the Runs page measurement")
     parser.add_argument("--short-run", action="store_true", help="also time the default short run through the CLI")
     parser.add_argument("--short-runs", type=int, default=3)
     parser.add_argument("--screens", type=Path, default=Path("/tmp/heterolora_screens"), help="where the first page screenshot goes")
@@ -161,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
         report["allocation_page"] = {"record": f"{PAPER_LAYERS} layers, 143 modules, {PAPER_REALLOCATIONS} reallocations",
                                      "targets_s": {"sidebar_click": 2.0, "cold_first_load": 6.0},
                                      **bench_pages(args.repeats, args.screens)}
+    if not args.no_runs_page:
+        args.screens.mkdir(parents=True, exist_ok=True)
+        report["runs_page"] = {"store": f"{args.runs} synthetic runs in 10 experiments", "targets_s": {"sidebar_click": 2.0},
+                               **bench_runs_page(args.repeats, args.runs, args.screens)}
     if args.short_run:
         report["short_run"] = {"target_s": 120.0, **bench_short_run(args.short_runs)}
     args.out.parent.mkdir(parents=True, exist_ok=True)

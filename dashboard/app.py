@@ -26,6 +26,7 @@ PAGES = [
     st.Page("views/runs.py", title="Runs", icon=":material/list_alt:"),
     st.Page("views/allocation.py", title="Allocation", icon=":material/grid_on:"),
     st.Page("views/compare.py", title="Compare", icon=":material/compare:"),
+    st.Page("views/results.py", title="Results", icon=":material/table_chart:"),
 ]
 page = st.navigation(PAGES)
 

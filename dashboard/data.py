@@ -2,10 +2,14 @@
 
 Records are read through ``st.cache_data`` keyed on the file's (mtime, size), so a page rerun
 re-reads a record only when the engine appended to it. The store itself (:class:`RunStore`) is the
-one truth for the list of runs; this module never decides anything about a run.
+one truth for the list of runs (it re-parses a record only when its files changed); the Runs
+table built from the listing (:func:`runs_frame`: one row per run, with its label) is cached on
+what the listing says, so a page with a thousand runs builds it once per change, not per rerun.
+This module never decides anything about a run.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import NamedTuple
@@ -15,6 +19,8 @@ import streamlit as st
 
 from dashboard.components.formatting import run_label
 from heterolora_core.analysis import allocation as alloc
+from heterolora_core.analysis import estimate
+from heterolora_core.analysis.compare import runs_table
 from heterolora_core.records import worker
 from heterolora_core.records.home import data_home
 from heterolora_core.records.record import ReallocationLine, RunRecord, iter_jsonl, metrics_line
@@ -67,6 +73,28 @@ def labels_for(rows: list[StoredRun]) -> dict[str, str]:
     base = {row.run_id: run_label(row.config) for row in rows}
     counts = pd.Series(list(base.values()), dtype="object").value_counts()
     return {rid: (f"{label} · {rid[-6:]}" if counts[label] > 1 else label) for rid, label in base.items()}
+
+
+def _listing_signature(rows: list[StoredRun]) -> int:
+    """A hash of everything the Runs table shows of each run (cheap: no file is read)."""
+    return hash(tuple((r.run_id, str(r.path), r.status, r.created_at, r.sweep_id, r.problem, r.summary.progress,
+                       r.summary.step, r.summary.eta_seconds, r.summary.best_score, r.summary.final_score,
+                       r.summary.wall_seconds, r.summary.error, r.summary.trainable_params) for r in rows))
+
+
+def runs_frame(rows: list[StoredRun]) -> pd.DataFrame:
+    """The Runs table of ``rows`` (:func:`heterolora_core.analysis.compare.runs_table`) with each
+    run's ``label`` (:func:`~dashboard.components.formatting.run_label`: the fields that define it;
+    two copies of a run read the same, their ids tell them apart) as the second column; cached
+    until the listing changes."""
+    return _runs_frame(str(store().home), _listing_signature(rows), rows)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _runs_frame(home: str, signature: int, _rows: list[StoredRun]) -> pd.DataFrame:
+    frame = runs_table(_rows, Path(home))
+    frame.insert(1, "label", frame["run_id"].map({row.run_id: run_label(row.config) for row in _rows}))
+    return frame
 
 
 def _stamp(path: Path) -> tuple[int, int]:
@@ -140,3 +168,59 @@ def allocation_view(row: StoredRun) -> AllocationView:
     """The allocation analysis of a run (cached until its reallocations file changes)."""
     path = row.path / RunRecord.REALLOCATIONS
     return _allocation_view(str(path), _stamp(path), row.summary.n_layers)
+
+
+def rank_view(row: StoredRun) -> tuple[pd.DataFrame, alloc.RankTimeline] | None:
+    """A rank-allocating run's final ranks (:func:`~heterolora_core.analysis.allocation.rank_frame`)
+    and its rank timeline, or None when its reallocation lines carry no ranks."""
+    path = row.path / RunRecord.REALLOCATIONS
+    return _rank_view(str(path), _stamp(path))
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _rank_view(path: str, stamp: tuple[int, int]) -> tuple[pd.DataFrame, alloc.RankTimeline] | None:
+    reallocs = _read_reallocations(path, stamp)
+    if not alloc.has_ranks(reallocs):
+        return None
+    return alloc.rank_frame(reallocs), alloc.rank_timeline(reallocs)
+
+
+# -- before a launch: how long the run will take here -----------------------------------------------
+
+
+@st.cache_data(ttl=600, show_spinner="Sizing the run (the model's shapes and the task's data)…")
+def run_size(config_json: str):
+    """The engine's :class:`~heterolora_core.planning.RunSize` of a checked config (JSON), or None
+    when it cannot be sized now."""
+    from heterolora_core.planning import run_size as size_of
+    from heterolora_core.training.run_config import RunConfig
+
+    try:
+        return size_of(RunConfig.from_dict(json.loads(config_json)))
+    except Exception:  # a model or data source that cannot be read now: no estimate, never a crash
+        return None
+
+
+@st.cache_data(ttl=3600, show_spinner=False)
+def model_parameters(model: str) -> int | None:
+    """Parameters of a model the store's records name (None when it cannot be read now)."""
+    from heterolora_core.planning import model_parameter_count
+
+    try:
+        return model_parameter_count(model)
+    except Exception:  # a record's model folder that is gone, a hub id not in the cache
+        return None
+
+
+def run_time_estimate(config: dict, size) -> estimate.RunTimeEstimate:
+    """How long ``config`` (a checked config dict) will take here, from the store's finished
+    records (:mod:`heterolora_core.analysis.estimate`)."""
+    from heterolora_core.training.run_config import RunConfig
+
+    run_config = RunConfig.from_dict(config)
+    rows = [r for r in list_runs() if r.config is not None and r.summary.status == "done"]
+    sizes = {m: n for m in {r.config.model for r in rows} if (n := model_parameters(m))}
+    sizes[run_config.model] = size.model_params
+    speeds = estimate.measured_speeds(rows, size.device, sizes)
+    steps = estimate.planned_steps(run_config, size.train_rows)
+    return estimate.estimate_run_time(run_config, steps, size.model_params, size.device, speeds)

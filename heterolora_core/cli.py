@@ -194,7 +194,9 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     """Every run the data home's store indexes (CLI runs, queued runs, benchmark records), newest
-    first; a damaged record is listed with what is wrong with it."""
+    first; a damaged record is listed with what is wrong with it. Scores print in GLUE points
+    (×100); ``--json`` keeps the records' fractions."""
+    from heterolora_core.analysis.units import format_points
     from heterolora_core.records.store import RunStore
 
     store = RunStore(Path(args.home).expanduser() if args.home else None)
@@ -216,7 +218,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         return 0
     print(f"{'run':<48} {'status':<9} {'task':<6} {'mode':<8} {'proxy':<10} {'best':>7} {'trainable':>10} {'wall s':>8}")
     for r in rows:
-        best = f"{r['best']:.4f}" if r["best"] is not None else "-"
+        best = format_points(r["best"], missing="-")
         trainable = f"{r['trainable']:,}" if r["trainable"] is not None else "-"
         wall = f"{r['wall_s']:.0f}" if r["wall_s"] is not None else "-"
         print(f"{r['run']:<48} {r['status']:<9} {str(r['task']):<6} {str(r['mode']):<8} {str(r['proxy']):<10} "

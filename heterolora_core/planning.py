@@ -154,3 +154,55 @@ def score_candidates(proxy: str, model: str, task: str, train_file: str | None =
                             sketch_rank=sketch_rank,
                             progress=lambda items: tqdm(items, desc=f"scoring ({proxy})", leave=False))
     return scores, adapters.groups()
+
+
+@dataclass(frozen=True)
+class RunSize:
+    """What a run's length and speed depend on, known before it starts (for the wall-time estimate,
+    :mod:`heterolora_core.analysis.estimate`): the model's parameters (backbone and head), the
+    training rows it will use (``train_limit`` applied; None when the data cannot be read now), the
+    dev rows it evaluates, the share of the commonest label among those (the score of always
+    predicting it; None for regression) and over the whole dev split, and the device it would
+    train on."""
+
+    model_params: int
+    train_rows: int | None
+    dev_rows: int | None
+    majority_rate: float | None
+    split_majority_rate: float | None
+    device: str
+
+
+def majority_rate(labels: list) -> float | None:
+    """The share of the commonest label (the score of always predicting it); None without labels."""
+    if not labels:
+        return None
+    counts: dict = {}
+    for label in labels:
+        counts[label] = counts.get(label, 0) + 1
+    return max(counts.values()) / len(labels)
+
+
+def model_parameter_count(model: str, num_labels: int = 2) -> int:
+    """Parameters of ``model`` with a ``num_labels`` head, counted on the meta device (no weights)."""
+    return sum(p.numel() for p in meta_classifier(model, num_labels=num_labels).parameters())
+
+
+def run_size(config: RunConfig) -> RunSize:
+    """The :class:`RunSize` of a checked config (:func:`check_run` first: this reads the model's
+    config and the task's data, and raises what they raise)."""
+    from heterolora_core.training.environment import resolve_device
+
+    config = config.normalised()
+    num_labels = TASKS[config.task].num_labels if config.task in TASKS else 2
+    params = model_parameter_count(config.model, num_labels)
+    try:
+        data = load_task(config.task, train_file=config.train_file, dev_file=config.dev_file)
+    except (ValueError, OSError):  # no local GLUE files and no hub: the length stays unknown
+        return RunSize(params, None, None, None, None, resolve_device(config.device))
+    train = len(data.train) if not config.train_limit else min(len(data.train), config.train_limit)
+    split = [] if data.is_regression else [e.label for e in data.dev[data.primary_split]]
+    evaluated = split[: config.dev_limit or None]
+    dev_rows = len(data.dev[data.primary_split][: config.dev_limit or None])
+    return RunSize(params, train, dev_rows, majority_rate(evaluated), majority_rate(split),
+                   resolve_device(config.device))

@@ -34,6 +34,18 @@ JS_PLOTS_DRAWN = """(expected) => {
   return plots.every(p => p._fullLayout && p.querySelector('.cartesianlayer .hm image, .cartesianlayer .trace'));
 }"""
 
+#: JavaScript: true once Streamlit is idle and the page shows at least ``tables`` data frames (each
+#: drawn on its canvas) and ``plots`` Plotly charts, every chart drawn.
+JS_TABLES_AND_PLOTS_DRAWN = """({tables, plots}) => {
+  const app = document.querySelector('[data-testid="stApp"]');
+  if (!app || app.getAttribute('data-test-script-state') !== 'notRunning') return false;
+  if (document.querySelector('[data-testid="stSkeleton"]')) return false;
+  if (document.querySelectorAll('[data-testid="stDataFrame"] canvas').length < tables) return false;
+  const drawn = Array.from(document.querySelectorAll('.js-plotly-plot'));
+  if (drawn.length < plots) return false;
+  return drawn.every(p => p._fullLayout && p.querySelector('.cartesianlayer .hm image, .cartesianlayer .trace'));
+}"""
+
 #: JavaScript: for each Plotly chart, its heatmap traces: number of rows (y labels, and z rows when
 #: z is a plain array), colour axis and its range.
 JS_HEATMAPS = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(p => (p.data || [])

@@ -95,15 +95,24 @@ def write_synthetic_run(
     model: str = "embedded",
     created_at: float | None = None,
     best_score: float | None = None,
+    final_score: float | None = None,
+    task: str = "mrpc",
+    lr: float = 5e-4,
+    ranking: str = "combined",
+    ranks: bool = False,
 ) -> RunRecord:
     """Write a complete synthetic run folder at ``path`` and return its record.
 
     A static run gets exactly one reallocation (step 0); ``lora`` mode none. ``steps`` training
-    steps are logged every 5 steps with an evaluation every 20.
+    steps are logged every 5 steps with an evaluation every 20. ``best_score`` / ``final_score``
+    replace the scores the synthetic evaluations reach (a hand-made record for statistics);
+    ``ranks=True`` adds a per-module rank to every reallocation line (a rank-allocating method's
+    record: each enabled module between 1 and ``rank``, 0 when off).
     """
     rng = random.Random(zlib.crc32(f"{proxy}/{seed}".encode()))
-    config = RunConfig(task="mrpc", model=model, mode=mode, proxy=proxy, rank=rank, enable_ratio=enable_ratio,
-                       lora_targets=list(lora_targets), shortcuts=shortcuts, seed=seed, max_steps=steps).to_dict()
+    config = RunConfig(task=task, model=model, mode=mode, proxy=proxy, rank=rank, enable_ratio=enable_ratio,
+                       ranking=ranking, lora_targets=list(lora_targets), shortcuts=shortcuts, seed=seed, lr=lr,
+                       max_steps=steps).to_dict()
     if sweep_id:
         config["sweep_id"] = sweep_id
     record = RunRecord.create(path, config, status=Status.QUEUED)
@@ -116,7 +125,9 @@ def write_synthetic_run(
     for r in range(n_reallocations):
         step = 0 if n_reallocations <= 1 else round(r * steps / n_reallocations)
         scores = synthetic_scores(modules, rng, r, proxy)
-        record.append_reallocation(step, scores, select_top(scores, enable_ratio, rng, rank))
+        enabled = select_top(scores, enable_ratio, rng, rank)
+        extra = {"ranks": {n: (1 + rng.randrange(rank) if n in enabled else 0) for n in modules}} if ranks else {}
+        record.append_reallocation(step, scores, enabled, **extra)
     quality = {"grad_norm": 0.84, "snip": 0.82, "synflow": 0.82, "fisher": 0.83, "alpha_test": 0.83, "constant": 0.81}.get(proxy, 0.8)
     best = 0.0
     for step in range(0, steps + 1, 5):
@@ -131,12 +142,34 @@ def write_synthetic_run(
     record.update_summary(
         status=status, created_at=created, started_at=created + 1, finished_at=created + 61 if status == "done" else None,
         progress=1.0 if status == "done" else 0.5, step=steps if status == "done" else steps // 2, max_steps=steps,
-        best_score=best_score if best_score is not None else best, final_score=best, metric="accuracy",
+        best_score=best_score if best_score is not None else best,
+        final_score=final_score if final_score is not None else best, metric="accuracy",
         trainable_params=n_enabled * module_cost(rank), head_params=2 * EMBEDDED_HIDDEN + 2, num_reallocations=n_reallocations,
         wall_seconds=60.0 + rng.random() * 5, search_seconds=2.0 + rng.random(),
         n_layers=n_layers, error="synthetic failure" if status == "failed" else None,
     )
     return record
+
+
+def write_many_runs(home: str | os.PathLike, n: int, *, experiments: int = 10, n_layers: int = EMBEDDED_LAYERS,
+                    n_reallocations: int = 3, steps: int = 40) -> list[RunRecord]:
+    """``n`` small synthetic runs under ``<home>/results/exp<k>/run<i>``, a research-scale store: tasks,
+    modes, proxies, ranks, learning rates, seeds and statuses vary from run to run (deterministic in
+    ``n``), spread over ``experiments`` folders, newest last."""
+    modes, proxies = registry.names(), ("grad_norm", "snip", "fisher", "constant")
+    tasks, rates, ranks = ("mrpc", "rte", "cola"), (2e-4, 5e-4, 1e-3), (8, 16, 32)
+    statuses = ("done",) * 8 + ("failed", "cancelled")
+    start = time.time() - 10 * n
+    records = []
+    for i in range(n):
+        mode = modes[i % len(modes)]
+        records.append(write_synthetic_run(
+            Path(home) / "results" / f"exp{i % experiments}" / f"run{i:05d}", n_layers=n_layers,
+            n_reallocations=n_reallocations, mode=mode, proxy=proxies[(i // 7) % len(proxies)], seed=(i // 3) % 3,
+            rank=ranks[(i // 11) % len(ranks)], task=tasks[(i // 13) % len(tasks)], lr=rates[(i // 17) % len(rates)],
+            status=statuses[(i // experiments) % len(statuses)], steps=steps, shortcuts=registry.info(mode).shortcuts,
+            created_at=start + 10 * i))
+    return records
 
 
 # ---------------------------------------------------------------------------------------------

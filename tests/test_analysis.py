@@ -212,7 +212,7 @@ def test_compare_table_groups_seeds():
     rows = [_row(seed=0, best=0.80), _row(seed=1, best=0.84), _row(proxy="snip", best=0.79), _row(mode="lora", best=0.9)]
     table, configs = C.compare_table(rows)
     assert list(table.columns) == C.COMPARE_COLUMNS + ["mode", "proxy"]  # the differing settings get columns
-    assert _label(configs, table["key"].tolist()[0]) == "lora · r32"  # best first
+    assert _label(configs, table["key"].tolist()[0]) == "mrpc · lora · r32 · lr 5e-4"  # best first
     labels = table["key"].map(lambda k: _label(configs, k))
     grad = table[labels.str.contains("grad_norm")]
     assert len(grad) == 1
@@ -232,7 +232,7 @@ def test_compare_table_keeps_different_configs_apart_even_with_equal_labels():
     table, configs = C.compare_table([short, long_, long_2])
     assert len(table) == 2
     # both configurations read the same label; the differing setting is a column of its own
-    assert {_label(configs, k) for k in table["key"]} == {"dynamic · grad_norm · r32 · 25%"}
+    assert {_label(configs, k) for k in table["key"]} == {"mrpc · dynamic · grad_norm · r32 · 25% · lr 5e-4"}
     assert list(table.columns) == C.COMPARE_COLUMNS + ["max_steps"]
     assert sorted(table["max_steps"]) == [2, 4]
     assert table.set_index("max_steps")["runs"].to_dict() == {4: 2, 2: 1}
@@ -274,3 +274,64 @@ def test_score_summary_matches_numpy_box_statistics():
     assert v["upperfence"] < 5.0 and v["max"] == 5.0 and v["n"] == 201  # the outlier is beyond the fence
     assert summary.loc["q", "lowerfence"] == 1.0 and summary.loc["q", "upperfence"] == 3.0
     assert A.score_summary(A.score_distribution([])).empty
+
+
+# -- ranks: methods that give each module its own rank --------------------------------------------
+
+RANKED = lines([
+    {"step": 10, "scores": {"layer.0.lora.q": 1.0, "layer.0.lora.v": 2.0, "layer.1.lora.q": 3.0, "layer.1.lora.v": 4.0},
+     "enabled": ["layer.0.lora.q", "layer.0.lora.v", "layer.1.lora.q", "layer.1.lora.v"],
+     "ranks": {"layer.0.lora.q": 8, "layer.0.lora.v": 6, "layer.1.lora.q": 4, "layer.1.lora.v": 2}},
+    # layer.1.lora.v is switched off: rank 0 whatever its stated rank; layer.0.lora.v has no stated rank: 0
+    {"step": 20, "scores": {"layer.0.lora.q": 1.0, "layer.0.lora.v": 2.0, "layer.1.lora.q": 3.0, "layer.1.lora.v": 4.0},
+     "enabled": ["layer.0.lora.q", "layer.0.lora.v", "layer.1.lora.q"],
+     "ranks": {"layer.0.lora.q": 5, "layer.1.lora.q": 7, "layer.1.lora.v": 3}},
+])
+
+
+def test_rank_frame_and_grid_by_hand():
+    assert A.has_ranks(RANKED) and not A.has_ranks(REALLOCS)
+    final = A.rank_frame(RANKED).set_index("module")["rank"].to_dict()
+    assert final == {"layer.0.lora.q": 5, "layer.0.lora.v": 0, "layer.1.lora.q": 7, "layer.1.lora.v": 0}
+    first = A.rank_frame(RANKED, at=0)
+    assert first["rank"].tolist() == [8, 6, 4, 2] and str(first["rank"].dtype) == "int64"
+    grid = A.rank_grid(A.rank_frame(RANKED), "lora", n_layers=3)
+    assert grid.loc[0].tolist() == [5, 0] and grid.loc[1].tolist() == [7, 0] and grid.loc[2].isna().all()
+    assert A.rank_grid(A.rank_frame(RANKED), "shortcut").shape[1] == 0
+    assert A.rank_frame([]).empty and list(A.rank_frame([]).columns) == ["module", "layer", "group", "kind", "rank"]
+    # a line without ranks (a dynamic run's) gives every module rank 0
+    assert A.rank_frame(REALLOCS)["rank"].sum() == 0 and A.line_ranks(REALLOCS[0]) == {}
+
+
+def test_rank_timeline_by_hand():
+    rt = A.rank_timeline(RANKED)
+    assert rt.steps == [10, 20]
+    assert rt.ranks.loc["layer.0.lora.q"].tolist() == [8, 5]
+    assert rt.ranks.loc["layer.0.lora.v"].tolist() == [6, 0]
+    assert rt.ranks.loc["layer.1.lora.v"].tolist() == [2, 0]
+    assert rt.ranks.sum().tolist() == [20, 12]
+
+
+def test_the_committed_adalora_record_keeps_its_target_budget():
+    """An AdaLoRA record under data/results: 12 q,v modules, ranks from init_r 32 down to a total of
+    24 x 12 = 288 after the final allocation (docs/results.md, row 9)."""
+    from heterolora_core.records.record import RunRecord
+
+    record = RunRecord(Path(__file__).resolve().parents[1] / "data" / "results" / "gpu" / "lr0.0005" / "mrpc"
+                       / "adalora-qv-r32to24" / "seed0")
+    reallocs = record.reallocations()
+    final = A.rank_frame(reallocs)
+    assert len(final) == 12 and final["rank"].sum() == 288 and final["rank"].max() <= 32
+    assert A.rank_timeline(reallocs).ranks.sum().tolist()[-1] == 288
+    assert A.rank_grid(final, "lora").shape == (6, 2)
+
+
+def test_compare_table_counts_the_seeds_that_have_a_score():
+    """A seed run twice counts once (with its mean), a run without a score counts no seed."""
+    rows = [_row(seed=0, best=0.80), _row(seed=0, best=0.84), _row(seed=1, best=0.90),
+            _row(seed=2, best=None, status="running")]
+    table, _ = C.compare_table(rows)
+    row = table.iloc[0]
+    assert row["runs"] == 4 and row["n_seeds"] == 2 and row["seeds"] == [0, 1]
+    assert row["best_mean"] == pytest.approx((0.82 + 0.90) / 2)
+    assert row["best_std"] == pytest.approx(math.sqrt(2) * 0.04)  # sd of (0.82, 0.90)

@@ -17,8 +17,8 @@ from heterolora_core.analysis import allocation as alloc
 from heterolora_core.records.home import PROJECT_ROOT
 from heterolora_core.records.record import RunRecord
 from heterolora_core.records.store import RunStore
-from heterolora_testing.server import (CHROMIUM_MISSING, JS_HEATMAPS, JS_PLOTS_DRAWN, StreamlitServer, chromium_path,
-                                       launch_chromium)
+from heterolora_testing.server import (CHROMIUM_MISSING, JS_HEATMAPS, JS_PLOTS_DRAWN, JS_TABLES_AND_PLOTS_DRAWN,
+                                       StreamlitServer, chromium_path, launch_chromium)
 
 SCREENS = Path("/tmp/heterolora_screens")
 TINY_RUN = {"Max steps (0: by epochs)": "4", "Training examples (0: all)": "32", "Dev examples (0: all)": "32"}
@@ -280,3 +280,127 @@ def test_the_server_binds_loopback_from_any_directory(tmp_path):
     finally:
         os.killpg(local.pid, 15)
         local.wait(timeout=30)
+
+
+# ----------------------------------------------------------------------------------------------
+# Research scale: the committed records (a copy) in the Runs explorer and on the Results page
+# ----------------------------------------------------------------------------------------------
+
+#: docs/results.md, "The grid: every row at lr 5e-4", MRPC: row 4 (uniform LoRA q,v r24) and row 6
+#: (dynamic combined grad_norm r32, 9/35) against it.
+ROW4 = "mrpc · lora · no shortcuts · r24 · lr 5e-4"
+ROW6 = "mrpc · dynamic · grad_norm · r32 · 25% · lr 5e-4"
+DOCS_ROW4, DOCS_ROW6, DOCS_DELTA = "79.90 ± 1.85 (n=3)", "71.81 ± 3.19 (n=3)", "-8.09 [-17.8, 1.7]"
+
+
+@pytest.fixture
+def committed_home(tmp_path):
+    """The committed records copied into a temporary data home (the repository is never written)."""
+    home = tmp_path / "home"
+    shutil.copytree(PROJECT_ROOT / "data" / "results", home / "results")
+    return home
+
+
+def status_total(page) -> tuple[int, str]:
+    """The Runs page's status line (``39 of 173 runs · 39 done``): the runs it counts, and the line."""
+    line = page.locator('[data-testid="stCaptionContainer"]').filter(has_text=" done").first.inner_text()
+    return sum(int(n) for n in re.findall(r"(\d+) (?:queued|running|done|failed|cancelled)", line)), line
+
+
+def choose(page, label: str, option: str) -> None:
+    """Pick ``option`` in the Streamlit selectbox or multiselect labelled ``label`` (a combobox:
+    type to filter its options, click the one wanted)."""
+    box = page.get_by_role("combobox", name=label, exact=True)
+    box.click()
+    box.fill(option)
+    page.get_by_role("option", name=option, exact=True).first.click()
+    wait_idle(page)
+    page.keyboard.press("Escape")  # a multiselect stays open after a choice
+    wait_idle(page)
+
+
+def metric_value(page, label: str) -> str:
+    return page.locator('[data-testid="stMetric"]').filter(has_text=label).first \
+        .locator('[data-testid="stMetricValue"]').inner_text().strip()
+
+
+def test_the_runs_explorer_filters_the_committed_records(committed_home, screens):
+    _require_browser()
+    from playwright.sync_api import sync_playwright
+
+    from heterolora_core.analysis.compare import RunFilter, filter_runs, runs_table
+
+    store = RunStore(committed_home)
+    rows = store.list_runs()
+    frame = runs_table(rows, store.home)
+    expect_mrpc = len(filter_runs(frame, RunFilter(text="gpu/lr0.0005/mrpc")))
+    expect_row6 = len(filter_runs(frame, RunFilter({"proxy": ["grad_norm"], "ranking": ["combined"]},
+                                                   text="gpu/lr0.0005/mrpc/dynamic-combined")))
+    assert expect_mrpc == 39 and expect_row6 == 3
+    with StreamlitServer(committed_home, env={"HETEROLORA_DASHBOARD_WORKER": "0"}) as server, sync_playwright() as pw:
+        browser = launch_chromium(pw)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1200})
+            page.set_default_timeout(60_000)
+            page.goto(server.url + "/runs")
+            page.wait_for_function(JS_TABLES_AND_PLOTS_DRAWN, arg={"tables": 1, "plots": 0})
+            assert status_total(page)[0] == len(rows) == 173
+            search = page.get_by_role("textbox", name="Search", exact=True)
+            search.fill("gpu/lr0.0005/mrpc")
+            search.press("Enter")
+            wait_idle(page)
+            total, line = status_total(page)
+            assert total == expect_mrpc and line.startswith(f"{expect_mrpc} of {len(rows)} runs"), line
+            search.fill("gpu/lr0.0005/mrpc/dynamic-combined")
+            search.press("Enter")
+            wait_idle(page)
+            choose(page, "Proxy", "grad_norm")
+            total, line = status_total(page)
+            assert total == expect_row6, line
+            page.wait_for_function(JS_TABLES_AND_PLOTS_DRAWN, arg={"tables": 1, "plots": 0})
+            screens(page, "06-runs-filtered")
+            # the selected run follows the filter: one of row 6's seeds
+            selected = page.get_by_role("combobox", name="Run", exact=True).input_value()
+            assert "dynamic-combined-gradnorm-r32/seed" in selected and ROW6 in selected, selected
+        finally:
+            browser.close()
+
+
+def test_results_on_the_committed_records_match_docs_results(committed_home, screens):
+    _require_browser()
+    from playwright.sync_api import sync_playwright
+
+    with StreamlitServer(committed_home, env={"HETEROLORA_DASHBOARD_WORKER": "0"}) as server, sync_playwright() as pw:
+        browser = launch_chromium(pw)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1400})
+            page.set_default_timeout(60_000)
+            page.goto(server.url + "/results")
+            page.wait_for_selector('h1:has-text("Results")')
+            wait_idle(page)
+            search = page.get_by_role("textbox", name="Search", exact=True)
+            search.fill("gpu/lr0.0005/mrpc")  # the grid's MRPC runs at 5e-4 on the GPU
+            search.press("Enter")
+            wait_idle(page)
+            choose(page, "Reference configuration", ROW4)
+            choose(page, "Configuration", ROW6)
+            page.wait_for_function(JS_TABLES_AND_PLOTS_DRAWN, arg={"tables": 1, "plots": 1})
+            assert metric_value(page, "Reference") == DOCS_ROW4
+            assert metric_value(page, "Final-epoch score") == DOCS_ROW6
+            assert metric_value(page, "Δ vs reference") == DOCS_DELTA
+            verdict = page.locator('[data-testid="stCaptionContainer"]').filter(has_text="Verdict:").first.inner_text()
+            assert verdict.strip() == "Verdict: noise"
+            # the forest plot draws the same difference, in points, with its interval
+            forest = page.evaluate("""(label) => {
+              for (const p of document.querySelectorAll('.js-plotly-plot'))
+                for (const t of p.data || []) {
+                  const i = (t.y || []).indexOf(label);
+                  if (i >= 0) return {x: t.x[i], plus: t.error_x.array[i], minus: t.error_x.arrayminus[i], name: t.name};
+                }
+              return null; }""", ROW6)
+            assert forest is not None and forest["name"] == "noise"
+            assert (round(forest["x"], 2), round(forest["x"] - forest["minus"], 1), round(forest["x"] + forest["plus"], 1)) \
+                == (-8.09, -17.8, 1.7)
+            screens(page, "07-results")
+        finally:
+            browser.close()

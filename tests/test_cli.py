@@ -165,6 +165,9 @@ def test_runs_lists_the_runs_of_the_data_home(tmp_path):
     table = run_cli("runs", env=cli_env(home), timeout=120)
     assert table.returncode == 0
     assert done.run_id in table.stdout and lora.run_id in table.stdout and "ValueError: boom" in table.stdout
+    # scores in GLUE points (x100) in the text table; --json keeps the record's fraction (above)
+    line = next(l for l in table.stdout.splitlines() if l.startswith(done.run_id))
+    assert " 81.25 " in line and "0.8125" not in table.stdout
     assert "not-listed" not in table.stdout
 
     # --home wins over the environment

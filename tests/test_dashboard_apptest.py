@@ -9,6 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 from dashboard.components.forms import SHORT_RUN
 from heterolora_core.analysis import allocation as alloc
+from heterolora_core.methods import registry
 from heterolora_core.records.home import PROJECT_ROOT
 from heterolora_core.records.store import RunStore
 from heterolora_core.training.run_config import RunConfig
@@ -47,10 +48,10 @@ def run_dirs(home):
 # -- app ------------------------------------------------------------------------------------------
 
 
-def test_app_has_four_pages_and_opens_on_launch(home):
+def test_app_has_five_pages_and_opens_on_launch(home):
     at = open_page()
     assert at.title[0].value == "Launch"
-    for page, title in [("runs", "Runs"), ("allocation", "Allocation"), ("compare", "Compare")]:
+    for page, title in [("runs", "Runs"), ("allocation", "Allocation"), ("compare", "Compare"), ("results", "Results")]:
         at.switch_page(f"views/{page}.py").run()
         assert not at.exception, [e.message for e in at.exception]
         assert at.title[0].value == title
@@ -114,6 +115,24 @@ def test_budget_updates_as_inputs_change():
     at.radio(key="mode").set_value("lora").run()
     assert at.metric[0].value == f"{35 * 8 * 768:,}"
     assert at.selectbox(key="proxy").disabled
+
+
+def test_every_registered_method_opens_the_form_with_its_own_settings(home):
+    """Each mode renders its own options (a rank mode's budget in adapter parameters, its rule as a
+    choice) and queues a config carrying them."""
+    at = open_page()
+    for mode in registry.names():
+        at.radio(key="mode").set_value(mode).run()
+        assert not at.exception, (mode, at.exception)
+    at.radio(key="mode").set_value("rank_static").run()
+    at.radio(key="budget").set_value("adapter parameters").run()
+    at.number_input(key="budget_params").set_value(9 * 12 * 768).run()
+    at.selectbox(key="rank_rule").set_value("proportional").run()
+    assert at.metric[0].value == f"{9 * 12 * 768:,}" and not at.error
+    at.button(key="launch").click().run()
+    config = json.loads((run_dirs(home)[0] / "config.json").read_text())
+    assert (config["mode"], config["budget_params"], config["rank_rule"], config["rank_init"]) == (
+        "rank_static", 9 * 12 * 768, "proportional", "kaiming")
 
 
 @pytest.mark.parametrize("widget, value, message", [
@@ -424,7 +443,7 @@ def test_compare_without_sweep_takes_the_two_newest_and_groups_seeds(make_run):
     assert sorted(at.multiselect(key="compare_runs").value) == ["s0", "s1"]
     table = at.dataframe[0].value
     assert len(table) == 1 and table["runs"].item() == 2
-    assert table["best_score"].item().startswith("0.8200 ± 0.0283")
+    assert table["best_score"].item().startswith("82.00 ± 2.83")  # GLUE points (×100)
 
 
 def test_compare_switches_sweeps(make_run):
@@ -468,3 +487,289 @@ def test_every_page_opens_the_committed_records(tmp_path, monkeypatch):
     at = open_page("compare")
     at.multiselect(key="compare_runs").set_value([r.run_id for r in rows[:12]]).run()
     assert not at.exception and len(at.dataframe[0].value) >= 1
+
+
+# -- Runs at research scale: filters, search, grouping, sorting --------------------------------------
+
+
+def test_runs_page_filters_searches_groups_and_sorts(home, make_run):
+    make_run("mrpc-a", task="mrpc", seed=0, final_score=0.81, best_score=0.82)
+    make_run("mrpc-b", task="mrpc", seed=1, proxy="snip", lr=1e-3, final_score=0.75, best_score=0.76)
+    make_run("rte-a", task="rte", seed=0, mode="lora", final_score=0.55, best_score=0.56)
+    at = open_page("runs")
+    table = at.dataframe[0].value
+    assert len(table) == 3
+    # scores in GLUE points; the label names task and learning rate; the id is its own column
+    assert table.set_index("run_id").loc["mrpc-a", "final"] == pytest.approx(81.0)
+    assert table.set_index("run_id").loc["mrpc-b", "run"] == "mrpc · dynamic · snip · r32 · 25% · lr 1e-3 · seed 1"
+    assert set(table["lr"]) == {"5e-4", "1e-3"}
+
+    at.multiselect(key="runs_task").set_value(["mrpc"]).run()
+    assert sorted(at.dataframe[0].value["run_id"]) == ["mrpc-a", "mrpc-b"]
+    assert any(c.value.startswith("2 of 3 runs") for c in at.caption)
+    at.multiselect(key="runs_lr").set_value([1e-3]).run()
+    assert at.dataframe[0].value["run_id"].tolist() == ["mrpc-b"]
+    assert at.selectbox(key="selected_run").options == [f"{at.dataframe[0].value['run'].item()} — mrpc-b"]
+    at.multiselect(key="runs_lr").set_value([]).run()
+    at.multiselect(key="runs_task").set_value([]).run()
+    at.text_input(key="runs_search").set_value("SNIP").run()
+    assert at.dataframe[0].value["run_id"].tolist() == ["mrpc-b"]
+    at.text_input(key="runs_search").set_value("no run is called this").run()
+    assert at.dataframe[0].value.empty and any("No run matches" in i.value for i in at.info)
+    assert not at.exception
+    at.text_input(key="runs_search").set_value("").run()
+
+    at.selectbox(key="runs_sort").set_value("final_score").run()
+    assert at.dataframe[0].value["run_id"].tolist() == ["mrpc-a", "mrpc-b", "rte-a"]
+    at.toggle(key="runs_descending").set_value(False).run()
+    assert at.dataframe[0].value["run_id"].tolist() == ["rte-a", "mrpc-b", "mrpc-a"]
+    at.toggle(key="runs_group").set_value(True).run()
+    experiments, runs = at.dataframe[0].value, at.dataframe[1].value
+    assert experiments["experiment"].tolist() == ["runs"] and experiments["runs"].tolist() == [3]
+    assert experiments["best_final"].item() == pytest.approx(81.0)
+    assert len(runs) == 3
+
+
+def test_runs_page_filters_by_experiment_folder(home):
+    from heterolora_testing.synthetic import write_many_runs
+
+    write_many_runs(home, 30, experiments=3)
+    at = open_page("runs")
+    assert len(at.dataframe[0].value) == 30
+    options = at.multiselect(key="runs_experiment").options
+    assert {"results", "results/exp0", "results/exp1", "results/exp2"} <= set(options)
+    at.multiselect(key="runs_experiment").set_value(["results/exp1"]).run()
+    table = at.dataframe[0].value
+    assert len(table) == 10 and set(table["experiment"]) == {"results/exp1"}
+    at.multiselect(key="runs_experiment").set_value(["results"]).run()  # a folder keeps everything below it
+    assert len(at.dataframe[0].value) == 30
+
+
+def test_a_stale_filter_never_breaks_the_runs_page(home, make_run):
+    make_run("keep", task="rte")
+    gone = make_run("gone", task="mrpc")
+    at = open_page("runs")
+    at.multiselect(key="runs_task").set_value(["mrpc"]).run()
+    assert at.dataframe[0].value["run_id"].tolist() == ["gone"]
+    import shutil
+
+    shutil.rmtree(gone.path)  # the only MRPC run disappears while the filter names MRPC
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert at.multiselect(key="runs_task").value == [] and at.dataframe[0].value["run_id"].tolist() == ["keep"]
+
+
+# -- Results: configurations over seeds, a reference, paired differences ----------------------------
+
+
+def _results_records(make_run):
+    """Hand-made records: a reference (uniform LoRA, 80 / 82 / 84), a row 10 points worse on every
+    seed (70 / 74 / 72), a row level with it (81 / 80 / 86), a single seed (90) and an RTE run."""
+    for seed, final in enumerate([0.80, 0.82, 0.84]):
+        make_run(f"ref-{seed}", mode="lora", rank=8, seed=seed, final_score=final, best_score=final + 0.01)
+    for seed, final in enumerate([0.70, 0.74, 0.72]):
+        make_run(f"worse-{seed}", seed=seed, final_score=final, best_score=final)
+    for seed, final in enumerate([0.81, 0.80, 0.86]):
+        make_run(f"level-{seed}", proxy="snip", seed=seed, final_score=final, best_score=final)
+    make_run("single-0", proxy="fisher", seed=0, final_score=0.90, best_score=0.90)
+    make_run("rte-0", task="rte", mode="lora", rank=8, seed=0, final_score=0.55, best_score=0.55)
+    make_run("failed-0", proxy="synflow", seed=0, status="failed")
+
+
+def _group_key(label_part: str) -> str:
+    from heterolora_core.analysis import results
+
+    from dashboard.components.formatting import run_label
+
+    groups = results.group_by_config(RunStore().list_runs())
+    return next(g.key for g in groups if label_part in run_label(g.config, include_seed=False))
+
+
+def test_results_groups_seeds_and_gives_verdicts_against_the_reference(home, make_run):
+    _results_records(make_run)
+    at = open_page("results")
+    assert not at.exception, [e.message for e in at.exception]
+    at.selectbox(key="results_reference").set_value(_group_key("mrpc · lora · r8")).run()
+    table = at.dataframe[0].value.set_index("configuration")
+    assert len(table) == 5  # the failed run has no result
+    ref = table.loc["mrpc · lora · r8 · lr 5e-4"]
+    assert (ref["final"], ref["ci"], ref["n_seeds"], ref["seeds"]) == ("82.00 ± 2.00", "[77.0, 87.0]", 3, "0, 1, 2")
+    assert ref["best"] == pytest.approx(83.0) and ref["verdict"] == "reference" and ref["delta"] == "–"
+    worse = table.loc["mrpc · dynamic · grad_norm · r32 · 25% · lr 5e-4"]
+    assert (worse["delta"], worse["verdict"]) == ("-10.00 [-15.0, -5.0]", "worse")
+    level = table.loc["mrpc · dynamic · snip · r32 · 25% · lr 5e-4"]
+    assert (level["delta"], level["verdict"]) == ("+0.33 [-4.8, 5.5]", "noise")
+    single = table.loc["mrpc · dynamic · fisher · r32 · 25% · lr 5e-4"]
+    assert (single["final"], single["delta"], single["verdict"]) == ("90.00", "+10.00", "n/a (1 seed)")
+    assert table.loc["rte · lora · r8 · lr 5e-4", "verdict"] == "other task"
+
+    # the forest plot holds every paired difference of the reference's task, in points
+    (forest,) = plotly_specs(at)
+    points = {y: x for trace in forest["data"] for x, y in zip(trace["x"], trace["y"])}
+    assert points == pytest.approx({"mrpc · dynamic · grad_norm · r32 · 25% · lr 5e-4": -10.0,
+                                    "mrpc · dynamic · snip · r32 · 25% · lr 5e-4": 0.01 / 3 * 100,
+                                    "mrpc · dynamic · fisher · r32 · 25% · lr 5e-4": 10.0})
+    verdicts = {t["name"] for t in forest["data"]}
+    assert verdicts == {"worse", "noise", "n/a (1 seed)"}
+
+    # one configuration against the reference, as metrics
+    at.selectbox(key="results_focus").set_value(_group_key("grad_norm")).run()
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Final-epoch score"] == "72.00 ± 2.00 (n=3)" and metrics["Reference"] == "82.00 ± 2.00 (n=3)"
+    assert metrics["Δ vs reference (95% interval)"] == "-10.00 [-15.0, -5.0]"
+    assert any(c.value == "Verdict: **worse**" for c in at.caption)
+
+
+def test_results_against_another_reference_and_its_csv(home, make_run):
+    from dashboard.components.formatting import group_labels, results_csv_frame
+    from heterolora_core.analysis import results
+
+    _results_records(make_run)
+    at = open_page("results")
+    at.selectbox(key="results_reference").set_value(_group_key("grad_norm")).run()
+    table = at.dataframe[0].value.set_index("configuration")
+    assert table.loc["mrpc · lora · r8 · lr 5e-4", ["delta", "verdict"]].tolist() == ["+10.00 [5.0, 15.0]", "better"]
+    assert "Download results (CSV)" in [b.proto.label for b in at.get("download_button")]
+    # what the button downloads: the engine's table in GLUE points, one row per configuration
+    groups = results.group_by_config(RunStore().list_runs())
+    labels = group_labels({g.key: g.config for g in groups})
+    csv = results_csv_frame(results.results_table(groups, _group_key("grad_norm")), labels).set_index("configuration")
+    row = csv.loc["mrpc · lora · r8 · lr 5e-4"]
+    assert row["final_mean"] == pytest.approx(82.0) and row["delta_mean"] == pytest.approx(10.0)
+    assert row["seeds"] == "0,1,2" and row["verdict"] == "better" and row["runs"] == 3
+    assert csv.columns[-1] == "key"
+
+
+def test_results_without_finished_runs_and_with_a_stale_reference(home, make_run):
+    make_run("failed", status="failed")
+    at = open_page("results")
+    assert any("No finished run matches" in i.value for i in at.info)
+    make_run("done-0", final_score=0.8)
+    at.session_state["results_reference"] = "a key no group has"
+    at.run()
+    assert not at.exception and len(at.dataframe[0].value) == 1
+    assert at.dataframe[0].value["verdict"].item() == "reference"
+
+
+# -- Launch: honest run lengths ----------------------------------------------------------------------
+
+
+def test_launch_estimates_the_run_time_from_finished_records(home, make_run):
+    from dashboard.components.formatting import format_duration
+    from heterolora_core.analysis.estimate import DEFAULT_SECONDS_PER_STEP, DEFAULT_STARTUP_SECONDS
+    from heterolora_core.training.environment import resolve_device
+
+    device = resolve_device("auto")
+    at = open_page()  # no record yet: the stated default
+    default = DEFAULT_STARTUP_SECONDS + 32 * DEFAULT_SECONDS_PER_STEP[device]
+    assert {m.label: m.value for m in at.metric}["Estimated run time"] == f"≈ {format_duration(default)}"
+    assert any(f"no finished {device} run in the store" in c.value for c in at.caption)
+    # a finished dynamic run of the embedded model: 40 steps in 60-65 s (write_synthetic_run), no startup stated
+    record = make_run("measured", steps=40)
+    record.update_summary(device=device)
+    wall = record.raw_summary().wall_seconds
+    st.cache_data.clear()
+    at = open_page()
+    expected = DEFAULT_STARTUP_SECONDS + 32 * wall / 40  # same model, method and batch as the short run
+    caption = next(c.value for c in at.caption if "steps ×" in c.value)
+    assert f"32 steps × {wall / 40:.2f} s" in caption and "measured by 1 finished" in caption
+    assert {m.label: m.value for m in at.metric}["Estimated run time"] == f"≈ {format_duration(expected)}"
+
+
+def test_the_short_run_says_its_score_means_nothing(home):
+    import os
+
+    at = open_page()
+    if not os.environ.get("GLUE_DIR"):
+        pytest.skip("GLUE_DIR is not set: the majority rate needs the task's data")
+    (info,) = [i.value for i in at.info if "short run" in i.value]
+    assert "where the budget goes" in info and "majority-class rate of the 200 dev rows" in info
+    assert "(68.5%; 68.4% over the whole dev split)" in info
+    at.radio(key="length").set_value("full run (the grid's)").run()
+    assert not [i for i in at.info if "short run" in i.value]
+    assert any("690 steps ×" in c.value for c in at.caption)  # 3 epochs of MRPC's 3,667 rows at batch 16
+
+
+def test_the_full_run_preset_is_the_grids_settings(home):
+    from benchmarks.grid.rows import SPEC, Settings
+
+    at = open_page()
+    at.radio(key="length").set_value("full run (the grid's)").run()
+    at.button(key="launch").click().run()
+    (folder,) = run_dirs(home)
+    config = json.loads((folder / "config.json").read_text())
+    grid = {**SPEC.base, **Settings().to_dict()}
+    for key in ("epochs", "lr", "batch_size", "max_length", "train_limit", "dev_limit", "max_steps"):
+        assert config[key] == grid[key], key
+    assert config["realloc_every"] == 0.2
+
+
+def test_custom_run_length_sets_the_learning_rate(home):
+    at = open_page()
+    at.radio(key="length").set_value("custom").run()
+    at.number_input(key="lr").set_value(1e-3).run()
+    at.button(key="launch").click().run()
+    (folder,) = run_dirs(home)
+    assert json.loads((folder / "config.json").read_text())["lr"] == 1e-3
+
+
+# -- ranks: a rank-allocating method's records ------------------------------------------------------
+
+
+def test_allocation_shows_ranks_per_layer_and_over_reallocations(make_run):
+    record = make_run("ranked", n_reallocations=4, rank=16, ranks=True)
+    final = alloc.rank_frame(record.reallocations())
+    at = open_page("allocation")
+    assert not at.exception, [e.message for e in at.exception]
+    assert any(s.value == "Rank per layer (final allocation)" for s in at.subheader)
+    heatmaps, timeline, _ = plotly_specs(at)
+    lora, shortcut = heatmaps["data"]
+    axis = heatmaps["layout"]["coloraxis"]
+    assert (axis["cmin"], axis["cmax"]) == (0, final["rank"].max())
+    grid = alloc.rank_grid(final, "lora", 6)
+    assert lora["z"] == [[None if v != v else v for v in row] for row in grid.to_numpy().tolist()]
+    assert len(timeline["data"]) == 1 and len(timeline["data"][0]["y"]) == len(final)
+    assert "Download ranks (CSV)" in [b.proto.label for b in at.get("download_button")]
+
+
+def test_compare_puts_rank_maps_side_by_side_with_readable_columns(make_run):
+    make_run("r1", n_reallocations=3, rank=16, ranks=True, sweep_id="ranks")
+    make_run("r2", n_reallocations=3, rank=8, ranks=True, seed=1, sweep_id="ranks")
+    at = open_page("compare")
+    table = at.dataframe[0].value
+    assert "rank" in table.columns and "n_seeds" in table.columns
+    assert any(s.value == "Rank per layer (final allocation)" for s in at.subheader)
+    specs = plotly_specs(at)
+    ranks = next(s for s in specs if s["layout"]["coloraxis"].get("colorbar", {}).get("title", {}).get("text", "").startswith("rank"))
+    assert len([t for t in ranks["data"] if t["type"] == "heatmap"]) == 4  # 2 runs x (LoRA, shortcut)
+    assert ranks["layout"]["coloraxis"]["cmin"] == 0
+
+
+def test_compare_names_the_differing_fields_readably(make_run):
+    make_run("a", lr=5e-4, sweep_id="lr")
+    make_run("b", lr=1e-3, sweep_id="lr")
+    at = open_page("compare")
+    table = at.dataframe[0].value
+    assert "learning rate" in table.columns and sorted(table["learning rate"]) == ["1e-3", "5e-4"]
+    assert set(table["n_seeds"]) == {1}
+
+
+def _plotly_values(array):
+    """A Plotly spec's array (a list, or the typed-array encoding of a numpy array)."""
+    import base64
+
+    import numpy as np
+
+    if isinstance(array, dict) and "bdata" in array:
+        return np.frombuffer(base64.b64decode(array["bdata"]), dtype=array["dtype"]).tolist()
+    return list(array)
+
+
+def test_metric_curves_are_in_glue_points(make_run):
+    record = make_run("curves", status="done")
+    evals = [m["eval_accuracy"] for m in record.metrics() if "eval_accuracy" in m]
+    at = open_page("runs")
+    loss, metric = plotly_specs(at)
+    assert _plotly_values(metric["data"][0]["y"]) == pytest.approx([100 * a for a in evals])
+    assert metric["layout"]["yaxis"]["title"]["text"] == "accuracy (×100)"
+    assert max(_plotly_values(loss["data"][0]["y"])) < 1.5  # the loss is not a score

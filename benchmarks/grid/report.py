@@ -3,7 +3,8 @@
 by seed with a better / worse / noise verdict).
 
 The table (printed, and written as JSON next to the records) gives per row and task: trainable
-parameters, the final-epoch dev score (headline) as mean ± std, its 95% t-interval over seeds, the
+parameters, the final-epoch dev score (headline) as mean ± std over seeds (a seed run twice counts
+once, with its mean: :func:`~heterolora_core.analysis.stats.seed_scores`), its 95% t-interval, the
 best epoch's mean beside it, the paired difference to the reference row with its 95% t-interval
 ("noise" when it contains 0), mean wall and search seconds and peak RSS.
 """
@@ -14,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from heterolora_core.analysis.allocation import score_drift, set_churn, slot_shares
-from heterolora_core.analysis.stats import describe, finite, paired_difference
+from heterolora_core.analysis.stats import describe, finite, paired_difference, seed_scores
+from heterolora_core.analysis.units import format_interval, format_points
 from heterolora_core.methods import registry
 from heterolora_core.records.record import RunRecord, RunSummary, Status
 
@@ -62,9 +64,10 @@ def collect(jobs: list[Job]) -> list[dict[str, Any]]:
 def aggregate(runs: list[dict[str, Any]], model: str = EMBEDDED) -> list[dict[str, Any]]:
     """The table: one entry per (row, task) with at least one planned run, in ``ROWS`` order."""
     done = [r for r in runs if r["status"] == "done" and r["final_score"] is not None]
-    finals = {}
+    by_row: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in done:
-        finals.setdefault((r["row"], r["task"]), {})[r["seed"]] = r["final_score"]
+        by_row.setdefault((r["row"], r["task"]), []).append(r)
+    finals = {key: seed_scores((r["seed"], r["final_score"]) for r in rs) for key, rs in by_row.items()}
     table = []
     tasks = list(dict.fromkeys(r["task"] for r in runs))
     for task in tasks:
@@ -81,8 +84,8 @@ def aggregate(runs: list[dict[str, Any]], model: str = EMBEDDED) -> list[dict[st
                 "trainable_params": params[0] if len(params) == 1 else (params or None),
                 "expected_params": row.expected_params if model == EMBEDDED else None,
                 "adalora_initial_params": next((r["adalora_initial_params"] for r in mine if r["adalora_initial_params"]), None),
-                "final": describe([r["final_score"] for r in mine]).to_dict(),
-                "best": describe([r["best_score"] for r in mine if r["best_score"] is not None]).to_dict(),
+                "final": describe(finals.get((row.id, task), {}).values()).to_dict(),
+                "best": describe(seed_scores((r["seed"], r["best_score"]) for r in mine).values()).to_dict(),
                 "wall_seconds": mean_of([r["wall_seconds"] for r in mine]),
                 "search_seconds": mean_of([r["search_seconds"] for r in mine]),
                 "peak_rss_mb": mean_of([r["peak_rss_mb"] for r in mine]),
@@ -120,7 +123,8 @@ def _comparisons(row, task: str, finals: dict[tuple[str, str], dict[int, float]]
 
 
 def _pct(x: float | None, digits: int = 2) -> str:
-    return "-" if x is None else f"{100 * x:.{digits}f}"
+    """A score in GLUE points, ``-`` when missing (the one conversion: analysis.units)."""
+    return format_points(x, digits, missing="-")
 
 
 def _final_text(stats: dict[str, Any]) -> str:
@@ -130,12 +134,12 @@ def _final_text(stats: dict[str, Any]) -> str:
 
 
 def _ci_text(ci: list[float] | None) -> str:
-    return "" if ci is None else f"[{_pct(ci[0], 1)}, {_pct(ci[1], 1)}]"
+    return format_interval(ci)
 
 
 def _difference_text(other: str, vs: dict[str, Any]) -> str:
     """``"4: +1.00 [0.2, 1.8] better"``: a paired difference against row ``other``, in points."""
-    return f"{other}: {100 * vs['mean']:+.2f} {_ci_text(vs['ci95'])} {vs['verdict']}"
+    return f"{other}: {format_points(vs['mean'], signed=True)} {_ci_text(vs['ci95'])} {vs['verdict']}"
 
 
 def _seconds(x: float | None, digits: int = 0) -> str:
@@ -298,6 +302,6 @@ def shares_markdown(entries: list[dict[str, Any]]) -> str:
              "|---|---|---|---|---|"]
     for e in entries:
         shares = " / ".join(f"{100 * e['layer'].get(k, 0.0):.0f}%" for k in layers)
-        final = "-" if e["final"] is None else f"{100 * e['final']:.2f}"
+        final = _pct(e["final"])
         lines.append(f"| {e['row']} {e['label']} | {shares} | {100 * e['lora']:.0f}% | {e['seeds']} | {final} |")
     return "\n".join(lines)

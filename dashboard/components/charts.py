@@ -1,8 +1,9 @@
 """Plotly figures of the dashboard: pure functions from analysis frames to ``go.Figure``.
 
 Every enable-frequency heatmap uses one colour axis fixed to 0–1 (:data:`FREQUENCY_COLORAXIS`), so
-colours mean the same in every panel and on every page. Rows are model layers, one row per layer,
-layer 0 at the bottom.
+colours mean the same in every panel and on every page; rank maps use one axis from 0 (off) to the
+largest rank drawn (:func:`rank_coloraxis`). Rows are model layers, one row per layer, layer 0 at
+the bottom.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from dashboard.components.formatting import GROUP_TITLES, kind_label
-from heterolora_core.analysis.allocation import Timeline
+from heterolora_core.analysis.allocation import RankTimeline, Timeline
 
 FREQUENCY_COLORAXIS = dict(cmin=0.0, cmax=1.0, colorscale="Viridis", colorbar=dict(title=dict(text="enable<br>frequency"), tickformat=".0%"))
 ON_OFF_COLORSCALE = [[0.0, "#e8eaf0"], [0.5, "#e8eaf0"], [0.5, "#2a6fdb"], [1.0, "#2a6fdb"]]
@@ -30,8 +31,18 @@ def _kind_labels(columns) -> list[str]:
     return [kind_label(c) for c in columns]
 
 
-def _heatmap(grid: pd.DataFrame, name: str) -> go.Heatmap:
-    """One layers x kinds heatmap trace on the shared frequency colour axis (``z`` rows = layers)."""
+FREQUENCY_HOVER = "layer %{y} · %{x}<br>enabled in %{z:.0%} of reallocations"
+RANK_HOVER = "layer %{y} · %{x}<br>rank %{z} (0 = off)"
+
+
+def rank_coloraxis(max_rank: float) -> dict:
+    """One colour axis for rank maps: 0 (off) to ``max_rank``, integer ticks."""
+    return dict(cmin=0.0, cmax=float(max(1, max_rank)), colorscale="Viridis",
+                colorbar=dict(title=dict(text="rank<br>(0 = off)"), tickformat="d"))
+
+
+def _heatmap(grid: pd.DataFrame, name: str, hover: str = FREQUENCY_HOVER) -> go.Heatmap:
+    """One layers x kinds heatmap trace on the figure's shared colour axis (``z`` rows = layers)."""
     z = grid.to_numpy(dtype=float)
     return go.Heatmap(
         z=np.where(np.isnan(z), None, z),
@@ -41,7 +52,7 @@ def _heatmap(grid: pd.DataFrame, name: str) -> go.Heatmap:
         name=name,
         xgap=2,
         ygap=1,
-        hovertemplate="layer %{y} · %{x}<br>enabled in %{z:.0%} of reallocations<extra>" + name + "</extra>",
+        hovertemplate=hover + "<extra>" + name + "</extra>",
     )
 
 
@@ -49,12 +60,14 @@ def _height(n_layers: int, rows: int = 1) -> int:
     return int(max(260, rows * (18 * n_layers + 60) + 80))
 
 
-def allocation_heatmaps(lora: pd.DataFrame, shortcut: pd.DataFrame, title: str = "") -> go.Figure:
+def allocation_heatmaps(lora: pd.DataFrame, shortcut: pd.DataFrame, title: str = "",
+                        coloraxis: dict | None = None, hover: str = FREQUENCY_HOVER) -> go.Figure:
     """The paper's Figures 4 and 5 for one run: a LoRA panel (layers x q/k/v/o/FFN) and a shortcut
-    panel (layers x res_attn/res_ffn/cross_attn/cross_ffn) side by side on one 0–1 colour axis.
+    panel (layers x res_attn/res_ffn/cross_attn/cross_ffn) side by side on one colour axis (0–1
+    enable frequency; a rank map passes :func:`rank_coloraxis` and :data:`RANK_HOVER`).
 
-    ``lora`` / ``shortcut`` are :func:`heterolora_core.analysis.allocation.frequency_grid` frames (index =
-    layers 0..L-1); a group without columns gets no panel.
+    ``lora`` / ``shortcut`` are :func:`heterolora_core.analysis.allocation.frequency_grid` (or
+    ``rank_grid``) frames (index = layers 0..L-1); a group without columns gets no panel.
     """
     panels = [(group, g) for group, g in (("lora", lora), ("shortcut", shortcut)) if g.shape[1] > 0]
     if not panels:
@@ -63,18 +76,19 @@ def allocation_heatmaps(lora: pd.DataFrame, shortcut: pd.DataFrame, title: str =
     fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[GROUP_TITLES[f] for f, _ in panels],
                         column_widths=[w / sum(widths) for w in widths], horizontal_spacing=0.08)
     for col, (group, grid) in enumerate(panels, start=1):
-        fig.add_trace(_heatmap(grid, GROUP_TITLES[group]), row=1, col=col)
+        fig.add_trace(_heatmap(grid, GROUP_TITLES[group], hover), row=1, col=col)
         fig.update_yaxes(title_text="layer" if col == 1 else None, dtick=1 if len(grid) <= 32 else None, row=1, col=col)
     n_layers = max(len(g) for _, g in panels)
-    fig.update_layout(coloraxis=FREQUENCY_COLORAXIS, height=_height(n_layers), margin=dict(l=50, r=20, t=60, b=40),
+    fig.update_layout(coloraxis=coloraxis or FREQUENCY_COLORAXIS, height=_height(n_layers), margin=dict(l=50, r=20, t=60, b=40),
                       title=dict(text=title) if title else None)
     return fig
 
 
-def compare_heatmaps(grids: Mapping[str, tuple[pd.DataFrame, pd.DataFrame]]) -> go.Figure:
-    """Several runs' heatmaps side by side on one 0–1 colour axis: one column per run, a LoRA row
-    and (when any run has shortcut candidates) a shortcut row. ``grids`` maps a run label to its
-    ``(lora grid, shortcut grid)``."""
+def compare_heatmaps(grids: Mapping[str, tuple[pd.DataFrame, pd.DataFrame]], coloraxis: dict | None = None,
+                     hover: str = FREQUENCY_HOVER) -> go.Figure:
+    """Several runs' heatmaps side by side on one colour axis (0–1 frequency, or a rank map's
+    :func:`rank_coloraxis`): one column per run, a LoRA row and (when any run has shortcut
+    candidates) a shortcut row. ``grids`` maps a run label to its ``(lora grid, shortcut grid)``."""
     labels = list(grids)
     has_shortcut = any(g[1].shape[1] > 0 for g in grids.values())
     n_rows = 2 if has_shortcut else 1
@@ -86,12 +100,12 @@ def compare_heatmaps(grids: Mapping[str, tuple[pd.DataFrame, pd.DataFrame]]) -> 
         for row, grid in enumerate(grids[label][:n_rows], start=1):
             n_layers = max(n_layers, len(grid))
             if grid.shape[1] > 0:
-                fig.add_trace(_heatmap(grid, label), row=row, col=col)
+                fig.add_trace(_heatmap(grid, label, hover), row=row, col=col)
             fig.update_yaxes(title_text="layer" if col == 1 else None, showticklabels=col == 1,
                              dtick=1 if len(grid) <= 32 else None, row=row, col=col)
     fig.update_annotations(font_size=11)
-    coloraxis = {**FREQUENCY_COLORAXIS, "colorbar": {**FREQUENCY_COLORAXIS["colorbar"], "x": 1.04}}
-    fig.update_layout(coloraxis=coloraxis, height=_height(n_layers, n_rows), margin=dict(l=50, r=40, t=70, b=40))
+    axis = coloraxis or FREQUENCY_COLORAXIS
+    fig.update_layout(coloraxis={**axis, "colorbar": {**axis["colorbar"], "x": 1.04}}, height=_height(n_layers, n_rows), margin=dict(l=50, r=40, t=70, b=40))
     return fig
 
 
@@ -194,4 +208,56 @@ def matrix_figure(matrix: pd.DataFrame, zmin: float, zmax: float, colorscale: st
                                colorbar=dict(title=dict(text=title))))
     fig.update_layout(height=max(300, 70 * len(labels) + 120), margin=dict(l=10, r=10, t=30, b=10),
                       yaxis=dict(autorange="reversed"))
+    return fig
+
+
+def rank_timeline_figure(rt: RankTimeline) -> go.Figure:
+    """Module x reallocation map of ranks (0 = off) on one colour axis from 0 to the largest rank;
+    ``rt`` is :func:`heterolora_core.analysis.allocation.rank_timeline`."""
+    x = [str(s) for s in rt.steps]
+    if len(set(x)) != len(x):
+        x = [f"#{j} · {s}" for j, s in enumerate(rt.steps)]
+    n_modules, n_realloc = rt.ranks.shape
+    top = int(rt.ranks.to_numpy().max()) if rt.ranks.size else 1
+    fig = go.Figure(go.Heatmap(
+        z=rt.ranks.to_numpy(dtype=np.int32), x=x, y=list(rt.ranks.index), coloraxis="coloraxis",
+        xgap=1 if n_realloc <= 40 else 0, ygap=1 if n_modules <= 60 else 0,
+        hovertemplate="%{y}<br>step %{x}: rank %{z}<extra></extra>"))
+    fig.update_layout(
+        coloraxis=rank_coloraxis(top), height=int(max(260, 9 * n_modules + 90)), margin=dict(l=10, r=10, t=30, b=40),
+        xaxis=dict(title="reallocation (training step)", type="category"),
+        yaxis=dict(autorange="reversed", type="category", tickfont=dict(size=9 if n_modules <= 80 else 7),
+                   dtick=1 if n_modules <= 150 else None),
+    )
+    return fig
+
+
+VERDICT_COLORS = {"better": "#2e8b57", "worse": "#c0392b", "noise": "#7f8c8d", "n/a (1 seed)": "#b0b7c3"}
+
+
+def forest_figure(rows: pd.DataFrame, reference: str) -> go.Figure:
+    """The paired differences to ``reference`` as a forest plot: one row per configuration, its
+    mean difference in points with the 95% interval as an error bar, coloured by verdict, and a
+    line at 0. ``rows`` has columns ``configuration, delta, low, high, verdict`` (points; ``low`` /
+    ``high`` NaN with one seed)."""
+    fig = go.Figure()
+    for verdict, part in rows.groupby("verdict", sort=False):
+        delta, low, high = (part[c].to_numpy(dtype=float) for c in ("delta", "low", "high"))
+        # plain lists: a handful of rows, and the numbers stay readable in the page (tests, exports)
+        fig.add_trace(go.Scatter(
+            x=delta.tolist(), y=part["configuration"].tolist(), mode="markers", name=str(verdict),
+            marker=dict(size=10, color=VERDICT_COLORS.get(verdict, "#34495e")),
+            error_x=dict(type="data", symmetric=False, array=np.nan_to_num(high - delta).tolist(),
+                         arrayminus=np.nan_to_num(delta - low).tolist(), thickness=1.5, width=4),
+            customdata=np.stack([low, high], axis=-1).tolist() if len(part) else None,
+            hovertemplate="%{y}<br>Δ %{x:+.2f} points<br>95% [%{customdata[0]:.1f}, %{customdata[1]:.1f}]<extra>"
+                          + str(verdict) + "</extra>",
+        ))
+    fig.add_vline(x=0.0, line_width=1, line_dash="dash", line_color="#555")
+    fig.update_layout(
+        height=int(max(240, 28 * len(rows) + 110)), margin=dict(l=10, r=10, t=40, b=40),
+        title=dict(text=f"Δ vs {_wrap(reference, 90)} (points, paired by seed, 95% interval)", font=dict(size=13)),
+        xaxis=dict(title="difference in points", zeroline=False),
+        yaxis=dict(autorange="reversed", type="category"), legend=dict(orientation="h", y=-0.18),
+    )
     return fig

@@ -14,20 +14,32 @@ from heterolora_core.planning import BudgetPlan, RowBudget, check_run, sweep_bud
 from heterolora_core.sweeps import PlannedRun, SweepSpec, expand, form_sweep, read_sweep
 from heterolora_core.training.data import TASKS
 from heterolora_core.training.run_config import RunConfig
+from heterolora_core.vocab import RankInit, RankRule
 
 #: The default run of the Launch page: the embedded model on MRPC, dynamic HeteroLoRA with the
 #: grad-norm proxy over q,v + shortcuts, rank 32 with 25% enabled. Sized to finish within about
 #: 2 minutes on a 2-core CPU while still reallocating several times (256 examples / batch 16 = 16
 #: steps per epoch, a reallocation every 0.2 epoch = every 3 steps, 32 steps = about 10
-#: reallocations); measured by ``benchmarks/bench_dashboard.py --short-run``.
+#: reallocations); measured by ``benchmarks/bench_dashboard.py --short-run``. It shows where the
+#: budget goes, not a score: 32 steps end at about the majority-class rate of the dev rows.
 SHORT_RUN: dict[str, Any] = {
     "model": "embedded", "task": "mrpc", "mode": "dynamic", "proxy": "grad_norm", "ranking": "combined",
     "lora_targets": ["q", "v"], "shortcuts": True, "rank": 32, "enable_ratio": 0.25, "train_limit": 256,
     "dev_limit": 200, "max_length": 128, "batch_size": 16, "max_steps": 32, "epochs": 3.0, "realloc_every": 0.2,
-    "seed": 0,
+    "lr": 5e-4, "seed": 0,
 }
-#: The keys of :data:`SHORT_RUN` that make up the "run length" (what "short run" sets on the form).
-RUN_LENGTH_KEYS = ("train_limit", "dev_limit", "max_length", "batch_size", "max_steps", "epochs", "realloc_every")
+#: The quality grid's run length (``benchmarks/grids/quality.yaml``, docs/results.md): 3 epochs of
+#: the whole training set, every dev row, batch 16, length 128, lr 5e-4, a reallocation every 1/5
+#: epoch. A score worth reading (with seeds: the Results page).
+FULL_RUN: dict[str, Any] = {
+    "train_limit": None, "dev_limit": None, "max_length": 128, "batch_size": 16, "max_steps": None, "epochs": 3.0,
+    "realloc_every": 0.2, "lr": 5e-4,
+}
+#: What a run-length preset (:data:`SHORT_RUN`'s, :data:`FULL_RUN`) sets on the form.
+RUN_LENGTH_KEYS = ("train_limit", "dev_limit", "max_length", "batch_size", "max_steps", "epochs", "realloc_every", "lr")
+
+#: A method's own settings that take named values (the Launch page offers a choice; any other is a rank).
+OPTION_CHOICES: dict[str, list[str]] = {"rank_rule": [r.value for r in RankRule], "rank_init": [i.value for i in RankInit]}
 
 
 class LaunchError(ValueError):

@@ -3,7 +3,8 @@ import streamlit as st
 
 from dashboard import data
 from dashboard.components import charts
-from dashboard.components.formatting import frequency_csv_frame
+from dashboard.components.formatting import frequency_csv_frame, rank_csv_frame
+from heterolora_core.analysis import allocation as alloc
 from heterolora_core.methods import registry
 
 
@@ -41,15 +42,34 @@ if method is not None and method.searches and not method.reallocates:
 elif method is not None and not method.searches and not method.reallocates:
     st.caption("Uniform run: every candidate module is on for the whole run.")
 
-st.subheader("Enable frequency per layer")
-st.plotly_chart(charts.allocation_heatmaps(view.lora_grid, view.shortcut_grid), key="heatmaps",
-                config=charts.png_config(f"{run_id}-enable-frequency"))
+ranks = data.rank_view(row)
+if ranks is not None:  # a method that gives each module its own rank: the ranks are the allocation
+    rank_frame, rank_timeline = ranks
+    st.subheader("Rank per layer (final allocation)")
+    st.caption("Each module's rank after the last reallocation, on one colour scale from 0 (off) to the largest rank.")
+    st.plotly_chart(charts.allocation_heatmaps(alloc.rank_grid(rank_frame, "lora", view.n_layers),
+                                               alloc.rank_grid(rank_frame, "shortcut", view.n_layers),
+                                               coloraxis=charts.rank_coloraxis(int(rank_frame["rank"].max())),
+                                               hover=charts.RANK_HOVER),
+                    key="rank_heatmaps", config=charts.png_config(f"{run_id}-ranks"))
+else:
+    st.subheader("Enable frequency per layer")
+    st.plotly_chart(charts.allocation_heatmaps(view.lora_grid, view.shortcut_grid), key="heatmaps",
+                    config=charts.png_config(f"{run_id}-enable-frequency"))
 st.download_button("Download frequencies (CSV)", frequency_csv_frame(view.frequency).to_csv(index=False),
                    file_name=f"{run_id}-enable-frequency.csv", mime="text/csv", icon=":material/download:", key="csv")
+if ranks is not None:
+    st.download_button("Download ranks (CSV)", rank_csv_frame(rank_timeline).to_csv(index=False),
+                       file_name=f"{run_id}-ranks.csv", mime="text/csv", icon=":material/download:", key="rank_csv")
 
 st.subheader("Timeline")
-st.caption("Each column is one reallocation; a filled cell is an enabled module. Hover for the step and the proxy score.")
-st.plotly_chart(charts.timeline_figure(view.timeline), key="timeline", config=charts.png_config(f"{run_id}-timeline"))
+if ranks is not None:
+    st.caption("Each column is one reallocation; the colour is the module's rank there (0 = off). Hover for the step.")
+    st.plotly_chart(charts.rank_timeline_figure(rank_timeline), key="timeline",
+                    config=charts.png_config(f"{run_id}-rank-timeline"))
+else:
+    st.caption("Each column is one reallocation; a filled cell is an enabled module. Hover for the step and the proxy score.")
+    st.plotly_chart(charts.timeline_figure(view.timeline), key="timeline", config=charts.png_config(f"{run_id}-timeline"))
 if method is not None and method.searches and method.reallocates and view.n_reallocations >= 2:
     churn, drift = view.churn, view.drift
     changes, swapped, ever, drift_cell = st.columns(4)

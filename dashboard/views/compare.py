@@ -3,7 +3,8 @@ import streamlit as st
 
 from dashboard import data
 from dashboard.components import charts
-from dashboard.components.formatting import format_duration, format_mean_std, run_label
+from dashboard.components.formatting import (field_label, format_duration, format_score_stats, readable_fields,
+                                             run_label, score_curves)
 from heterolora_core.analysis import allocation as alloc
 from heterolora_core.analysis import compare
 
@@ -50,20 +51,23 @@ chosen = [row_by_id[rid] for rid in selected]
 st.subheader("Scores and costs")
 table, configs = compare.compare_table(chosen)
 differing = [c for c in table.columns if c not in compare.COMPARE_COLUMNS]
-shown = table.assign(
+shown = readable_fields(table.assign(
     config=table["key"].map(lambda k: run_label(configs[k], include_seed=False)),
-    best_score=[format_mean_std(m, s, n) for m, s, n in zip(table["best_mean"], table["best_std"], table["n_seeds"])],
+    best_score=[format_score_stats(m, s, n) for m, s, n in zip(table["best_mean"], table["best_std"], table["n_seeds"])],
+    final_score=[format_score_stats(m, s, n) for m, s, n in zip(table["final_mean"], table["final_std"], table["n_seeds"])],
     seeds=table["seeds"].map(lambda seeds: ", ".join(map(str, seeds))),
     search=table["search_seconds"].map(format_duration),
     wall=table["wall_seconds"].map(format_duration),
-)
+), differing, modes=table["key"].map(lambda k: configs[k].mode))
 st.dataframe(
-    shown[["config", *differing, "runs", "n_seeds", "seeds", "best_score", "trainable_params", "search", "wall"]],
+    shown[["config", *[field_label(f) for f in differing], "runs", "n_seeds", "seeds", "best_score", "final_score",
+           "trainable_params", "search", "wall"]],
     hide_index=True,
     key="compare_table",
     column_config={
         "best_score": "best score (mean ± std over seeds)",
-        "n_seeds": "n seeds",
+        "final_score": "final score (mean ± std over seeds)",
+        "n_seeds": st.column_config.NumberColumn("n seeds", help="seeds with a score (a seed run twice counts once)"),
         "trainable_params": st.column_config.NumberColumn("trainable params", format="localized"),
         "search": "search time",
         "wall": "wall time",
@@ -76,14 +80,23 @@ if views:
     st.subheader("Enable frequency per layer")
     st.plotly_chart(charts.compare_heatmaps({label: (v.lora_grid, v.shortcut_grid) for label, v in views.items()}),
                     key="compare_heatmaps", config=charts.png_config("compare-enable-frequency"))
+rank_views = {label: ranks for label, r in alloc_rows.items() if (ranks := data.rank_view(r)) is not None}
+if rank_views:
+    st.subheader("Rank per layer (final allocation)")
+    st.caption("Runs that give each module its own rank (AdaLoRA): one colour scale from 0 (off) to the largest rank.")
+    grids = {label: (alloc.rank_grid(frame, "lora", views[label].n_layers),
+                     alloc.rank_grid(frame, "shortcut", views[label].n_layers)) for label, (frame, _) in rank_views.items()}
+    top = max(int(frame["rank"].max()) for frame, _ in rank_views.values())
+    st.plotly_chart(charts.compare_heatmaps(grids, charts.rank_coloraxis(top), charts.RANK_HOVER),
+                    key="compare_rank_maps", config=charts.png_config("compare-ranks"))
 
 st.subheader("Curves")
 series = {labels[r.run_id]: (data.metrics(r), r.summary.metric) for r in chosen}
 metric_col, loss_col = st.columns(2)
-metric_curves, loss_curves = compare.curves_frame(series, "metric"), compare.curves_frame(series, "loss")
+metric_curves, loss_curves = score_curves(compare.curves_frame(series, "metric")), compare.curves_frame(series, "loss")
 metric_name = next((m for _, m in series.values() if m), "metric")
 if not metric_curves.empty:
-    metric_col.plotly_chart(charts.curves_figure(metric_curves, metric_name), key="compare_metric", config=charts.png_config("compare-metric"))
+    metric_col.plotly_chart(charts.curves_figure(metric_curves, f"{metric_name} (×100)"), key="compare_metric", config=charts.png_config("compare-metric"))
 if not loss_curves.empty:
     loss_col.plotly_chart(charts.curves_figure(loss_curves, "training loss"), key="compare_loss", config=charts.png_config("compare-loss"))
 

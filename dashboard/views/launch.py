@@ -5,9 +5,9 @@ import json
 import streamlit as st
 
 from dashboard import data
-from dashboard.components.formatting import command_line, kind_label
-from dashboard.components.forms import (RUN_LENGTH_KEYS, SHORT_RUN, LaunchError, SweepRequest, check_launch,
-                                        check_sweep, launch_config, parse_seeds, sweep_spec, task_names)
+from dashboard.components.formatting import command_line, format_duration, format_lr, format_score, kind_label
+from dashboard.components.forms import (FULL_RUN, OPTION_CHOICES, RUN_LENGTH_KEYS, SHORT_RUN, LaunchError, SweepRequest,
+                                        check_launch, check_sweep, launch_config, parse_seeds, sweep_spec, task_names)
 from heterolora_core.methods import registry
 from heterolora_core.sweeps import FORM_AXES, expand, new_sweep_id, plan_sweep, proxy_sweep, queue_sweep, state_counts
 from heterolora_core.training.run_config import RunConfig
@@ -16,8 +16,9 @@ from heterolora_core.vocab import LORA_TARGETS, Proxy, Ranking
 
 PROXIES = [p.value for p in Proxy]
 RANKINGS = [r.value for r in Ranking]
-BUDGET_RATIO, BUDGET_MATCH = "enable ratio", "match uniform rank r"
-LENGTH_SHORT, LENGTH_CUSTOM = "short run (≈2 min)", "custom"
+BUDGET_RATIO, BUDGET_MATCH, BUDGET_PARAMS = "enable ratio", "match uniform rank r", "adapter parameters"
+LENGTH_SHORT, LENGTH_FULL, LENGTH_CUSTOM = "short run", "full run (the grid's)", "custom"
+PRESETS = {LENGTH_SHORT: SHORT_RUN, LENGTH_FULL: FULL_RUN}
 SWEEP_FORM, SWEEP_FILE = "this form + axes", "a sweep file"
 FIELD_HELP = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(RunConfig)}
 SWEEP_EXAMPLE = "sweep: my-sweep\nbase: {task: mrpc, mode: dynamic, rank: 32, max_steps: 32}\naxes: {proxy: [grad_norm, snip], seed: [0, 1]}"
@@ -42,6 +43,47 @@ def checked_sweep(request: SweepRequest) -> tuple[list[dict] | None, str | None]
     except LaunchError as exc:
         return None, str(exc)
     return [dataclasses.asdict(b) for b in budgets], None
+
+
+def option_input(name: str) -> object:
+    """The widget of one of a method's own settings: a choice for a setting with named values, a
+    whole number otherwise (every other method option is a rank)."""
+    default = getattr(RunConfig(), name)
+    label = name.replace("_", " ")
+    if name in OPTION_CHOICES:
+        choices = OPTION_CHOICES[name]
+        return st.selectbox(label, choices, index=choices.index(default), key=name, help=FIELD_HELP[name])
+    return int(st.number_input(label, min_value=0, value=int(default), step=1, key=name, help=FIELD_HELP[name]))
+
+
+def run_time(config: dict, short: bool) -> None:
+    """The estimated wall time here (the engine's estimate from the store's finished runs) and, for
+    the short run, what its score is worth."""
+    st.subheader("Run time here")
+    size = data.run_size(json.dumps(config, sort_keys=True))
+    if size is None:
+        st.caption("No estimate: the model or the task's data cannot be read now.")
+        return
+    estimate = data.run_time_estimate(config, size)
+    if estimate.seconds is None:
+        st.metric("Estimated run time", "–", help=estimate.basis)
+        st.caption(f"{estimate.seconds_per_step:.2f} s per step on {estimate.device}; the run's length is unknown "
+                   "(the task's training rows cannot be read now).")
+    else:
+        st.metric("Estimated run time", f"≈ {format_duration(estimate.seconds)}",
+                  help="startup + steps × seconds per step; " + estimate.basis)
+        spread = (f" (range {format_duration(estimate.low)}–{format_duration(estimate.high)})"
+                  if format_duration(estimate.low) != format_duration(estimate.high) else "")
+        st.caption(f"{estimate.steps:,} steps × {estimate.seconds_per_step:.2f} s + {estimate.startup_seconds:.0f} s "
+                   f"startup on {estimate.device}{spread}: {estimate.basis}.")
+    if short and size.majority_rate is not None:
+        split = (f"; {format_score(size.split_majority_rate, 1)}% over the whole dev split"
+                 if size.split_majority_rate is not None and config.get("dev_limit") else "")
+        st.info(f"A short run shows **where the budget goes** (which modules the search turns on, how often it "
+                f"reallocates), not a score that means anything: {config['max_steps']} steps on "
+                f"{size.train_rows:,} examples end at about the majority-class rate of the {size.dev_rows:,} dev rows it "
+                f"evaluates ({format_score(size.majority_rate, 1)}%{split}). For a score, use the full run over several "
+                "seeds and read it on the Results page.", icon=":material/info:")
 
 
 st.title("Launch")
@@ -72,21 +114,27 @@ with settings:
                           help="combined: LoRA and shortcut candidates ranked together; separated: top share of each")
     rank = left.number_input("Rank r", min_value=0, value=SHORT_RUN["rank"], step=1, key="rank")
     seed = right.number_input("Seed", min_value=0, value=SHORT_RUN["seed"], step=1, key="seed")
-    options = {name: st.number_input(name.replace("_", " "), min_value=0, value=int(getattr(RunConfig(), name)),
-                                     step=1, key=name, help=FIELD_HELP[name]) for name in method.options}
-    budget = st.radio("Budget", [BUDGET_RATIO, BUDGET_MATCH], horizontal=True, disabled=not searching, key="budget")
-    enable_ratio, match_uniform_rank = SHORT_RUN["enable_ratio"], None
+    options = {name: option_input(name) for name in method.options if name != "budget_params"}
+    budgets = [BUDGET_RATIO, BUDGET_MATCH] + ([BUDGET_PARAMS] if "budget_params" in method.options else [])
+    budget = st.radio("Budget", budgets, horizontal=True, disabled=not searching, key="budget")
+    enable_ratio, match_uniform_rank, budget_params = SHORT_RUN["enable_ratio"], None, None
     if searching and budget == BUDGET_RATIO:
         enable_ratio = st.number_input("Enable ratio (share of candidates on)", min_value=0.0, max_value=1.0,
                                        value=SHORT_RUN["enable_ratio"], step=0.05, key="enable_ratio")
-    elif searching:
+    elif searching and budget == BUDGET_MATCH:
         match_uniform_rank = st.number_input("Match the parameters of uniform rank", min_value=0, value=8, step=1,
                                              key="match_uniform_rank",
                                              help="enable modules at rank r up to the parameters of uniform LoRA on the LoRA targets at this rank")
-    length = st.radio("Run length", [LENGTH_SHORT, LENGTH_CUSTOM], horizontal=True, key="length",
-                      help=f"the short run trains {SHORT_RUN['max_steps']} steps on {SHORT_RUN['train_limit']} training examples "
-                           f"(evaluating on {SHORT_RUN['dev_limit']}) and still reallocates several times")
-    run_length = {k: SHORT_RUN[k] for k in RUN_LENGTH_KEYS}
+    elif searching:
+        budget_params = st.number_input("Adapter parameters", min_value=0, value=73_728, step=768, key="budget_params",
+                                        help=FIELD_HELP["budget_params"])
+    length = st.radio("Run length", [LENGTH_SHORT, LENGTH_FULL, LENGTH_CUSTOM], horizontal=True, key="length",
+                      help=f"short: {SHORT_RUN['max_steps']} steps on {SHORT_RUN['train_limit']} training examples "
+                           f"(evaluating on {SHORT_RUN['dev_limit']}), still reallocating several times: where the budget "
+                           f"goes, in minutes. Full: the quality grid's settings ({FULL_RUN['epochs']:g} epochs of the whole "
+                           f"training set, every dev row, batch {FULL_RUN['batch_size']}, lr {format_lr(FULL_RUN['lr'])}): "
+                           "a score worth reading")
+    run_length = {k: PRESETS.get(length, SHORT_RUN)[k] for k in RUN_LENGTH_KEYS}
     if length == LENGTH_CUSTOM:
         c1, c2, c3 = st.columns(3)
         run_length["max_steps"] = c1.number_input("Max steps (0: by epochs)", min_value=0, value=SHORT_RUN["max_steps"], key="max_steps") or None
@@ -96,11 +144,13 @@ with settings:
         run_length["train_limit"] = c1.number_input("Training examples (0: all)", min_value=0, value=SHORT_RUN["train_limit"], key="train_limit") or None
         run_length["dev_limit"] = c2.number_input("Dev examples (0: all)", min_value=0, value=SHORT_RUN["dev_limit"], key="dev_limit") or None
         run_length["batch_size"] = c3.number_input("Batch size", min_value=1, value=SHORT_RUN["batch_size"], key="batch_size")
+        run_length["lr"] = c1.number_input("Learning rate", min_value=0.0, value=float(SHORT_RUN["lr"]), step=1e-4,
+                                           format="%.1e", key="lr")
 
 fields = dict(model=model.strip(), task=task, mode=mode, proxy=proxy, ranking=ranking, lora_targets=lora_targets,
               shortcuts=shortcuts and method.shortcuts, rank=int(rank), seed=int(seed), enable_ratio=float(enable_ratio),
               match_uniform_rank=int(match_uniform_rank) if match_uniform_rank is not None else None,
-              **{k: int(v) for k, v in options.items()}, **run_length)
+              budget_params=int(budget_params) if budget_params is not None else None, **options, **run_length)
 config = launch_config(fields)
 plan, error = checked_plan(json.dumps(config, sort_keys=True))
 
@@ -116,6 +166,7 @@ with preview:
                    f"classification head: {plan['head_params']:,} parameters, trained in every configuration")
         for note in plan["notes"]:
             st.caption(note)
+        run_time(config, length == LENGTH_SHORT)
     if st.button("Launch run", type="primary", disabled=bool(error), icon=":material/play_arrow:", key="launch"):
         record = data.store().enqueue(config)
         data.start_worker()

@@ -1,15 +1,23 @@
-"""Runs page: every run in the store with its true state, live curves, cancel / delete / rerun."""
+"""Runs page: every run in the store, filtered, searched, sorted and grouped by experiment, with
+its true state; live curves; cancel / delete / rerun."""
 import streamlit as st
 
 from dashboard import data
 from dashboard.components import charts
-from dashboard.components.formatting import command_line, format_duration
-from heterolora_core.analysis.compare import curves_frame, runs_table
+from dashboard.components.filters import run_filters
+from dashboard.components.formatting import command_line, format_duration, format_lr, score_curves, score_points
+from heterolora_core.analysis.compare import RunFilter, curves_frame, experiments_table, filter_runs, sort_runs
 from heterolora_core.records.record import ACTIVE_STATUSES, STATUSES
 from heterolora_core.records.store import StoreError, StoredRun
 
 
 LIVE_REFRESH_SECONDS = 2.0
+SORT_OPTIONS = {"created_at": "created", "final_score": "final score", "best_score": "best score", "label": "run",
+                "experiment": "experiment", "status": "status", "task": "task", "lr": "learning rate",
+                "rank": "rank", "trainable_params": "trainable parameters", "wall_seconds": "wall time"}
+TABLE_COLUMNS = ["run", "experiment", "status", "progress", "eta", "final", "best", "metric", "trainable_params",
+                 "wall", "task", "model", "mode", "proxy", "ranking", "rank", "budget", "lr", "seed", "created_at",
+                 "run_id", "error"]
 
 st.title("Runs")
 rows = data.list_runs()
@@ -19,8 +27,16 @@ if not rows:
     st.page_link("views/launch.py", label="Launch a run", icon=":material/rocket_launch:")
     st.stop()
 
-labels = data.labels_for(rows)
+labels = data.labels_for(rows)  # unique (curve legends); the table and the picker show the plain label beside the id
 any_active = any(row.status in ACTIVE_STATUSES for row in rows)
+frame = data.runs_frame(rows)
+chosen = run_filters(frame, "runs", expanded=len(rows) > 20)
+group_col, sort_col, order_col = st.columns([1, 2, 1])
+grouped = group_col.toggle("Group by experiment", key="runs_group",
+                           help="one line per experiment (its sweep, or the folder its runs live in), then the runs "
+                                "in experiment order")
+sort_by = sort_col.selectbox("Sort by", list(SORT_OPTIONS), format_func=SORT_OPTIONS.get, key="runs_sort")
+descending = order_col.toggle("Descending", value=True, key="runs_descending")
 
 
 def run_curves(rows_to_plot: list[StoredRun], key: str, labels: dict[str, str]) -> None:
@@ -28,7 +44,7 @@ def run_curves(rows_to_plot: list[StoredRun], key: str, labels: dict[str, str]) 
     series = {labels.get(r.run_id, r.run_id): (data.metrics(r), r.summary.metric) for r in rows_to_plot}
     loss_col, metric_col = st.columns(2)
     loss = curves_frame(series, "loss")
-    metric = curves_frame(series, "metric")
+    metric = score_curves(curves_frame(series, "metric"))
     metric_name = next((m for _, m in series.values() if m), "metric")
     with loss_col:
         if loss.empty:
@@ -40,64 +56,82 @@ def run_curves(rows_to_plot: list[StoredRun], key: str, labels: dict[str, str]) 
         if metric.empty:
             st.caption(f"No evaluation ({metric_name}) yet.")
         else:
-            st.plotly_chart(charts.curves_figure(metric, metric_name), key=f"{key}-metric", config=charts.png_config(metric_name))
+            st.plotly_chart(charts.curves_figure(metric, f"{metric_name} (×100)"), key=f"{key}-metric",
+                            config=charts.png_config(metric_name))
+
+
+def experiments_overview(table) -> None:
+    overview = experiments_table(table)
+    st.dataframe(
+        overview.assign(best_final=score_points(overview["best_final"])), hide_index=True, key="experiments_table",
+        column_config={
+            "best_final": st.column_config.NumberColumn("best final score", format="%.2f"),
+            "active": "queued / running", "failed": "failed / cancelled",
+            "newest": st.column_config.DatetimeColumn("newest run", format="YYYY-MM-DD HH:mm:ss"),
+        },
+    )
 
 
 @st.fragment(run_every=LIVE_REFRESH_SECONDS if any_active else None)
-def live_table() -> None:
+def live_table(chosen: RunFilter, sort_by: str, descending: bool, grouped: bool) -> None:
     """The run table and the running runs' curves; polls while any run is queued or running (and
     replaces a dead worker while it polls)."""
     if any_active:
         data.start_worker()
     current = data.list_runs()
-    labels = data.labels_for(current)
-    table = runs_table(current, data.store().home)
-    counts = table["status"].value_counts()
-    st.caption(" · ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES if counts.get(s, 0))
+    table = data.runs_frame(current)
+    shown = sort_runs(filter_runs(table, chosen), sort_by, descending, grouped)
+    counts = shown["status"].value_counts()
+    st.caption((f"{len(shown)} of {len(table)} runs · " if chosen.active else "")
+               + " · ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES if counts.get(s, 0))
                + (" — updating live" if any_active else ""))
-    shown = table.assign(
-        eta=table["eta_seconds"].map(format_duration),
-        wall=table["wall_seconds"].map(format_duration),
-        run=table["run_id"].map(lambda rid: labels.get(rid, rid)),
-    )
+    if shown.empty:
+        st.info("No run matches these filters.")
+    if grouped and not shown.empty:
+        experiments_overview(shown)
     st.dataframe(
-        shown[["run_id", "status", "progress", "eta", "best_score", "metric", "trainable_params", "wall", "run", "task",
-               "model", "created_at", "sweep_id", "error"]],
+        shown.assign(eta=shown["eta_seconds"].map(format_duration), wall=shown["wall_seconds"].map(format_duration),
+                     run=shown["label"], final=score_points(shown["final_score"]),
+                     best=score_points(shown["best_score"]), lr=shown["lr"].map(format_lr))[TABLE_COLUMNS],
         hide_index=True,
         key="runs_table",
         column_config={
-            "run_id": st.column_config.TextColumn("run", width="medium"),
+            "run": st.column_config.TextColumn("run", width="large", pinned=True),
             "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
             "eta": "ETA",
-            "best_score": st.column_config.NumberColumn("best", format="%.4f"),
+            "final": st.column_config.NumberColumn("final", format="%.2f", help="last evaluation, GLUE points (×100)"),
+            "best": st.column_config.NumberColumn("best", format="%.2f", help="best evaluation, GLUE points (×100)"),
             "trainable_params": st.column_config.NumberColumn("trainable params", format="localized"),
             "wall": "wall time",
-            "run": "configuration",
+            "lr": "learning rate",
             "created_at": st.column_config.DatetimeColumn("created", format="YYYY-MM-DD HH:mm:ss"),
-            "sweep_id": "sweep",
+            "run_id": st.column_config.TextColumn("id / folder", width="medium"),
         },
     )
     running = [r for r in current if r.status == "running"]
     if running:
         st.subheader("Live curves")
-        run_curves(running, "live", labels)
+        run_curves(running, "live", data.labels_for(current))
     still_active = any(r.status in ACTIVE_STATUSES for r in current)
     if still_active != any_active:  # a run started or ended: rerun the page so polling and actions follow
         st.rerun()
 
 
-live_table()
+live_table(chosen, sort_by, descending, grouped)
 
 st.divider()
 st.subheader("Selected run")
 row_by_id = data.by_id(rows)
-default = next((i for i, r in enumerate(rows) if r.status == "running"), 0)
-run_id = st.selectbox("Run", list(row_by_id), index=default, key="selected_run",
-                      format_func=lambda rid: f"{rid} — {labels[rid]}")
+# the filtered runs, in the table's order (every run when nothing matches)
+choices = sort_runs(filter_runs(frame, chosen), sort_by, descending, grouped)["run_id"].tolist() or list(row_by_id)
+if st.session_state.get("selected_run") not in choices:  # set, not dropped: the browser shows the new choice
+    st.session_state["selected_run"] = next((rid for rid in choices if row_by_id[rid].status == "running"), choices[0])
+plain = dict(zip(frame["run_id"], frame["label"]))
+run_id = st.selectbox("Run", choices, key="selected_run", format_func=lambda rid: f"{plain.get(rid, rid)} — {rid}")
 row = row_by_id[run_id]
 status = row.status
 store = data.store()
-st.caption(f"Status: **{status}** · {labels[run_id]}")
+st.caption(f"Status: **{status}** · {plain.get(run_id, run_id)}")
 if row.problem:
     st.warning(f"This record is damaged: {row.problem}", icon=":material/warning:")
 

@@ -263,3 +263,64 @@ def score_drift(reallocations: Sequence[ReallocationLine]) -> dict[str, float | 
         "on_over_off": on_median / off_median if on_median is not None and off_median else None,
         "pairs_on": len(on), "pairs_off": len(off),
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Ranks: methods that give each module its own rank (AdaLoRA; rank-allocating modes)
+# ---------------------------------------------------------------------------------------------
+
+
+def has_ranks(reallocations: Sequence[ReallocationLine]) -> bool:
+    """True when any reallocation line carries per-module ranks."""
+    return any(r.ranks is not None for r in reallocations)
+
+
+def line_ranks(line: ReallocationLine) -> dict[str, int]:
+    """The ranks of one reallocation's enabled modules (a module with no stated rank: 0). Every
+    module absent from the result is off: rank 0. Empty for a line without ranks."""
+    if line.ranks is None:
+        return {}
+    return {name: int(line.ranks.get(name, 0)) for name in line.enabled}
+
+
+def rank_frame(reallocations: Sequence[ReallocationLine], at: int = -1) -> pd.DataFrame:
+    """Every module's rank at reallocation ``at`` (default: the last, the final allocation; see
+    :func:`line_ranks`).
+
+    Returns columns ``module, layer, group, kind, rank`` (0 = off), one row per module named in any
+    reallocation; empty without reallocations. IndexError for an ``at`` the run does not have.
+    """
+    modules = modules_frame(all_modules(reallocations))
+    if not reallocations:
+        return modules.assign(rank=pd.Series(dtype="int64"))
+    ranks = line_ranks(reallocations[at])
+    modules["rank"] = modules["module"].map(ranks).fillna(0).astype("int64")
+    return modules
+
+
+def rank_grid(ranks: pd.DataFrame, group: str, n_layers: int | None = None) -> pd.DataFrame:
+    """Layers x kinds matrix of one group's ranks (a :func:`rank_frame`), like
+    :func:`frequency_grid`: every layer a row, one column per kind present; 0 = off, NaN where a
+    layer has no such candidate."""
+    return frequency_grid(ranks.rename(columns={"rank": "frequency"}), group, n_layers)
+
+
+class RankTimeline(NamedTuple):
+    """Module x reallocation matrix of ranks (0 = off), indexed by module (module order) with one
+    column per reallocation (0 .. R-1); ``steps`` gives the training step of each column."""
+
+    ranks: pd.DataFrame
+    steps: list[int]
+
+
+def rank_timeline(reallocations: Sequence[ReallocationLine]) -> RankTimeline:
+    """Every module's rank at every reallocation (:func:`line_ranks`; 0 = off)."""
+    modules = all_modules(reallocations)
+    index = {name: i for i, name in enumerate(modules)}
+    values = np.zeros((len(modules), len(reallocations)), dtype=np.int64)
+    for j, line in enumerate(reallocations):
+        for name, rank in line_ranks(line).items():
+            values[index[name], j] = rank
+    frame = pd.DataFrame(values, index=pd.Index(modules, name="module"),
+                         columns=pd.RangeIndex(len(reallocations), name="reallocation"))
+    return RankTimeline(frame, [r.step for r in reallocations])

@@ -1,6 +1,7 @@
 """Comparing runs: pure pandas functions over the run store's rows and run records.
 
-The Runs table (:func:`runs_table`), configurations grouped over seeds (:func:`compare_table`,
+The Runs table (:func:`runs_table`) with its filters and experiments (:func:`filter_runs`,
+:func:`experiments_table`), configurations grouped over seeds (:func:`compare_table`,
 with :mod:`~heterolora_core.analysis.stats` for the numbers), the overlap of enabled sets and the
 rank correlation of scores, and training curves. Labels and number formats are the dashboard's
 business (``dashboard/components/formatting.py``).
@@ -8,13 +9,14 @@ business (``dashboard/components/formatting.py``).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from heterolora_core.analysis.stats import describe
+from heterolora_core.analysis.stats import describe, seed_scores
 from heterolora_core.methods import registry
 from heterolora_core.records.store import StoredRun
 from heterolora_core.training.run_config import RunConfig
@@ -122,8 +124,8 @@ def curves_frame(runs: Mapping[str, tuple[Sequence[Mapping[str, float]], str | N
 
 RUN_TABLE_COLUMNS = [
     "run_id", "status", "progress", "eta_seconds", "best_score", "final_score", "metric", "trainable_params",
-    "wall_seconds", "created_at", "task", "model", "mode", "proxy", "rank", "budget", "lr", "seed", "sweep_id",
-    "experiment", "error", "path",
+    "wall_seconds", "created_at", "task", "model", "mode", "proxy", "ranking", "rank", "budget", "lr", "seed",
+    "sweep_id", "experiment", "error", "path",
 ]
 
 
@@ -143,7 +145,8 @@ def runs_table(rows: Sequence[StoredRun], home: Any = None) -> pd.DataFrame:
 
     ``progress`` is a fraction 0..1 (1 for done runs), ``created_at`` a pandas Timestamp (local
     time); ``error`` holds a failed run's reason or an unreadable record's problem; ``experiment``
-    is the run's sweep, else the folder it lives in (relative to the data home ``home``).
+    is the run's sweep, else the folder it lives in (relative to the data home ``home``); ``proxy``
+    and ``ranking`` are None for methods that do not search.
     """
     records = []
     for row in rows:
@@ -159,6 +162,7 @@ def runs_table(rows: Sequence[StoredRun], home: Any = None) -> pd.DataFrame:
             "task": config.task if config else None, "model": config.model if config else None,
             "mode": config.mode if config else None,
             "proxy": config.proxy if method is not None and method.searches else None,
+            "ranking": config.ranking if method is not None and method.searches else None,
             "rank": config.rank if config else None, "budget": budget_text(config),
             "lr": config.lr if config else None, "seed": config.seed if config else None,
             "sweep_id": row.sweep_id, "experiment": experiment_of(row, home),
@@ -187,6 +191,111 @@ def experiment_of(row: StoredRun, home: Any = None) -> str:
         except ValueError:
             pass
     return parent.name
+
+
+# ---------------------------------------------------------------------------------------------
+# Exploring many runs: filters, experiments
+# ---------------------------------------------------------------------------------------------
+
+#: The columns of :func:`runs_table` a :class:`RunFilter` can restrict, in the order the Runs page
+#: offers them.
+FILTER_COLUMNS = ("task", "model", "mode", "proxy", "ranking", "rank", "budget", "lr", "status", "experiment")
+#: The text columns a free-text search looks in (those of them the frame has).
+SEARCH_COLUMNS = ("label", "run_id", "experiment", "path", "error")
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    """Which runs to show: for each of :data:`FILTER_COLUMNS` the values to keep (empty: all), and
+    a free-text ``text`` that a run's label, id, experiment, folder or error must contain (case
+    ignored). An experiment value also keeps the experiments below it (``results/gpu`` keeps
+    ``results/gpu/lr0.0005/mrpc/lora-qv-r8``)."""
+
+    values: Mapping[str, Collection[Any]] = field(default_factory=dict)
+    text: str = ""
+
+    @property
+    def active(self) -> bool:
+        return bool(self.text.strip()) or any(self.values.get(c) for c in FILTER_COLUMNS)
+
+
+def filter_runs(frame: pd.DataFrame, chosen: RunFilter) -> pd.DataFrame:
+    """The rows of a :func:`runs_table` frame that ``chosen`` keeps, in their order. Unknown
+    columns and values that no run has keep nothing of their own (a stale filter shows no run; it
+    never raises)."""
+    keep = pd.Series(True, index=frame.index)
+    for column in FILTER_COLUMNS:
+        wanted = list(chosen.values.get(column) or ())
+        if not wanted or column not in frame.columns:
+            continue
+        if column == "experiment":
+            keep &= _under_any(frame[column], [str(w) for w in wanted])
+        else:
+            keep &= frame[column].isin(wanted)
+    text = chosen.text.strip().casefold()
+    if text:
+        found = pd.Series(False, index=frame.index)
+        for column in (c for c in SEARCH_COLUMNS if c in frame.columns):
+            found |= frame[column].astype("string").str.casefold().str.contains(text, regex=False, na=False)
+        keep &= found
+    return frame[keep]
+
+
+def _under_any(experiments: pd.Series, folders: list[str]) -> pd.Series:
+    text = experiments.astype("string")
+    hit = text.isin(folders)
+    for folder in folders:
+        hit |= text.str.startswith(folder.rstrip("/") + "/", na=False)
+    return hit.fillna(False).astype(bool)
+
+
+def sort_runs(frame: pd.DataFrame, by: str = "created_at", descending: bool = True,
+              by_experiment: bool = False) -> pd.DataFrame:
+    """A runs frame sorted by column ``by`` (missing values last; an unknown column: newest first),
+    within experiments (in name order) when ``by_experiment``."""
+    by = by if by in frame.columns else "created_at"
+    keys, ascending = ([by], [not descending])
+    if by_experiment and "experiment" in frame.columns and by != "experiment":
+        keys, ascending = ["experiment", by], [True, not descending]
+    return frame.sort_values(keys, ascending=ascending, na_position="last", kind="stable")
+
+
+def experiment_options(experiments: Iterable[object]) -> list[str]:
+    """Every experiment, and every folder above one (``results/gpu/lr0.0005/mrpc`` above
+    ``results/gpu/lr0.0005/mrpc/lora-qv-r8``), sorted: what an experiment filter can choose."""
+    out: set[str] = set()
+    for experiment in experiments:
+        if not isinstance(experiment, str) or not experiment:
+            continue
+        parts = experiment.split("/")
+        out.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return sorted(out)
+
+
+EXPERIMENT_COLUMNS = ["experiment", "runs", "done", "active", "failed", "tasks", "modes", "best_final", "newest"]
+
+
+def experiments_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per experiment of a :func:`runs_table` frame, newest first: its runs, how many are
+    done, queued or running (``active``) and failed or cancelled, the tasks and modes it holds, the
+    best final score of its finished runs and its newest run's creation time."""
+    if frame.empty:
+        return pd.DataFrame(columns=EXPERIMENT_COLUMNS)
+    status = frame["status"]
+    parts = frame.assign(
+        _done=status.eq("done"), _active=status.isin(("queued", "running")),
+        _failed=status.isin(("failed", "cancelled")),
+        _final=frame["final_score"].where(status.eq("done")),
+    ).groupby("experiment", dropna=False, sort=False)
+    out = pd.DataFrame({
+        "runs": parts.size(), "done": parts["_done"].sum(), "active": parts["_active"].sum(),
+        "failed": parts["_failed"].sum(),
+        "tasks": parts["task"].agg(lambda v: ", ".join(sorted({str(x) for x in v.dropna()}))),
+        "modes": parts["mode"].agg(lambda v: ", ".join(sorted({str(x) for x in v.dropna()}))),
+        "best_final": parts["_final"].max(), "newest": parts["created_at"].max(),
+    }).reset_index()
+    out = out.sort_values("newest", ascending=False, kind="stable").reset_index(drop=True)
+    return out[EXPERIMENT_COLUMNS]
 
 
 #: Config fields that do not change what a run computes (or that vary within a group: the seed).
@@ -218,8 +327,12 @@ def compare_table(rows: Sequence[StoredRun]) -> tuple[pd.DataFrame, dict[str, Ru
     """Compare runs, grouping those that differ only by seed (see :func:`config_key`).
 
     Returns the table, one row per configuration (best configuration first) with columns
-    :data:`COMPARE_COLUMNS` (``seeds``: the sorted seed list; the last three are means over the
-    group) plus one column per differing config field, and the configuration of each ``key``.
+    :data:`COMPARE_COLUMNS` plus one column per differing config field, and the configuration of
+    each ``key``. Runs of any status count (a running run shows its best so far). The scores are
+    per seed (:func:`~heterolora_core.analysis.stats.seed_scores`: a seed run twice counts once,
+    with the mean of its runs), so ``n_seeds`` and ``seeds`` are the seeds that have a best score
+    and the mean ± std are over them; ``runs`` counts every run; the last three columns are means
+    over the group's runs.
     """
     groups: dict[str, list[StoredRun]] = {}
     for row in rows:
@@ -230,10 +343,11 @@ def compare_table(rows: Sequence[StoredRun]) -> tuple[pd.DataFrame, dict[str, Ru
     records = []
     for key, members in groups.items():
         summaries = [m.summary for m in members]
-        best, final = describe(s.best_score for s in summaries), describe(s.final_score for s in summaries)
-        seeds = sorted({m.config.seed for m in members})
+        best_by_seed = seed_scores((m.config.seed, m.summary.best_score) for m in members)
+        best = describe(best_by_seed.values())
+        final = describe(seed_scores((m.config.seed, m.summary.final_score) for m in members).values())
         records.append({
-            "key": key, "runs": len(members), "n_seeds": len(seeds), "seeds": seeds,
+            "key": key, "runs": len(members), "n_seeds": best.n, "seeds": sorted(best_by_seed),
             "best_mean": best.mean, "best_std": best.std, "final_mean": final.mean, "final_std": final.std,
             "trainable_params": describe(s.trainable_params for s in summaries).mean,
             "search_seconds": describe(s.search_seconds for s in summaries).mean,

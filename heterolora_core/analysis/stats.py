@@ -56,6 +56,17 @@ def describe(values: Iterable[object]) -> Description:
     return Description(n, mean, std, (mean - half, mean + half))
 
 
+def seed_scores(pairs: Iterable[tuple[int, object]]) -> dict[int, float]:
+    """``(seed, score)`` pairs -> seed -> score, the mean where a seed has several finite scores;
+    missing and non-finite scores are dropped (a seed without any is absent)."""
+    by_seed: dict[int, list[float]] = {}
+    for seed, score in pairs:
+        kept = finite([score])
+        if kept:
+            by_seed.setdefault(seed, []).append(kept[0])
+    return {seed: statistics.fmean(values) for seed, values in sorted(by_seed.items())}
+
+
 @dataclass(frozen=True)
 class PairedDifference:
     """``row - reference`` over the seeds both have, with its 95% interval and verdict."""

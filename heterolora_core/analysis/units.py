@@ -1,0 +1,38 @@
+"""Scores in GLUE's convention: the one place that knows how a score is shown.
+
+Records store every headline metric as the evaluator returns it, a fraction (``best_score``
+0.8125; Matthews and Pearson / Spearman correlations in [-1, 1]). GLUE reports all of them ×100
+(accuracy 81.25, F1 88.10, Matthews 52.30), and so does everything a person reads here: the
+dashboard, the ``runs`` listing and the grid's tables. Differences of scores are in the same
+points. The dashboard's ``components/formatting.py``, the CLI and ``benchmarks/grid/report.py``
+format through these functions; nothing else multiplies by 100.
+"""
+from __future__ import annotations
+
+import math
+
+#: A fraction times SCALE is the score in GLUE points.
+SCALE = 100.0
+
+
+def points(value: object) -> float | None:
+    """``value`` (a fraction) in GLUE points; None for a missing, non-finite or non-numeric value."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value) * SCALE
+
+
+def format_points(value: object, digits: int = 2, missing: str = "–", signed: bool = False) -> str:
+    """``0.79902`` -> ``"79.90"`` (``signed``: ``"+79.90"``, for differences); ``missing`` when there
+    is no number."""
+    shown = points(value)
+    if shown is None:
+        return missing
+    return f"{shown:+.{digits}f}" if signed else f"{shown:.{digits}f}"
+
+
+def format_interval(ci: tuple[float, float] | list[float] | None, digits: int = 1, missing: str = "") -> str:
+    """A 95% interval of fractions in points: ``(0.753, 0.845)`` -> ``"[75.3, 84.5]"``."""
+    if ci is None or len(ci) != 2 or points(ci[0]) is None or points(ci[1]) is None:
+        return missing
+    return f"[{format_points(ci[0], digits)}, {format_points(ci[1], digits)}]"
