@@ -24,7 +24,7 @@ time) and ``runs_click_cached`` (the same click again after going back to Compar
 Short run (``--short-run``): the Launch page's default run (``dashboard.components.forms.SHORT_RUN``)
 through the engine's CLI, ``--short-runs`` times (default 3), median wall time; target 2 minutes.
 
-    python benchmarks/bench_dashboard.py [--repeats 5] [--runs 1000] [--short-run] [--out data/results/bench_dashboard.json]
+    python benchmarks/bench_dashboard.py [--repeats 5] [--runs 1000] [--short-run] [--out benchmarks/results/dashboard.json]
 """
 from __future__ import annotations
 
@@ -40,12 +40,13 @@ import tempfile
 import time
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-from heterolora_testing.synthetic import write_many_runs, write_synthetic_run
+from benchmarks.common import RESULTS
+from dashboard.components.forms import SHORT_RUN, launch_config
+from heterolora_core.records.home import PROJECT_ROOT
+from heterolora_core.records.record import RunRecord
 from heterolora_testing.server import (JS_HEATMAPS, JS_PLOTS_DRAWN, JS_TABLES_AND_PLOTS_DRAWN, StreamlitServer,
                                        launch_chromium)
-from heterolora_core.records.record import RunRecord
-from dashboard.components.forms import SHORT_RUN, launch_config
+from heterolora_testing.synthetic import write_many_runs, write_synthetic_run
 
 ALLOCATION_PLOTS = 3  # enable-frequency heatmaps, timeline, score distribution
 PAPER_LAYERS, PAPER_REALLOCATIONS = 24, 100
@@ -215,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--short-run", action="store_true", help="also time the default short run through the CLI")
     parser.add_argument("--short-runs", type=int, default=3)
     parser.add_argument("--screens", type=Path, default=Path("/tmp/heterolora_screens"), help="where the first page screenshot goes")
-    parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "data" / "results" / "bench_dashboard.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "dashboard.json", help="JSON results (default: benchmarks/results/dashboard.json)")
     args = parser.parse_args(argv)
 
     report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
