@@ -17,7 +17,6 @@ parameters, from the final reallocation line. The statistics are
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from dataclasses import asdict, dataclass, field

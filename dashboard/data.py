@@ -23,7 +23,7 @@ from heterolora_core.analysis import estimate
 from heterolora_core.analysis.compare import runs_table
 from heterolora_core.records import worker
 from heterolora_core.records.home import data_home
-from heterolora_core.records.record import ReallocationLine, RunRecord, iter_jsonl, metrics_line
+from heterolora_core.records.record import ReallocationLine, RunRecord, file_stamp, iter_jsonl, metrics_line
 from heterolora_core.records.store import RunStore, StoredRun
 
 #: Set to ``0`` to keep the app from starting a worker (tests that drive the store themselves).
@@ -97,14 +97,6 @@ def _runs_frame(home: str, signature: int, _rows: list[StoredRun]) -> pd.DataFra
     return frame
 
 
-def _stamp(path: Path) -> tuple[int, int]:
-    try:
-        stat = path.stat()
-        return stat.st_mtime_ns, stat.st_size
-    except OSError:
-        return 0, 0
-
-
 @st.cache_data(max_entries=128, show_spinner=False)
 def _read_reallocations(path: str, stamp: tuple[int, int]) -> list[ReallocationLine]:
     return [line for line in map(ReallocationLine.from_dict, iter_jsonl(Path(path))) if line is not None]
@@ -117,19 +109,19 @@ def _read_metrics(path: str, stamp: tuple[int, int]) -> list[dict[str, float]]:
 
 def has_reallocations(row: StoredRun) -> bool:
     """True when the run has recorded at least one selection (a non-empty reallocations file)."""
-    return _stamp(row.path / RunRecord.REALLOCATIONS)[1] > 0
+    return file_stamp(row.path / RunRecord.REALLOCATIONS)[1] > 0
 
 
 def reallocations(row: StoredRun) -> list[ReallocationLine]:
     """The run's reallocation lines (cached until the file changes)."""
     path = row.path / RunRecord.REALLOCATIONS
-    return _read_reallocations(str(path), _stamp(path))
+    return _read_reallocations(str(path), file_stamp(path))
 
 
 def metrics(row: StoredRun) -> list[dict[str, float]]:
     """The run's metrics lines (cached until the file changes)."""
     path = row.path / RunRecord.METRICS
-    return _read_metrics(str(path), _stamp(path))
+    return _read_metrics(str(path), file_stamp(path))
 
 
 class AllocationView(NamedTuple):
@@ -167,14 +159,14 @@ def _allocation_view(path: str, stamp: tuple[int, int], layers_hint: int | None)
 def allocation_view(row: StoredRun) -> AllocationView:
     """The allocation analysis of a run (cached until its reallocations file changes)."""
     path = row.path / RunRecord.REALLOCATIONS
-    return _allocation_view(str(path), _stamp(path), row.summary.n_layers)
+    return _allocation_view(str(path), file_stamp(path), row.summary.n_layers)
 
 
 def rank_view(row: StoredRun) -> tuple[pd.DataFrame, alloc.RankTimeline] | None:
     """A rank-allocating run's final ranks (:func:`~heterolora_core.analysis.allocation.rank_frame`)
     and its rank timeline, or None when its reallocation lines carry no ranks."""
     path = row.path / RunRecord.REALLOCATIONS
-    return _rank_view(str(path), _stamp(path))
+    return _rank_view(str(path), file_stamp(path))
 
 
 @st.cache_data(max_entries=32, show_spinner=False)

@@ -1,5 +1,5 @@
-"""Shared helpers of the training / CLI tests (test_cli, test_training, test_kill, test_distributed):
-where GLUE lives, how to run ``python -m heterolora_core``, and a tiny BERT saved to a folder."""
+"""Shared helpers of the training / CLI / worker tests: where GLUE lives, how to run
+``python -m heterolora_core``, a tiny BERT saved to a folder, and waiting for a condition."""
 from __future__ import annotations
 
 import json
@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,15 @@ def read_jsonl_strict(path: Path) -> list[dict]:
             torn_tail = i == len(lines) - 1 and not text.endswith("\n")
             assert torn_tail, f"{path}: line {i + 1} is not JSON: {line[:80]!r}"
     return rows
+
+
+def wait_for(predicate, timeout: float, what: str, poll: float = 0.05):
+    """``predicate()``'s first truthy value, polled every ``poll`` s; AssertionError naming ``what``
+    after ``timeout`` s."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")

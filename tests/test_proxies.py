@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from heterolora_core import HeteroLoraConfig, attach
-from heterolora_core.search.proxies import alpha_test_scores, collect_gradients, compute_scores, scores_from_gradients
+from heterolora_core.search.proxies import alpha_test_scores, compute_scores, scores_from_gradients
 from heterolora_core.search.statistics import ExactStatistics
 from tiny_models import random_batches, tiny_model
 

@@ -14,6 +14,7 @@ import time
 import psutil
 import pytest
 
+from cli_helpers import wait_for
 from conftest import FAKE_TRAIN_CMD, PROJECT_ROOT
 from heterolora_core.records import store as store_mod
 from heterolora_core.records import worker as worker_mod
@@ -73,15 +74,6 @@ def joined(thread: threading.Thread) -> None:
     if thread.errors:
         raise thread.errors[0]
 
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def test_three_tiny_runs_train_as_ray_tasks(home, ray_cluster, fake_trainer):

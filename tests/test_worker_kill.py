@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from cli_helpers import wait_for
 from conftest import FAKE_TRAIN_CMD, PROJECT_ROOT
 from heterolora_core.records import worker as worker_mod
 from heterolora_core.records.processes import process_alive
@@ -23,15 +24,6 @@ def fake_trainer(home, monkeypatch):
     yield
     worker_mod.stop_worker(home)
 
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def test_train_command_default_and_override(tmp_path, monkeypatch):

@@ -3,11 +3,11 @@ stand-in trainer), one slot's death leaving the others alone."""
 import os
 import signal
 import threading
-import time
 
 import psutil
 import pytest
 
+from cli_helpers import wait_for
 from conftest import FAKE_TRAIN_CMD
 from heterolora_core.records import worker as worker_mod
 from heterolora_core.records.store import RunStore
@@ -19,15 +19,6 @@ def fake_trainer(monkeypatch):
     monkeypatch.setenv(worker_mod.TRAIN_CMD_ENV, FAKE_TRAIN_CMD)
     monkeypatch.setenv("HETEROLORA_FAKE_STEP_SECONDS", "0.1")
 
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def drain(home, **kwargs) -> None:

@@ -3,6 +3,7 @@ import streamlit as st
 
 from dashboard import data
 from dashboard.components import charts
+from dashboard.components.empty import stop_without_runs
 from dashboard.components.formatting import frequency_csv_frame, rank_csv_frame
 from heterolora_core.analysis import allocation as alloc
 from heterolora_core.methods import registry
@@ -10,10 +11,7 @@ from heterolora_core.methods import registry
 
 st.title("Allocation")
 rows = data.list_runs()
-if not rows:
-    st.info("No runs yet: a run's enable frequencies show here once it has made its first selection.")
-    st.page_link("views/launch.py", label="Launch a run", icon=":material/rocket_launch:")
-    st.stop()
+stop_without_runs(rows, "No runs yet: a run's enable frequencies show here once it has made its first selection.")
 
 labels = data.labels_for(rows)
 row_by_id = data.by_id(rows)

@@ -3,6 +3,7 @@ import streamlit as st
 
 from dashboard import data
 from dashboard.components import charts
+from dashboard.components.empty import stop_without_runs
 from dashboard.components.formatting import (field_label, format_duration, format_score_stats, readable_fields,
                                              run_label, score_curves)
 from heterolora_core.analysis import allocation as alloc
@@ -11,10 +12,7 @@ from heterolora_core.analysis import compare
 
 st.title("Compare")
 rows = data.list_runs()
-if len(rows) < 1:
-    st.info("No runs yet. A proxy sweep (Launch page) gives a ready-made comparison.")
-    st.page_link("views/launch.py", label="Launch a sweep", icon=":material/rocket_launch:")
-    st.stop()
+stop_without_runs(rows, "No runs yet. A proxy sweep (Launch page) gives a ready-made comparison.", "Launch a sweep")
 
 labels = data.labels_for(rows)
 row_by_id = data.by_id(rows)

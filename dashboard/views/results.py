@@ -6,6 +6,7 @@ import streamlit as st
 
 from dashboard import data
 from dashboard.components import charts
+from dashboard.components.empty import stop_without_runs
 from dashboard.components.filters import run_filters
 from dashboard.components.formatting import (field_label, format_difference, format_score, format_score_stats,
                                              group_labels, readable_fields, results_csv_frame, score_points)
@@ -19,10 +20,8 @@ st.caption("Finished runs grouped by configuration (everything but the seed). Sc
            "and each configuration minus the reference, paired by seed, with its 95% interval: **noise** where "
            "the interval holds 0.")
 rows = data.list_runs()
-if not rows:
-    st.info("No runs yet. A sweep over seeds (Launch page, or `python -m heterolora_core sweep`) gives a results table.")
-    st.page_link("views/launch.py", label="Launch runs", icon=":material/rocket_launch:")
-    st.stop()
+stop_without_runs(rows, "No runs yet. A sweep over seeds (Launch page, or `python -m heterolora_core sweep`) gives a "
+                  "results table.", "Launch runs")
 
 frame = data.runs_frame(rows)
 chosen = run_filters(frame, "results", expanded=True)

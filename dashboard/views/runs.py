@@ -4,6 +4,7 @@ import streamlit as st
 
 from dashboard import data
 from dashboard.components import charts
+from dashboard.components.empty import stop_without_runs
 from dashboard.components.filters import run_filters
 from dashboard.components.formatting import command_line, format_duration, format_lr, score_curves, score_points
 from heterolora_core.analysis.compare import RunFilter, curves_frame, experiments_table, filter_runs, sort_runs
@@ -21,11 +22,8 @@ TABLE_COLUMNS = ["run", "experiment", "status", "progress", "eta", "final", "bes
 
 st.title("Runs")
 rows = data.list_runs()
-if not rows:
-    st.info("No runs yet. Launch one on the Launch page, or from a shell with "
-            "`python -m heterolora_core train ...`: runs written under the same data home appear here.")
-    st.page_link("views/launch.py", label="Launch a run", icon=":material/rocket_launch:")
-    st.stop()
+stop_without_runs(rows, "No runs yet. Launch one on the Launch page, or from a shell with "
+                  "`python -m heterolora_core train ...`: runs written under the same data home appear here.")
 
 labels = data.labels_for(rows)  # unique (curve legends); the table and the picker show the plain label beside the id
 any_active = any(row.status in ACTIVE_STATUSES for row in rows)

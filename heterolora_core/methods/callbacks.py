@@ -22,6 +22,31 @@ def write_reallocation(record: RunRecord, reallocation: Reallocation, trainable:
     record.update_summary(trainable_params=int(trainable))
 
 
+class SearchRecorder:
+    """The ``on_record`` of a searching method's allocator: marks the run selected, keeps its
+    reallocation count and search seconds current, and appends each selection to the record.
+    ``search`` (the allocator, built after this) is set by the method."""
+
+    def __init__(self, run, record: RunRecord | None, adapters: AdapterSet):
+        self.run, self.record, self.adapters = run, record, adapters
+        self.search = None
+
+    def __call__(self, reallocation: Reallocation) -> None:
+        self.run.selected = True
+        self.run.num_reallocations = len(self.search.history)
+        self.run.search_seconds = self.search.search_seconds
+        if self.record is not None:
+            write_reallocation(self.record, reallocation, self.adapters.num_trainable())
+
+
+def search_schedule(config, context, dynamic: bool) -> ReallocationSchedule | None:
+    """The reallocation steps of a dynamic search (every ``realloc_every`` of an epoch); None for
+    a static one (one selection at step 0)."""
+    if not dynamic:
+        return None
+    return ReallocationSchedule(context.steps_per_epoch, context.total_steps, float(config.realloc_every))
+
+
 class SearchCallback(TrainerCallback):
     """Opens the scoring windows before each reallocation step and reallocates.
 

@@ -15,9 +15,9 @@ from torch import nn
 from heterolora_core.adapters.families import attach
 from heterolora_core.methods.base import (AdapterMethod, AdapterRun, MethodContext, PlannedBudget, lora_unit,
                                           search_space)
-from heterolora_core.methods.callbacks import SearchCallback, write_reallocation
+from heterolora_core.methods.callbacks import SearchCallback, SearchRecorder, search_schedule
 from heterolora_core.search.budget import resolve
-from heterolora_core.search.reallocator import Reallocation, ReallocationSchedule, Reallocator
+from heterolora_core.search.reallocator import Reallocator
 from heterolora_core.search.selection import select
 from heterolora_core.training.run_config import RunConfig
 from heterolora_core.vocab import Proxy, Ranking, ScoreNorm
@@ -48,21 +48,13 @@ class StaticHeteroLora(AdapterMethod):
     def prepare(self, model: nn.Module, config: RunConfig, context: MethodContext) -> AdapterRun:
         adapters = attach(model, search_space(config, init_seed=config.seed))
         run = AdapterRun(model, adapters, selected=False)
-        record = context.record
-
-        def on_record(reallocation: Reallocation) -> None:
-            run.selected = True
-            run.num_reallocations = len(reallocator.history)
-            run.search_seconds = reallocator.search_seconds
-            if record is not None:
-                write_reallocation(record, reallocation, adapters.num_trainable())
-
+        recorder = SearchRecorder(run, context.record, adapters)
         reallocator = Reallocator(
             model, adapters, config.proxy, config.budget(), ranking=config.ranking, score_norm=config.score_norm,
             seed=config.seed, proxy_batches=config.proxy_batches, reduce_scores=context.reduce_scores,
-            on_record=on_record, progress=context.progress, scoring=config.scoring, sketch_rank=config.sketch_rank)
-        schedule = (ReallocationSchedule(context.steps_per_epoch, context.total_steps, float(config.realloc_every))
-                    if self.dynamic else None)
+            on_record=recorder, progress=context.progress, scoring=config.scoring, sketch_rank=config.sketch_rank)
+        recorder.search = reallocator
+        schedule = search_schedule(config, context, self.dynamic)
         run.planned_reallocations = 1 + (len(schedule) if schedule is not None else 0)
         run._callbacks.append(SearchCallback(reallocator, schedule, int(config.score_window),
                                              context.scoring_batches, scoring_batch_count(config)))

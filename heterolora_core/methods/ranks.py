@@ -26,10 +26,10 @@ from torch import nn
 
 from heterolora_core.adapters.families import attach
 from heterolora_core.methods.base import AdapterMethod, AdapterRun, MethodContext, PlannedBudget, lora_unit, search_space
-from heterolora_core.methods.callbacks import MaskedRankGuard, SearchCallback, write_reallocation
+from heterolora_core.methods.callbacks import MaskedRankGuard, SearchCallback, SearchRecorder, search_schedule
 from heterolora_core.search.budget import budget_params
 from heterolora_core.search.ranks import water_fill
-from heterolora_core.search.reallocator import RankAllocator, Reallocation, ReallocationSchedule
+from heterolora_core.search.reallocator import RankAllocator
 from heterolora_core.training.run_config import RunConfig
 from heterolora_core.vocab import RankInit, RankRule
 
@@ -63,22 +63,14 @@ class RankStatic(AdapterMethod):
     def prepare(self, model: nn.Module, config: RunConfig, context: MethodContext) -> AdapterRun:
         adapters = attach(model, search_space(config, init_seed=config.seed))
         run = AdapterRun(model, adapters, selected=False)
-        record = context.record
-
-        def on_record(reallocation: Reallocation) -> None:
-            run.selected = True
-            run.num_reallocations = len(allocator.history)
-            run.search_seconds = allocator.search_seconds
-            if record is not None:
-                write_reallocation(record, reallocation, adapters.num_trainable())
-
+        recorder = SearchRecorder(run, context.record, adapters)
         allocator = RankAllocator(
             model, adapters, config.proxy, config.budget(), rule=RankRule(config.rank_rule), r_min=int(config.rank_min),
             shuffle=self.shuffle, init=RankInit(config.rank_init), seed=config.seed,
-            proxy_batches=config.proxy_batches, reduce_scores=context.reduce_scores, on_record=on_record,
+            proxy_batches=config.proxy_batches, reduce_scores=context.reduce_scores, on_record=recorder,
             progress=context.progress, scoring=config.scoring, sketch_rank=max(int(config.sketch_rank), int(config.rank)))
-        schedule = (ReallocationSchedule(context.steps_per_epoch, context.total_steps, float(config.realloc_every))
-                    if self.dynamic else None)
+        recorder.search = allocator
+        schedule = search_schedule(config, context, self.dynamic)
         run.planned_reallocations = 1 + (len(schedule) if schedule is not None else 0)
         # static: the allocation comes from score_window extra batches (more data than the step-0 batch)
         run._callbacks += [SearchCallback(allocator, schedule, int(config.score_window), context.scoring_batches,

@@ -67,6 +67,16 @@ def atomic_write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def file_stamp(path: Path) -> tuple[int, int]:
+    """``(mtime_ns, size)`` of a file, ``(0, -1)`` when it cannot be read: a cheap key that changes
+    when the file is rewritten (for caches of parsed records)."""
+    try:
+        stat = path.stat()
+        return stat.st_mtime_ns, stat.st_size
+    except OSError:
+        return 0, -1
+
+
 def read_json(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     """(the JSON object in ``path``, None), or (None, why not) when it is missing, too large,
     undecodable, not JSON, or not an object."""

@@ -34,7 +34,8 @@ from typing import Any, Iterator
 from heterolora_core.records.home import data_home, inside, runs_dir
 from heterolora_core.records.processes import process_alive, signal_run_process
 from heterolora_core.records.record import (ACTIVE_STATUSES, RunRecord, RunSummary, Status, atomic_write_json,
-                                            effective_summary, new_run_id, process_gone, read_json, runs_here)
+                                            effective_summary, file_stamp, new_run_id, process_gone, read_json,
+                                            runs_here)
 from heterolora_core.training.run_config import RunConfig
 
 DB_NAME = "runs.sqlite"
@@ -250,7 +251,7 @@ class RunStore:
 
     def _read(self, path: Path) -> tuple[RunConfig | None, str | None, RunSummary]:
         """(config, its problem, raw summary) of a record, re-parsed only when a file changed."""
-        stamp = (_stamp(path / RunRecord.CONFIG), _stamp(path / RunRecord.SUMMARY))
+        stamp = (file_stamp(path / RunRecord.CONFIG), file_stamp(path / RunRecord.SUMMARY))
         hit = self._parsed.get(str(path))
         if hit is not None and hit[0] == stamp:
             return hit[1]
@@ -454,14 +455,6 @@ def _walk_runs(root: Path) -> list[Path]:
                     found.append(link)
                 dirnames.remove(name)
     return found
-
-
-def _stamp(path: Path) -> tuple[int, int]:
-    try:
-        stat = path.stat()
-        return stat.st_mtime_ns, stat.st_size
-    except OSError:
-        return 0, -1
 
 
 def _is_link(path: Path) -> bool:
