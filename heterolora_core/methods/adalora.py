@@ -52,6 +52,7 @@ engine's module names (``layer.{i}.lora.{q,v,...}``), plus ``ranks`` (name -> ke
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -64,11 +65,10 @@ from transformers import TrainerCallback
 from heterolora_core.adapters.checkpoint import Checkpoint
 from heterolora_core.adapters.families import target_paths
 from heterolora_core.adapters.modules import head_module
-from heterolora_core.methods.base import Method, MethodContext, MethodRun, PlannedBudget
+from heterolora_core.methods.base import Method, MethodContext, MethodRun, PlannedBudget, projection_plan
 from heterolora_core.records.record import RunRecord
 from heterolora_core.search.reallocator import ReallocationSchedule
 from heterolora_core.training.run_config import RunConfig
-from heterolora_core.vocab import Group
 
 ADAPTER_NAME = "default"  # PEFT's adapter name
 TINIT_FRACTION = 0.15
@@ -269,14 +269,10 @@ class AdaLora(Method):
 
     def plan(self, config: RunConfig, model: nn.Module) -> PlannedBudget:
         """Every target at ``target_r``: the count AdaLoRA ends with on average, r·(d_in + d_out + 1)."""
-        paths = target_paths(model, list(config.lora_targets))
-        modules = {name: model.get_submodule(path) for name, path in paths.items()}
-        costs = {n: int(config.adalora_target_r) * (m.in_features + m.out_features + 1) for n, m in modules.items()}
-        unit = float(sum(m.in_features + m.out_features for m in modules.values()))
-        initial = sum(int(config.adalora_init_r) * (m.in_features + m.out_features + 1) for m in modules.values())
-        return PlannedBudget(costs, {n: Group.LORA for n in costs}, list(costs), sum(costs.values()), unit,
-                             notes=(f"AdaLoRA starts at rank {config.adalora_init_r} ({initial:,} parameters) and "
-                                    f"prunes to an average rank {config.adalora_target_r}",))
+        plan = projection_plan(model, config.lora_targets, int(config.adalora_target_r), extra_per_rank=1)
+        initial = plan.trainable_params // int(config.adalora_target_r) * int(config.adalora_init_r)
+        return dataclasses.replace(plan, notes=(f"AdaLoRA starts at rank {config.adalora_init_r} ({initial:,} "
+                                                f"parameters) and prunes to an average rank {config.adalora_target_r}",))
 
     def prepare(self, model: nn.Module, config: RunConfig, context: MethodContext) -> AdaLoraRun:
         names = target_paths(model, list(config.lora_targets))

@@ -21,7 +21,7 @@ from torch import nn
 
 from heterolora_core.adapters.checkpoint import Checkpoint, adapter_tensors, load_adapter_tensors
 from heterolora_core.adapters.config import HeteroLoraConfig
-from heterolora_core.adapters.families import attach
+from heterolora_core.adapters.families import attach, target_paths
 from heterolora_core.adapters.modules import AdapterSet
 from heterolora_core.methods.registry import MethodInfo
 from heterolora_core.records.record import RunRecord
@@ -67,6 +67,18 @@ class PlannedBudget:
     trainable_params: int
     lora_unit: float  # parameters of the LoRA targets per unit of uniform rank
     notes: tuple[str, ...] = ()
+
+
+def projection_plan(model: nn.Module, lora_targets, rank: int, extra_per_rank: int = 0,
+                    notes: tuple[str, ...] = ()) -> PlannedBudget:
+    """Every target projection on at ``rank`` (the PEFT methods): each costs
+    ``rank · (d_in + d_out + extra_per_rank)`` (AdaLoRA's singular values: ``extra_per_rank = 1``);
+    the uniform-rank unit is Σ (d_in + d_out)."""
+    paths = target_paths(model, list(lora_targets))
+    modules = {name: model.get_submodule(path) for name, path in paths.items()}
+    costs = {n: int(rank) * (m.in_features + m.out_features + extra_per_rank) for n, m in modules.items()}
+    unit = float(sum(m.in_features + m.out_features for m in modules.values()))
+    return PlannedBudget(costs, {n: Group.LORA for n in costs}, list(costs), sum(costs.values()), unit, notes)
 
 
 class MethodRun(ABC):

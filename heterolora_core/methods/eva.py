@@ -27,9 +27,8 @@ from torch import nn
 from heterolora_core.adapters.checkpoint import Checkpoint
 from heterolora_core.adapters.families import target_paths
 from heterolora_core.adapters.modules import head_module
-from heterolora_core.methods.base import Method, MethodContext, MethodRun, PlannedBudget
+from heterolora_core.methods.base import Method, MethodContext, MethodRun, PlannedBudget, projection_plan
 from heterolora_core.training.run_config import RunConfig
-from heterolora_core.vocab import Group
 
 ADAPTER_NAME = "default"
 PEFT_PREFIX = "peft."
@@ -84,13 +83,10 @@ class Eva(Method):
             raise ValueError("eva mode needs LoRA targets (--lora-targets)")
 
     def plan(self, config: RunConfig, model: nn.Module) -> PlannedBudget:
-        paths = target_paths(model, list(config.lora_targets))
-        modules = {name: model.get_submodule(path) for name, path in paths.items()}
-        costs = {n: int(config.rank) * (m.in_features + m.out_features) for n, m in modules.items()}
-        unit = float(sum(m.in_features + m.out_features for m in modules.values()))
-        return PlannedBudget(costs, {n: Group.LORA for n in costs}, list(costs), sum(costs.values()), unit,
-                             notes=(f"EVA redistributes the total rank {config.rank} x {len(costs)} by explained "
-                                    f"variance (at most {EVA_RHO:g} x {config.rank} per projection)",))
+        n_targets = len(target_paths(model, list(config.lora_targets)))
+        return projection_plan(model, config.lora_targets, int(config.rank), notes=(
+            f"EVA redistributes the total rank {config.rank} x {n_targets} by explained variance "
+            f"(at most {EVA_RHO:g} x {config.rank} per projection)",))
 
     def prepare(self, model: nn.Module, config: RunConfig, context: MethodContext) -> EvaRun:
         names = target_paths(model, list(config.lora_targets))
