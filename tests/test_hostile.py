@@ -286,13 +286,15 @@ def test_non_finite_numbers_are_refused(field_name, value):
     (["--alpha", "nan"], "alpha must be a finite number"),
     (["--train-file", "{tmp}/bad.jsonl", "--dev-file", "{tmp}/good.jsonl"], "bad.jsonl:2:"),
     (["--train-file", "{tmp}/binary.csv", "--dev-file", "{tmp}/good.csv"], "binary.csv is not UTF-8"),
-    (["--out", "{tmp}/readonly/run"], "Permission denied"),
+    (["--out", "{tmp}/readonly/run"], "cannot create the run folder"),
+    (["--out", "{tmp}/a-file/run"], "cannot create the run folder"),  # root too: a file in the way
 ])
 def test_bad_numbers_and_files_are_one_line_and_leave_no_record(tmp_path, args, fragment):
     (tmp_path / "bad.jsonl").write_text('{"text": "a", "label": 1}\n{"text": broken\n')
     (tmp_path / "good.jsonl").write_text('{"text": "a", "label": 1}\n{"text": "b", "label": 0}\n')
     (tmp_path / "binary.csv").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe" * 10)
     (tmp_path / "good.csv").write_text("text,label\nhi,1\nho,0\n")
+    (tmp_path / "a-file").write_text("not a folder")
     (tmp_path / "readonly").mkdir()
     os.chmod(tmp_path / "readonly", 0o500)
     if os.geteuid() == 0 and "readonly" in " ".join(args):

@@ -327,7 +327,10 @@ class RunRecord:
         unknown = sorted(set(summary) - set(_FIELD_PARSERS))
         if unknown:
             raise ValueError(f"not summary fields: {', '.join(unknown)}")
-        record.path.mkdir(parents=True, exist_ok=True)
+        try:
+            record.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a read-only parent, a file in the way: one line naming the folder
+            raise OSError(f"cannot create the run folder {record.path}: {exc.strerror or exc}") from None
         atomic_write_json(record.path / cls.CONFIG, config)
         first = RunSummary(status=str(status), created_at=time.time())
         for key, value in summary.items():
