@@ -53,6 +53,28 @@ def test_gram_fisher_is_the_squared_norm_of_the_gradient():
     assert float(gram_fisher(grad, x)) == pytest.approx(float((grad.T @ x).pow(2).sum()), rel=1e-5)
 
 
+def test_padding_tokens_do_not_count_against_the_exact_fisher():
+    """A batch of 40 tokens with only 10 carrying a gradient (padding: zero rows) is short enough
+    for the exact Gram fisher at k = 4 (4k = 16); 40 live tokens are not, and get the sketch's
+    estimate. The sketches are the same with or without the zero rows."""
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    module = SimpleNamespace(name="layer.0.lora.q", d_in=11, d_out=7)
+    grad, x = torch.randn(40, 7), torch.randn(40, 11)
+    padded = grad.clone()
+    padded[10:] = 0.0
+    short, long_, live_only = SketchStatistics(rank=4), SketchStatistics(rank=4), SketchStatistics(rank=4)
+    short.add(module, padded, x)
+    long_.add(module, grad, x)
+    live_only.add(module, padded[:10], x[:10])
+    assert short.fisher(module.name) == pytest.approx(float((padded.T @ x).pow(2).sum()), rel=1e-5)
+    assert long_.fisher(module.name) == pytest.approx(float(long_.YZ[module.name].pow(2).sum()) / 8, rel=1e-6)
+    assert long_.fisher(module.name) != pytest.approx(float((grad.T @ x).pow(2).sum()), rel=1e-3)
+    assert torch.allclose(short.YZ[module.name], live_only.YZ[module.name], atol=1e-5)
+    assert torch.allclose(short.W[module.name], live_only.W[module.name], atol=1e-5)
+
+
 def _known_matrix(sigma: torch.Tensor, d_out: int = 96, d_in: int = 128, seed: int = 0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     U, _ = torch.linalg.qr(torch.randn(d_out, len(sigma), generator=gen))

@@ -192,16 +192,15 @@ class SketchStatistics(ScoringStatistics):
     def add(self, module: AdapterModule, grad: torch.Tensor, x: torch.Tensor) -> None:
         with torch.no_grad():
             g, xf = grad.float(), x.float()
-            live = g.abs().amax(dim=1) > 0  # tokens without a gradient (padding) add nothing
-            if not bool(live.all()):
-                g, xf = g[live], xf[live]
             omega_phi, psi = self.test_matrices(module, g.device)
+            # tokens without a gradient (padding) are zero rows of g: they add nothing to any sketch
+            g_psi = g @ psi  # (N, l)
             yz_b = g.transpose(0, 1) @ (xf @ omega_phi)  # (d_out, 2k) = G_b [Ω | Φ]; G_b never formed
-            w_b = (g @ psi).transpose(0, 1) @ xf  # (l, d_in) = Ψᵀ G_b
+            w_b = g_psi.transpose(0, 1) @ xf  # (l, d_in) = Ψᵀ G_b
             name = module.name
             _accumulate(self.YZ, name, yz_b)
             _accumulate(self.W, name, w_b)
-            self._fisher[name] = self._fisher.get(name, 0.0) + self._batch_fisher(g, xf, yz_b)
+            self._fisher[name] = self._fisher.get(name, 0.0) + self._batch_fisher(g, xf, g_psi, yz_b)
             if self.factors:
                 A, B = self._factors_of(module, g.device)
                 _accumulate(self.P, name, g.transpose(0, 1) @ (xf @ A.transpose(0, 1)))
@@ -209,10 +208,16 @@ class SketchStatistics(ScoringStatistics):
             self.calls[name] = self.calls.get(name, 0) + 1
 
     @staticmethod
-    def _batch_fisher(g: torch.Tensor, x: torch.Tensor, yz_b: torch.Tensor) -> float:
-        """‖G_b‖²: exact from token Gram matrices for short batches, else the sketches' estimate."""
-        if g.shape[0] <= 2 * yz_b.shape[1]:  # N <= 4k
-            return float(gram_fisher(g, x))
+    def _batch_fisher(g: torch.Tensor, x: torch.Tensor, g_psi: torch.Tensor, yz_b: torch.Tensor) -> float:
+        """‖G_b‖²: exact from the Gram matrices of the tokens with a gradient when there are at most
+        4k of them, else the sketches' estimate. The count is read first on the narrow g Ψ (a zero
+        row of g gives a zero row there, so it never over-counts); only a short batch pays for the
+        exact check on g itself."""
+        limit = 2 * yz_b.shape[1]  # 4k
+        if int((g_psi.abs().amax(dim=1) > 0).sum()) <= limit:
+            live = g.abs().amax(dim=1) > 0
+            if int(live.sum()) <= limit:
+                return float(gram_fisher(g[live], x[live]))
         return float(yz_b.pow(2).sum()) / yz_b.shape[1]
 
     def reconstruction(self, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -334,7 +339,11 @@ def auto_sketch_rank(d_in: int, d_out: int, rank: int = DEFAULT_SKETCH_RANK) -> 
 
 
 def _accumulate(store: dict[str, torch.Tensor], name: str, value: torch.Tensor) -> None:
-    store[name] = store[name] + value if name in store else value
+    """``store[name] += value`` in place (the first value, a fresh product, is kept as it is)."""
+    if name in store:
+        store[name].add_(value)
+    else:
+        store[name] = value
 
 
 def gram_fisher(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
