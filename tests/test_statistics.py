@@ -75,6 +75,46 @@ def test_padding_tokens_do_not_count_against_the_exact_fisher():
     assert torch.allclose(short.W[module.name], live_only.W[module.name], atol=1e-5)
 
 
+def test_candidates_reading_one_input_share_its_sketch_product_and_nothing_else():
+    """q and v read the same x: the second reuses x [Ω | Φ] (one product, not two) and gets the
+    sketches a collector of its own gives; a different input of the same shape, or the same
+    input written in place, is multiplied afresh."""
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    q, v = (SimpleNamespace(name=f"layer.0.lora.{t}", d_in=12, d_out=9) for t in "qv")
+    x = torch.randn(2, 20, 12).reshape(-1, 12)  # a view, as the hooks hand it over
+    g_q, g_v = torch.randn(40, 9), torch.randn(40, 9)
+    shared, alone = SketchStatistics(rank=3), SketchStatistics(rank=3)
+    reused = []  # per call: was the cached product handed back?
+    original = SketchStatistics._sketched_input
+
+    def counting(self, x, omega_phi):
+        before = self._last_input[2] if self._last_input is not None else None
+        out = original(self, x, omega_phi)
+        reused.append(out is before)
+        return out
+
+    SketchStatistics._sketched_input = counting
+    try:
+        shared.add(q, g_q, x)
+        shared.add(v, g_v, x.reshape(-1, 12))  # a new view of the same storage
+        alone.add(v, g_v, x.clone())
+        assert reused == [False, True, False]
+        assert torch.equal(shared.YZ[v.name], alone.YZ[v.name]) and torch.equal(shared.W[v.name], alone.W[v.name])
+        other = torch.randn(40, 12)
+        shared.add(v, g_v, other)
+        x.mul_(2.0)  # same storage, new values
+        shared.add(q, g_q, x)
+        assert reused == [False, True, False, False, False]
+    finally:
+        SketchStatistics._sketched_input = original
+    fresh = SketchStatistics(rank=3)
+    fresh.add(q, g_q, x / 2.0)
+    fresh.add(q, g_q, x)
+    assert torch.allclose(shared.YZ[q.name], fresh.YZ[q.name], atol=1e-5)
+
+
 def _known_matrix(sigma: torch.Tensor, d_out: int = 96, d_in: int = 128, seed: int = 0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     U, _ = torch.linalg.qr(torch.randn(d_out, len(sigma), generator=gen))

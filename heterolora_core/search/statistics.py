@@ -9,7 +9,8 @@ the gradient of the loss with respect to the candidate's implied full update ΔW
 much as the adapted weight itself, and forming G_b costs a weight-gradient matrix product at every
 step: exactly the work LoRA avoids. :class:`SketchStatistics` never forms it. It keeps three
 linear sketches of G, with fixed Gaussian matrices Ω, Φ (d_in × k) and Ψ (d_out × l), l = 2k + 1,
-one set per layer shape (seeded, so every step and every process uses the same ones):
+one per width (seeded, so every step and every process uses the same ones; candidates reading the
+same input share Ω, Φ and the product x [Ω | Φ]):
 
     Y = G Ω = Σ_b δ_bᵀ (x_b Ω)      Z = G Φ = Σ_b δ_bᵀ (x_b Φ)      (d_out × k)
     W = Ψᵀ G = Σ_b (δ_b Ψ)ᵀ x_b                                      (l × d_in)
@@ -45,6 +46,7 @@ Statistics are fp32 whatever the training precision (bf16 inputs are cast before
 from __future__ import annotations
 
 import math
+import weakref
 from abc import ABC, abstractmethod
 
 import torch
@@ -162,7 +164,7 @@ class SketchStatistics(ScoringStatistics):
 
     Args:
         rank: k, the sketches' width (capped at min(d_in, d_out) per candidate).
-        seed: seeds Ω, Φ and Ψ (one set per layer shape and device).
+        seed: seeds Ω, Φ (one per d_in) and Ψ (one per d_out), per k and device.
         factors, absolute: as :class:`ScoringStatistics`.
     """
 
@@ -175,19 +177,44 @@ class SketchStatistics(ScoringStatistics):
         self.P: dict[str, torch.Tensor] = {}
         self.Q: dict[str, torch.Tensor] = {}
         self._fisher: dict[str, float] = {}
-        self._tests: dict[tuple[int, int, str], tuple[torch.Tensor, torch.Tensor]] = {}
-        self._shape_of: dict[str, tuple[int, int, str]] = {}  # candidate -> its test matrices' key
+        self._tests: dict[tuple[str, int, int, str], torch.Tensor] = {}
+        self._shape_of: dict[str, tuple[int, int, str]] = {}  # candidate -> (d_in, d_out, device)
+        self._last_input: tuple[tuple, weakref.ref, torch.Tensor] | None = None  # (key, owner of x, x [Ω | Φ])
+
+    def width(self, module: AdapterModule) -> int:
+        """k for this candidate: ``rank`` capped at min(d_in, d_out)."""
+        return max(1, min(self.rank, module.d_in, module.d_out))
+
+    def test_matrix(self, side: str, dim: int, k: int, device) -> torch.Tensor:
+        """[Ω | Φ] (dim × 2k) for ``side="in"``, Ψ (dim × (2k + 1)) for ``"out"``: N(0, 1), fp32,
+        one per (side, dim, k), so candidates that read the same input (q, k and v; gate and up)
+        share Ω and Φ, and with them the product x [Ω | Φ]."""
+        key = (side, dim, k, str(device))
+        if key not in self._tests:
+            gen = torch.Generator().manual_seed((self.seed * 1_000_003 + dim * 7919 + k * 31 + (side == "out")) & 0x7FFFFFFF)
+            cols = 2 * k + (side == "out")
+            self._tests[key] = torch.randn(dim, cols, generator=gen).to(device)
+        return self._tests[key]
 
     def test_matrices(self, module: AdapterModule, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """([Ω | Φ] (d_in × 2k), Ψ (d_out × (2k + 1))) of a layer shape: N(0, 1) entries, fp32."""
-        key = (module.d_in, module.d_out, str(device))
-        if key not in self._tests:
-            k = max(1, min(self.rank, module.d_in, module.d_out))
-            gen = torch.Generator().manual_seed((self.seed * 1_000_003 + module.d_in * 7919 + module.d_out) & 0x7FFFFFFF)
-            self._tests[key] = (torch.randn(module.d_in, 2 * k, generator=gen).to(device),
-                                torch.randn(module.d_out, 2 * k + 1, generator=gen).to(device))
-        self._shape_of[module.name] = key
-        return self._tests[key]
+        """([Ω | Φ] (d_in × 2k), Ψ (d_out × (2k + 1))) of a candidate."""
+        k = self.width(module)
+        self._shape_of[module.name] = (module.d_in, module.d_out, str(device))
+        return self.test_matrix("in", module.d_in, k, device), self.test_matrix("out", module.d_out, k, device)
+
+    def _sketched_input(self, x: torch.Tensor, omega_phi: torch.Tensor) -> torch.Tensor:
+        """x [Ω | Φ] (N × 2k) in fp32, reused while consecutive candidates hand over the same input
+        (the backward pass reaches q, k and v, and gate and up, one after another). Only a weak
+        reference to x's storage owner is kept (no activation outlives its backward pass); while
+        that owner lives its memory cannot be reused, and ``_version`` catches in-place writes."""
+        owner = x._base if x._base is not None else x
+        key = (x.data_ptr(), tuple(x.shape), x.stride(), x._version, omega_phi.data_ptr())
+        cached = self._last_input
+        if cached is not None and cached[0] == key and cached[1]() is owner:
+            return cached[2]
+        product = x.float() @ omega_phi
+        self._last_input = (key, weakref.ref(owner), product)
+        return product
 
     def add(self, module: AdapterModule, grad: torch.Tensor, x: torch.Tensor) -> None:
         with torch.no_grad():
@@ -195,7 +222,7 @@ class SketchStatistics(ScoringStatistics):
             omega_phi, psi = self.test_matrices(module, g.device)
             # tokens without a gradient (padding) are zero rows of g: they add nothing to any sketch
             g_psi = g @ psi  # (N, l)
-            yz_b = g.transpose(0, 1) @ (xf @ omega_phi)  # (d_out, 2k) = G_b [Ω | Φ]; G_b never formed
+            yz_b = g.transpose(0, 1) @ self._sketched_input(x, omega_phi)  # (d_out, 2k) = G_b [Ω | Φ]; G_b never formed
             w_b = g_psi.transpose(0, 1) @ xf  # (l, d_in) = Ψᵀ G_b
             name = module.name
             _accumulate(self.YZ, name, yz_b)
@@ -223,8 +250,9 @@ class SketchStatistics(ScoringStatistics):
     def reconstruction(self, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(X, Z, Φ): Ĝ = Q X with Q = orth(Y) (Ĝ is never formed), Z = G Φ."""
         YZ = self.YZ[name]
-        omega_phi, psi = self._tests[self._shape_of[name]]
         k = YZ.shape[1] // 2
+        d_in, d_out, device = self._shape_of[name]
+        omega_phi, psi = self._tests[("in", d_in, k, device)], self._tests[("out", d_out, k, device)]
         Q, _ = torch.linalg.qr(YZ[:, :k])
         X = torch.linalg.lstsq(psi.transpose(0, 1) @ Q, self.W[name]).solution  # (k, d_in)
         return X, YZ[:, k:], omega_phi[:, k:]
@@ -262,13 +290,13 @@ class SketchStatistics(ScoringStatistics):
         out.update({f"W:{n}": t for n, t in self.W.items()})
         out.update({f"P:{n}": t for n, t in self.P.items()})
         out.update({f"Q:{n}": t for n, t in self.Q.items()})
-        for (d_in, d_out, dev), (omega_phi, psi) in self._tests.items():
-            out[f"omega_phi:{d_in}x{d_out}:{dev}"] = omega_phi
-            out[f"psi:{d_in}x{d_out}:{dev}"] = psi
+        for (side, dim, k, dev), matrix in self._tests.items():
+            out[f"{'omega_phi' if side == 'in' else 'psi'}:{dim}:k{k}:{dev}"] = matrix
         return out
 
     def reset(self) -> None:
         super().reset()
+        self._last_input = None
         for stats in (self.YZ, self.W, self.P, self.Q, self._fisher):
             stats.clear()
 
