@@ -521,11 +521,14 @@ def drain(store: RunStore, sweep_id: str, slots: int | None = None, gpus: list[s
     """Train the queued runs until the sweep's are finished: a worker in this process (its runs
     local processes, or Ray tasks with a :class:`~heterolora_core.records.ray_executor.RayLauncher`),
     or, when the home already has a worker, wait for it. Returns 1 when a run of the sweep failed,
-    else 0."""
+    128 + the signal's number when SIGTERM / SIGINT stopped the worker, else 0."""
     deadline = time.monotonic() + 60 * deadline_minutes if deadline_minutes else None
     worker = Worker(store.home, slots=slots, gpus=gpus, stop_when_idle=True, deadline=deadline,
                     pause_file=pause_file, idle_exit=None, log=log, launcher=launcher)
-    worker.serve()  # returns at once when another worker holds the home's lock
+    code = worker.serve()  # returns at once when another worker holds the home's lock
+    if code:  # SIGTERM / SIGINT: stop here rather than wait for (or start) another worker
+        log(f"sweep {sweep_id}: stopped; its queued runs stay queued (run the sweep again with --wait to go on)")
+        return code
     while any(r.sweep_id == sweep_id and r.status in ACTIVE_STATUSES for r in store.list_runs()):
         if deadline is not None and time.monotonic() >= deadline:
             break

@@ -183,6 +183,37 @@ def test_sweep_wait_from_the_command_line_resumes(home, tmp_path):
     assert {r.status for r in RunStore(home).list_runs()} == {"done"}
 
 
+def test_sigterm_stops_sweep_wait_and_starts_no_other_worker(home, tmp_path):
+    """SIGTERM to ``sweep --wait`` stops its worker (the running run fails, saying why), exits 143
+    and leaves the rest queued: it neither waits on nor starts another worker."""
+    import signal
+    import time
+
+    from cli_helpers import wait_for
+
+    path = write(tmp_path, HAND_COUNTED)
+    env = {**os.environ, "HETEROLORA_HOME": str(home), worker_mod.TRAIN_CMD_ENV: FAKE_TRAIN_CMD,
+           "HETEROLORA_FAKE_STEP_SECONDS": "2.0"}
+    proc = subprocess.Popen([sys.executable, "-m", "heterolora_core", "sweep", str(path), "--wait"], cwd=PROJECT_ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        store = RunStore(home)
+        wait_for(lambda: any(r.status == "running" for r in store.list_runs()), 60, "a running run")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err[-2000:]
+    assert "stopped by SIGTERM" in out and "sweep hand-count: stopped; its queued runs stay queued" in out
+    time.sleep(1.0)  # a worker started by mistake would have claimed a run by now
+    assert worker_mod.worker_pid(home) is None
+    statuses = sorted(r.status for r in RunStore(home).list_runs())
+    assert statuses == ["failed"] + ["queued"] * 10, statuses
+    failed = next(r for r in RunStore(home).list_runs() if r.status == "failed")
+    assert "the worker was stopped (SIGTERM)" in (failed.summary.error or "")
+
+
 # -- malformed sweep files --------------------------------------------------------------------------
 
 MALFORMED = [

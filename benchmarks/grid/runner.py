@@ -82,8 +82,10 @@ def execute(jobs: list[Job], dry_run: bool = False, log=print, pause_file: Path 
         log(f"[{i}/{len(pending)}] queue {job.kind} row {job.row.id} {job.task} seed {job.seed} -> {job.path}")
         store.enqueue({**job.config.to_dict(), "sweep_row": job.row.slug}, sweep_id=SWEEP_ID,
                       folder=job.path.relative_to(home))
-    Worker(home, slots=parallel, stop_when_idle=True, deadline=deadline, pause_file=pause_file, idle_exit=None,
-           log=log).serve()
+    stopped = Worker(home, slots=parallel, stop_when_idle=True, deadline=deadline, pause_file=pause_file,
+                     idle_exit=None, log=log).serve()
+    if stopped:  # SIGTERM / SIGINT: what was not trained stays queued
+        raise SystemExit(stopped)
     _wait_for_other_worker(store, pending, deadline, log)
     for job, _ in pending:
         summary = RunRecord(job.path).summary()

@@ -167,6 +167,10 @@ def stop_worker(home: str | os.PathLike | None = None, sig: int = signal.SIGTERM
 class _Stop(Exception):
     """Raised in the worker's main thread by SIGTERM / SIGINT."""
 
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.exit_code = 128 + signum  # the shell's convention: 143 for SIGTERM, 130 for SIGINT
+
 
 @dataclass
 class Slot:
@@ -225,7 +229,8 @@ class Worker:
         return max(1, capacity) if capacity is not None else read_slots(self.store)
 
     def serve(self) -> int:
-        """Hold the lock and process the queue until idle or stopped. Returns the exit code."""
+        """Hold the lock and process the queue until idle or stopped. Returns the exit code: 0, or
+        128 + the signal's number when SIGTERM / SIGINT stopped it (its callers stop too)."""
         lock = open(self.home / LOCK_NAME, "a+")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -237,15 +242,17 @@ class Worker:
         (self.home / PID_NAME).write_text(f"{os.getpid()} {process_started_at()}")
 
         def on_signal(signum, _frame):
-            raise _Stop(signal.Signals(signum).name)
+            raise _Stop(signum)
 
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         self.log(f"serving {self.home}" + ("" if self.launcher.name == "local" else f" on {self.launcher.name}"))
+        code = 0
         try:
             self.loop()
         except _Stop as stop:
             self.log(f"stopped by {stop}")
             self.abandon_all(f"the worker was stopped ({stop}) while this run was training")
+            code = stop.exit_code
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -254,7 +261,7 @@ class Worker:
                 (self.home / PID_NAME).unlink(missing_ok=True)
             lock.close()
             self.launcher.close()
-        return 0
+        return code
 
     def loop(self) -> None:
         idle_since = time.time()
