@@ -33,7 +33,8 @@ from heterolora_core.sweeps import expand, load_sweep
 from benchmarks.common import write_json
 
 GRIDS = PROJECT_ROOT / "benchmarks" / "grids"
-DEFAULT_SWEEPS = [GRIDS / "ranks_mrpc_b.yaml", GRIDS / "ranks_mrpc_a.yaml", GRIDS / "ranks_mrpc_more.yaml"]
+DEFAULT_SWEEPS = [GRIDS / "ranks_mrpc_b.yaml", GRIDS / "ranks_mrpc_a.yaml", GRIDS / "ranks_mrpc_more.yaml",
+                  GRIDS / "ranks_sst2_b.yaml"]
 KINDS = ("q", "k", "v", "o", "ffn_in", "ffn_out")
 
 
@@ -196,9 +197,9 @@ def to_json(reports: list[RowReport]) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("sweeps", nargs="*", type=Path, default=DEFAULT_SWEEPS, help="sweep files (default: the MRPC rank sweeps)")
+    parser.add_argument("sweeps", nargs="*", type=Path, default=DEFAULT_SWEEPS, help="sweep files (default: the rank sweeps, MRPC and SST-2)")
     parser.add_argument("--home", type=Path, default=None, help="the data home holding the records (default: data/)")
-    parser.add_argument("--json", type=Path, default=PROJECT_ROOT / "benchmarks" / "results" / "ranks_mrpc.json")
+    parser.add_argument("--json", type=Path, default=PROJECT_ROOT / "benchmarks" / "results" / "ranks.json")
     parser.add_argument("--markdown", action="store_true", help="print Markdown only (for docs/results.md)")
     args = parser.parse_args(argv)
     home = args.home or data_home()
