@@ -1,6 +1,6 @@
 """Heterogeneous ranks against uniform LoRA (issue 15): the report of the rank sweeps.
 
-    python benchmarks/rank_grid.py                       # the three MRPC sweeps under benchmarks/grids/
+    python benchmarks/rank_grid.py                       # the rank sweeps under benchmarks/grids/ (MRPC, SST-2)
     python benchmarks/rank_grid.py FILE.yaml ... [--home data] [--markdown] [--json PATH]
 
 Each sweep file's rows are read from their record folders under the data home (the runs are queued
