@@ -11,7 +11,8 @@ the row's ``report:`` block asks for: ``reference`` (uniform LoRA at the same bu
 AdaLoRA and EVA); "noise" where the 95% interval holds 0. Then the cost (median search and wall
 seconds, search as a share of wall) and, for rows whose records carry ranks, where they went: the
 mean final rank per module kind (over layers and seeds) and each layer's share of the adapter
-parameters, from the final reallocation line. The statistics are
+parameters, from the final reallocation line; and the training curves (the mean dev score after
+each epoch, the last logged training loss). The statistics are
 :mod:`heterolora_core.analysis.stats`; scores print in GLUE points.
 """
 from __future__ import annotations
@@ -56,6 +57,8 @@ class RowReport:
     layer_share: dict[int, float] = field(default_factory=dict)
     wanted: list[str] = field(default_factory=list)
     versus: dict[str, PairedDifference | None] = field(default_factory=dict)
+    curve: dict[float, float] = field(default_factory=dict)  # epoch -> mean dev score over seeds
+    last_train_loss: float | None = None  # mean over seeds of the last logged training loss
 
     @property
     def stats(self) -> Description:
@@ -88,6 +91,24 @@ def _where_ranks_went(records: list[RunRecord]) -> tuple[dict[str, float], dict[
     return by_kind, {layer: float(statistics.fmean(v)) for layer, v in sorted(shares.items())}
 
 
+def _curves(records: list[RunRecord]) -> tuple[dict[float, float], float | None]:
+    """Mean dev score (headline metric) at each evaluated epoch, over the runs that reached it, and
+    the mean of each run's last logged training loss."""
+    by_epoch: dict[float, list[float]] = {}
+    losses: list[float] = []
+    for record in records:
+        key = f"eval_{record.summary().metric}"
+        lines = record.metrics()
+        for line in lines:
+            if key in line and "epoch" in line:
+                by_epoch.setdefault(round(float(line["epoch"]), 2), []).append(float(line[key]))
+        train = [line["loss"] for line in lines if "loss" in line]
+        if train:
+            losses.append(float(train[-1]))
+    curve = {epoch: float(statistics.fmean(v)) for epoch, v in sorted(by_epoch.items())}
+    return curve, (float(statistics.fmean(losses)) if losses else None)
+
+
 def read_sweep_rows(path: Path, home: Path) -> list[RowReport]:
     """The :class:`RowReport` of every row of one sweep file, without comparisons (:func:`compare`)."""
     spec = load_sweep(path)
@@ -113,6 +134,7 @@ def read_sweep_rows(path: Path, home: Path) -> list[RowReport]:
         report.search_seconds = _median([s.search_seconds for s in summaries if s.search_seconds is not None])
         report.wall_seconds = _median([s.wall_seconds for s in summaries if s.wall_seconds is not None])
         report.rank_by_kind, report.layer_share = _where_ranks_went(done)
+        report.curve, report.last_train_loss = _curves(done)
         report.wanted = [w for w in dict.fromkeys([spec_row.report.get("reference"), spec_row.report.get("control"),
                                                    *spec_row.report.get("versus", [])]) if w]
     return list(reports.values())
@@ -177,6 +199,11 @@ def format_markdown(reports: list[RowReport]) -> str:
             seeds += "" if len(r.final) == r.planned else f" ({len(r.final)} of {r.planned})"
             out.append(f"| {r.row} | {r.label} | {r.budget} | {_params(r)} | {seeds} | {score} | {ci} "
                        f"| {format_points(describe(r.best.values()).mean)} | {diffs} | {_cost(r)} |")
+        curved = [r for r in rows if r.curve]
+        if curved:
+            out += ["", "| row | dev score after each epoch (mean over seeds) | last training loss |", "|---|---|---|"]
+            out += [f"| {r.row} | " + " → ".join(f"{format_points(v)} (ep {e:g})" for e, v in r.curve.items())
+                    + (f" | {r.last_train_loss:.3f} |" if r.last_train_loss is not None else " | - |") for r in curved]
         ranked = [r for r in rows if r.rank_by_kind]
         if ranked:
             out += ["", "| row | mean final rank per kind; each layer's share of the adapter parameters |", "|---|---|"]

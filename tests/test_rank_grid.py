@@ -63,6 +63,9 @@ def test_the_report_pairs_by_seed_and_says_where_the_ranks_went(tmp_path):
         line = {"step": 0, "scores": scores, "enabled": ["layer.0.lora.q", "layer.0.lora.v", "layer.1.lora.v"],
                 "ranks": {"layer.0.lora.q": 4, "layer.0.lora.v": 12, "layer.1.lora.v": 8}}
         (path / "reallocations.jsonl").write_text(json.dumps(line) + "\n")
+        curve = [{"step": 10, "epoch": 0.5, "loss": 0.9}, {"step": 20, "epoch": 1.0, "eval_accuracy": 0.70 + seed / 100},
+                 {"step": 30, "epoch": 1.5, "loss": 0.5 + seed / 10}, {"step": 40, "epoch": 2.0, "eval_accuracy": r}]
+        (path / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in curve))
     _write(home, "shuffled", 0, 0.79)  # the control has one seed only
     reports = rank_grid.read_sweep_rows(sweep, home)
     rank_grid.compare(reports)
@@ -76,7 +79,10 @@ def test_the_report_pairs_by_seed_and_says_where_the_ranks_went(tmp_path):
     assert ranked.versus["shuffled"].seeds == (0,) and "missing-row" not in ranked.versus
     assert ranked.rank_by_kind == pytest.approx({"q": 2.0, "v": 10.0})  # q: (4 + 0) / 2, v: (12 + 8) / 2
     assert ranked.layer_share == pytest.approx({0: 2 / 3, 1: 1 / 3})  # 16 of 24 rank units (q, v alike)
+    assert ranked.curve == pytest.approx({1.0: 0.71, 2.0: 0.81})  # (0.70 + 0.71 + 0.72) / 3, (0.80 + 0.81 + 0.82) / 3
+    assert ranked.last_train_loss == pytest.approx(0.6)  # (0.5 + 0.6 + 0.7) / 3
     text = rank_grid.format_markdown(reports)
+    assert "| ranked | 71.00 (ep 1) → 81.00 (ep 2) | 0.600 |" in text
     assert "vs uniform: +2.00 [-0.5, 4.5] noise" in text
     assert "| shuffled |" in text and "0 (1 of 3)" in text
     assert "q 2.0, v 10.0; layers 0→1: 67 33%" in text
