@@ -240,6 +240,9 @@ class TeeStatistics(ScoringStatistics):
     def spectrum(self, name):
         return self.sketch.spectrum(name)
 
+    def directions(self, name, r):
+        return self.sketch.directions(name, r)
+
     def tensors(self):
         return self.sketch.tensors()
 
