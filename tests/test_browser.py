@@ -130,6 +130,11 @@ def test_launch_run_allocation_compare_in_a_real_browser(tmp_path, screens, monk
             fill_number(page, "Max steps (0: by epochs)", "2")  # the second run only needs to exist for Compare
             page.get_by_role("button", name="Launch run").click()
             wait_idle(page)
+            # the first launch's "Queued" line is still on the page, so wait on the store itself
+            # (the rerun that queues the second run can start after the page looks idle)
+            deadline = time.monotonic() + 60
+            while len(RunStore(home).list_runs()) < 2 and time.monotonic() < deadline:
+                page.wait_for_timeout(250)
             runs = RunStore(home).list_runs()
             assert len(runs) == 2 and {r.config.seed for r in runs} == {0, 1}
             assert sorted(r.config.max_steps for r in runs) == [2, 4]
