@@ -28,7 +28,7 @@ from heterolora_core.analysis.allocation import has_ranks, rank_frame
 from heterolora_core.analysis.stats import Description, PairedDifference, describe, paired_difference, seed_scores
 from heterolora_core.analysis.units import format_interval, format_points
 from heterolora_core.records.home import PROJECT_ROOT, data_home
-from heterolora_core.records.record import RunRecord, Status
+from heterolora_core.records.record import RunRecord, RunSummary, Status
 from heterolora_core.sweeps import expand, load_sweep
 
 from benchmarks.common import write_json
@@ -91,13 +91,13 @@ def _where_ranks_went(records: list[RunRecord]) -> tuple[dict[str, float], dict[
     return by_kind, {layer: float(statistics.fmean(v)) for layer, v in sorted(shares.items())}
 
 
-def _curves(records: list[RunRecord]) -> tuple[dict[float, float], float | None]:
+def _curves(records: list[RunRecord], summaries: list[RunSummary]) -> tuple[dict[float, float], float | None]:
     """Mean dev score (headline metric) at each evaluated epoch, over the runs that reached it, and
-    the mean of each run's last logged training loss."""
+    the mean of each run's last logged training loss (``summaries``: the records' own, already read)."""
     by_epoch: dict[float, list[float]] = {}
     losses: list[float] = []
-    for record in records:
-        key = f"eval_{record.summary().metric}"
+    for record, summary in zip(records, summaries):
+        key = f"eval_{summary.metric}"
         lines = record.metrics()
         for line in lines:
             if key in line and "epoch" in line:
@@ -134,7 +134,7 @@ def read_sweep_rows(path: Path, home: Path) -> list[RowReport]:
         report.search_seconds = _median([s.search_seconds for s in summaries if s.search_seconds is not None])
         report.wall_seconds = _median([s.wall_seconds for s in summaries if s.wall_seconds is not None])
         report.rank_by_kind, report.layer_share = _where_ranks_went(done)
-        report.curve, report.last_train_loss = _curves(done)
+        report.curve, report.last_train_loss = _curves(done, summaries)
         report.wanted = [w for w in dict.fromkeys([spec_row.report.get("reference"), spec_row.report.get("control"),
                                                    *spec_row.report.get("versus", [])]) if w]
     return list(reports.values())
