@@ -148,6 +148,32 @@ def test_scores_from_training_steps_match_extra_pass_scores():
         assert from_training[name] == pytest.approx(value, rel=1e-4), name
 
 
+@pytest.mark.parametrize("kind", ["bert", "opt_post", "llama"])
+def test_a_training_window_reaches_candidates_below_the_lowest_enabled_one(kind):
+    """Only the top layer's v trains: every candidate still gets the δ it gets with everything on
+    (B = 0, so the function is the same), and backward goes no lower than the lowest site: the
+    embeddings' output never requires grad."""
+    model = tiny_model(kind, layers=2, hidden=HIDDEN)
+    adapters = attach(model, HeteroLoraConfig(rank=4, lora_targets=("q", "v"), shortcuts=True, init_seed=0))
+    batches = random_batches(2)
+    reference = compute_scores("grad_norm", model, adapters, batches=batches)
+    adapters.set_enabled(["layer.1.lora.v"])
+    seen = []
+    handle = model.get_input_embeddings().register_forward_hook(lambda m, a, out: seen.append(out.requires_grad))
+    collector = ExactStatistics()
+    with adapters.collecting(collector):
+        for batch in batches:
+            model(**batch).loss.backward()
+    handle.remove()
+    from_training = scores_from_gradients("grad_norm", adapters, collector)
+    assert seen == [False, False]
+    assert sorted(from_training) == sorted(reference) and len(reference) == len(adapters.names())
+    for name, value in reference.items():
+        assert from_training[name] == pytest.approx(value, rel=1e-4), name
+    frozen = [p for n, p in model.named_parameters() if "heterolora" not in n and not p.requires_grad]
+    assert frozen and all(p.grad is None for p in frozen)
+
+
 def test_constant_and_unknown_proxy():
     model, adapters = _model()
     assert set(compute_scores("constant", model, adapters).values()) == {1.0}

@@ -73,6 +73,15 @@ def test_padding_tokens_do_not_count_against_the_exact_fisher():
     assert long_.fisher(module.name) != pytest.approx(float((grad.T @ x).pow(2).sum()), rel=1e-3)
     assert torch.allclose(short.YZ[module.name], live_only.YZ[module.name], atol=1e-5)
     assert torch.allclose(short.W[module.name], live_only.W[module.name], atol=1e-5)
+    # 30 of 40 live: more than 4k, and kept in place (zero rows add nothing), not gathered
+    mostly, mostly_alone = SketchStatistics(rank=4), SketchStatistics(rank=4)
+    mostly_padded = grad.clone()
+    mostly_padded[30:] = 0.0
+    mostly.add(module, mostly_padded, x)
+    mostly_alone.add(module, grad[:30], x[:30])
+    assert torch.allclose(mostly.YZ[module.name], mostly_alone.YZ[module.name], atol=1e-5)
+    assert torch.allclose(mostly.W[module.name], mostly_alone.W[module.name], atol=1e-5)
+    assert mostly.fisher(module.name) == pytest.approx(mostly_alone.fisher(module.name), rel=1e-5)
 
 
 def test_candidates_reading_one_input_share_its_sketch_product_and_nothing_else():

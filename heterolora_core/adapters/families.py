@@ -239,14 +239,6 @@ def _lora_hook(adapters: AdapterSet, module: AdapterModule, linear: nn.Module, a
     return adapters.lora_output(module, args[0], output)
 
 
-def _input_grad_hook(adapters: AdapterSet, embedding: nn.Module, args, output):
-    # While collecting proxy statistics, make the embeddings require grad so that δ reaches every
-    # candidate, also below the lowest enabled one (the frozen model would stop backward there).
-    if adapters.collector is not None and torch.is_grad_enabled() and not output.requires_grad:
-        return output.detach().requires_grad_(True)
-    return None
-
-
 def attach(model: nn.Module, config: HeteroLoraConfig) -> AdapterSet:
     """Freeze ``model`` and attach every candidate of ``config``'s search space to it.
 
@@ -265,7 +257,6 @@ def attach(model: nn.Module, config: HeteroLoraConfig) -> AdapterSet:
     generator = torch.Generator().manual_seed(config.init_seed) if config.init_seed is not None else None
     _add_candidates(adapters, model, layers, family, generator)
     family.install_shortcuts(adapters, layers, family, model.config)
-    adapters.track(model.get_input_embeddings().register_forward_hook(partial(_input_grad_hook, adapters)))
     adapters.track(model.register_forward_hook(lambda *_: adapters.clear_contexts()))
     adapters.to(next(model.parameters()).device)
     model.add_module("heterolora", adapters)

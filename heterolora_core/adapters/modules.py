@@ -270,11 +270,19 @@ class AdapterSet(nn.Module):
         for ctx in self._contexts:
             ctx.clear()
 
-    def _watch(self, site: torch.Tensor, sources: list[tuple[AdapterModule, torch.Tensor]]) -> None:
-        """Send δ = ∂L/∂site, paired with each candidate's source activation, to the collector."""
+    def _watch(self, site: torch.Tensor, sources: list[tuple[AdapterModule, torch.Tensor]]) -> torch.Tensor:
+        """Send δ = ∂L/∂site, paired with each candidate's source activation, to the collector;
+        returns the tensor the forward pass goes on with (``site``, or its stand-in below)."""
         collector = self.collector
-        if collector is None or not site.requires_grad or not sources:
-            return
+        if collector is None or not sources or not torch.is_grad_enabled():
+            return site
+        if not site.requires_grad:
+            # Nothing below this site needs a gradient (the frozen model under the lowest enabled
+            # candidate): a leaf stand-in brings δ here without backpropagating any further down,
+            # where making the embeddings require grad would pay for the input gradients of the
+            # whole first layer. Its accumulated .grad is dropped at once.
+            site = site.detach().requires_grad_(True)
+            site.register_post_accumulate_grad_hook(_drop_grad)
         d_out = site.shape[-1]
 
         def on_grad(grad: torch.Tensor) -> None:
@@ -283,6 +291,7 @@ class AdapterSet(nn.Module):
                 collector.add(module, g, x.reshape(-1, module.d_in))
 
         site.register_hook(on_grad)
+        return site
 
     def lora_output(self, module: AdapterModule, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Output of a LoRA-adapted projection: y = W0 x + b (+ Δ(x) when enabled)."""
@@ -291,7 +300,7 @@ class AdapterSet(nn.Module):
         elif module.enabled:
             y = y + module.delta(x).to(y.dtype)
         if self.collector is not None:
-            self._watch(y, [(module, x)])
+            y = self._watch(y, [(module, x)])
         return y
 
     def site_output(self, site: torch.Tensor, sources: list[tuple[AdapterModule, torch.Tensor | None]]) -> torch.Tensor:
@@ -309,10 +318,14 @@ class AdapterSet(nn.Module):
             elif module.enabled:
                 out = out + module.delta(x).reshape(site.shape).to(site.dtype)
         if self.collector is not None and present:
-            if out is site:
+            if out is site and site.requires_grad:
                 out = site.view_as(site)  # a node of its own, so its gradient is this sum's alone
-            self._watch(out, present)
+            out = self._watch(out, present)
         return out
+
+
+def _drop_grad(leaf: torch.Tensor) -> None:
+    leaf.grad = None
 
 
 def _alpha_scaled_term(module: AdapterModule, x: torch.Tensor) -> torch.Tensor:
