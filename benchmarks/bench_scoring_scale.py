@@ -8,7 +8,10 @@ hidden size (default 1024, 2048, 4096):
 - ``stats / weights``: bytes of the statistics a scoring window holds (``auto``, the default;
   ``sketch`` at k = 32; ``exact``: the full G) over the bytes of the model's fp32 weights;
 - ``window / plain``: a training step inside a scoring window over a plain step, interleaved pairs,
-  median of the paired ratios (``auto`` and ``exact``);
+  median of the paired ratios (``auto`` and ``exact``; one collector reset before each step, as a
+  search keeps one). The classifier's loss reaches the last layer through the pooled token alone
+  (the sketches skip the other tokens there); ``LM loss``: the same model as a causal language
+  model, every token carrying a gradient everywhere;
 - ``ours / PEFT``: our training step over PEFT's LoRA step, same targets and rank (interleaved);
 - ``dynamic / uniform peak``: peak resident memory while training (the high-water mark is reset
   after the model is built, ``/proc/self/clear_refs``) of a dynamic search (rank 32, reallocating
@@ -16,9 +19,11 @@ hidden size (default 1024, 2048, 4096):
   (rank 8 on every target), each a fresh process, 12 steps (``--memory-hidden``, default 4096).
 
 ``--accuracy``: the embedded model on MRPC, the dashboard's default dynamic run (rank 32, 25% of
-q, v and the shortcuts) made longer (``--accuracy-steps``), scored with ``--scoring sketch`` (k =
-32); at every reallocation the same window's exact scores are computed too: Jaccard of the two
-selections and Spearman of the two score vectors.
+q, v and the shortcuts; grad_norm) made longer (``--accuracy-steps``), scored with ``--scoring
+sketch`` (k = 32); at every reallocation the same window's exact scores are computed too: Jaccard
+of the two selections, Spearman of the two score vectors, relative errors of the scores. The same
+windows are sketched again at each of ``--accuracy-ranks`` over ``--accuracy-draws`` draws of the
+test matrices, so one lucky or unlucky draw does not decide the verdict.
 
     python benchmarks/bench_scoring_scale.py [--hidden 1024,2048,4096] [--pairs 5] [--accuracy]
 """
@@ -43,37 +48,41 @@ from heterolora_core import HeteroLoraConfig, attach
 from heterolora_core.adapters.modules import head_module
 from heterolora_core.search.budget import Budget
 from heterolora_core.search.reallocator import Reallocator
-from heterolora_core.search.statistics import ScoringStatistics, make_statistics
+from heterolora_core.search.statistics import ScoringStatistics, SketchStatistics, make_statistics
+from heterolora_core.vocab import DEFAULT_SKETCH_RANK
 
 TARGETS = ("q", "k", "v", "o", "ffn_gate", "ffn_in", "ffn_out")
 PEFT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 RANK, BATCH, TOKENS = 16, 4, 128
 
 
-def llama(hidden: int, layers: int, seed: int = 0):
+def llama(hidden: int, layers: int, seed: int = 0, lm: bool = False):
+    """A sequence classifier (the loss reaches the last layer through the pooled last token only),
+    or with ``lm`` a causal language model (every token carries a gradient everywhere)."""
     torch.manual_seed(seed)
     config = tf.LlamaConfig(vocab_size=1024, hidden_size=hidden, intermediate_size=int(round(hidden * 2.6875 / 64)) * 64,
                             num_hidden_layers=layers, num_attention_heads=hidden // 128, num_key_value_heads=hidden // 128,
                             num_labels=2, pad_token_id=0, max_position_embeddings=TOKENS)
-    return tf.AutoModelForSequenceClassification.from_config(config)
+    return (tf.AutoModelForCausalLM if lm else tf.AutoModelForSequenceClassification).from_config(config)
 
 
-def batch(device: str) -> dict:
+def batch(device: str, lm: bool = False) -> dict:
     gen = torch.Generator().manual_seed(1)
     ids = torch.randint(2, 1024, (BATCH, TOKENS), generator=gen)
-    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device),
-            "labels": torch.randint(0, 2, (BATCH,), generator=gen).to(device)}
+    labels = ids if lm else torch.randint(0, 2, (BATCH,), generator=gen)
+    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device), "labels": labels.to(device)}
 
 
 def weight_bytes(model) -> int:
     return sum(p.numel() * 4 for n, p in model.named_parameters() if "heterolora" not in n and "lora_" not in n)
 
 
-def ours(hidden: int, layers: int, device: str):
-    model = llama(hidden, layers).to(device).train()
+def ours(hidden: int, layers: int, device: str, lm: bool = False):
+    model = llama(hidden, layers, lm=lm).to(device).train()
     adapters = attach(model, HeteroLoraConfig(rank=RANK, lora_targets=TARGETS, shortcuts=False, init_seed=0))
-    for p in head_module(model).parameters():
-        p.requires_grad_(True)
+    if not lm:
+        for p in head_module(model).parameters():
+            p.requires_grad_(True)
     return model, adapters
 
 
@@ -91,13 +100,16 @@ def peft_model(hidden: int, layers: int, device: str):
 
 def stepper(model, inputs, adapters=None, scoring: str | None = None):
     """A training step (forward, backward, AdamW, zero_grad), inside a scoring window when
-    ``scoring`` names the statistics to gather."""
+    ``scoring`` names the statistics to gather: one collector, reset before each step, as a
+    search keeps one and resets it after each reallocation."""
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     holder: dict[str, ScoringStatistics] = {}
+    if scoring is not None:
+        holder["stats"] = make_statistics(scoring, rank=DEFAULT_SKETCH_RANK)
 
     def step() -> None:
         if scoring is not None:
-            holder["stats"] = make_statistics(scoring, rank=32)
+            holder["stats"].reset()
             with adapters.collecting(holder["stats"]):
                 model(**inputs).loss.backward()
         else:
@@ -138,7 +150,13 @@ def measure_width(hidden: int, layers: int, pairs: int, device: str) -> dict:
     for scoring in ("auto", "exact"):
         window, _ = stepper(model, inputs, adapters, scoring)
         out[f"window_over_plain_{scoring}"] = paired(window, plain, pairs)
-    del model, adapters
+    del model, adapters, plain, window
+    # a language model's loss: every token carries a gradient at every candidate, none is skipped
+    lm_model, lm_adapters = ours(hidden, layers, device, lm=True)
+    lm_inputs = batch(device, lm=True)
+    out["window_over_plain_auto_lm"] = paired(stepper(lm_model, lm_inputs, lm_adapters, "auto")[0],
+                                              stepper(lm_model, lm_inputs)[0], pairs)
+    del lm_model, lm_adapters
     peft = peft_model(hidden, layers, device)
     mine, _ = ours(hidden, layers, device)
     out["ours_over_peft"] = paired(stepper(mine, inputs)[0], stepper(peft, inputs)[0], pairs)
@@ -221,7 +239,7 @@ class TeeStatistics(ScoringStatistics):
     def __init__(self, factors: bool = False):
         super().__init__(factors)
         self.exact = make_statistics("exact", factors=factors)
-        self.sketch = make_statistics("sketch", rank=32, factors=factors)
+        self.sketch = make_statistics("sketch", rank=DEFAULT_SKETCH_RANK, factors=factors)
 
     def add(self, module, grad, x):
         self.exact.add(module, grad, x)
@@ -252,7 +270,22 @@ class TeeStatistics(ScoringStatistics):
         self.sketch.reset()
 
 
-def measure_accuracy(steps: int) -> dict:
+def sketched_again(exact: ScoringStatistics, adapters, k: int, draw: int) -> dict[str, float]:
+    """grad_norm of every candidate from a fresh sketch (rank k, test matrices of seed ``draw``)
+    of each exact G. The sketches are linear in G, so one batch with x = I and δ = Gᵀ (G = δᵀx)
+    gives what the window's batches streamed one by one give, to rounding."""
+    sketch = SketchStatistics(k, seed=draw)
+    for module in adapters.modules_in_order():
+        if module.name in exact.G:
+            G = exact.G[module.name]
+            sketch.add(module, G.transpose(0, 1).contiguous(), torch.eye(G.shape[1]))
+    return {m.name: (sketch.grad_norm(m.name) if m.name in sketch else 0.0) for m in adapters.modules_in_order()}
+
+
+def measure_accuracy(steps: int, ranks: list[int], draws: int) -> dict:
+    """The run trains on the streamed sketch (rank DEFAULT_SKETCH_RANK, seed 0); at each
+    reallocation the same window's exact scores are compared with it, and with fresh sketches of
+    every rank in ``ranks`` over ``draws`` draws of the test matrices."""
     import tempfile
 
     from scipy.stats import spearmanr
@@ -264,41 +297,57 @@ def measure_accuracy(steps: int) -> dict:
     from heterolora_core.training.run_config import RunConfig
     from heterolora_core.training.trainer import run_training
 
-    rows = []
+    rows, per_rank = [], {k: [] for k in ranks}
     original = realloc_module.Reallocator.reallocate
 
     def compared(self, step, batches=None):
         if isinstance(self.collector, TeeStatistics) and len(self.collector) > 0:
             exact = scores_from_gradients(self.proxy, self.adapters, self.collector.exact, self.seed)
-            sketch = scores_from_gradients(self.proxy, self.adapters, self.collector.sketch, self.seed)
             tie = self.seed * 1_000_003 + int(step)
-            a = set(select(exact, self.groups, self.allocation, self.ranking, self.score_norm, self.costs, tie))
-            b = set(select(sketch, self.groups, self.allocation, self.ranking, self.score_norm, self.costs, tie))
+            chosen = set(select(exact, self.groups, self.allocation, self.ranking, self.score_norm, self.costs, tie))
             names = list(exact)
-            rows.append({"step": int(step), "jaccard": len(a & b) / len(a | b),
-                         "spearman": float(spearmanr([exact[n] for n in names], [sketch[n] for n in names]).correlation)})
+
+            def agreement(sketch: dict[str, float]) -> dict:
+                other = set(select(sketch, self.groups, self.allocation, self.ranking, self.score_norm, self.costs, tie))
+                errors = [abs(sketch[n] / exact[n] - 1) for n in names if exact[n] > 0]
+                return {"step": int(step), "jaccard": len(chosen & other) / len(chosen | other),
+                        "spearman": float(spearmanr([exact[n] for n in names], [sketch[n] for n in names]).correlation),
+                        "median_rel_error": statistics.median(errors), "max_rel_error": max(errors)}
+
+            rows.append(agreement(scores_from_gradients(self.proxy, self.adapters, self.collector.sketch, self.seed)))
+            for k in ranks:
+                for draw in range(draws):
+                    per_rank[k].append({**agreement(sketched_again(self.collector.exact, self.adapters, k, draw)), "draw": draw})
         return original(self, step, batches)
 
     realloc_module.Reallocator.reallocate = compared
     realloc_module.make_statistics = lambda *args, **kwargs: TeeStatistics(kwargs.get("factors", False))
-    config = RunConfig.from_dict({**SHORT_RUN, "max_steps": steps, "scoring": "sketch", "sketch_rank": 32})
+    config = RunConfig.from_dict({**SHORT_RUN, "max_steps": steps, "scoring": "sketch", "sketch_rank": DEFAULT_SKETCH_RANK})
     with tempfile.TemporaryDirectory() as tmp:
-        record = run_training(config, os.path.join(tmp, "run"), progress=False)
-        wall, search = record.summary().wall_seconds, record.summary().search_seconds
+        run_training(config, os.path.join(tmp, "run"), progress=False)
+    return {**summarise_agreement(rows), "rows": rows,
+            "by_rank": {str(k): summarise_agreement(per_rank[k]) for k in ranks}, "draws": draws,
+            "config": {"steps": steps, "scoring": "sketch", "k": DEFAULT_SKETCH_RANK, "proxy": SHORT_RUN["proxy"]}}
+
+
+def summarise_agreement(rows: list[dict]) -> dict:
     same = sum(1 for r in rows if r["jaccard"] == 1.0)
     return {"reallocations": len(rows), "identical_selections": same, "share_identical": same / len(rows) if rows else None,
             "min_jaccard": min(r["jaccard"] for r in rows), "min_spearman": min(r["spearman"] for r in rows),
-            "median_spearman": statistics.median(r["spearman"] for r in rows), "rows": rows,
-            "wall_seconds": wall, "search_seconds": search, "config": {"steps": steps, "scoring": "sketch", "k": 32}}
+            "median_spearman": statistics.median(r["spearman"] for r in rows),
+            "median_rel_error": statistics.median(r["median_rel_error"] for r in rows),
+            "max_rel_error": max(r["max_rel_error"] for r in rows)}
 
 
 def print_table(results: dict) -> None:
-    print(f"\n{'hidden':>6} {'modules':>7} {'weights MiB':>11} {'stats/weights auto':>18} {'sketch k32':>10} {'exact':>6} "
-          f"{'window/plain auto':>17} {'exact':>6} {'ours/PEFT':>9}")
+    if results.get("widths"):
+        print(f"\n{'hidden':>6} {'modules':>7} {'weights MiB':>11} {'stats/weights auto':>18} {'sketch':>7} {'exact':>6} "
+              f"{'window/plain auto':>17} {'LM loss':>7} {'exact':>6} {'ours/PEFT':>9}")
     for r in results.get("widths", []):
+        lm = r.get("window_over_plain_auto_lm", {}).get("median_ratio", float("nan"))
         print(f"{r['hidden']:>6} {r['modules']:>7} {r['weights_mib']:>11.0f} {r['stats_over_weights_auto']:>18.3%} "
-              f"{r['stats_over_weights_sketch']:>10.3%} {r['stats_over_weights_exact']:>6.0%} "
-              f"{r['window_over_plain_auto']['median_ratio']:>17.3f} {r['window_over_plain_exact']['median_ratio']:>6.3f} "
+              f"{r['stats_over_weights_sketch']:>7.3%} {r['stats_over_weights_exact']:>6.0%} "
+              f"{r['window_over_plain_auto']['median_ratio']:>17.3f} {lm:>7.3f} {r['window_over_plain_exact']['median_ratio']:>6.3f} "
               f"{r['ours_over_peft']['median_ratio']:>9.3f}")
     if "memory" in results:
         m = results["memory"]
@@ -306,9 +355,14 @@ def print_table(results: dict) -> None:
               f"(uniform {m['peaks_mib']['uniform']}, dynamic {m['peaks_mib']['dynamic']})")
     if "accuracy" in results:
         a = results["accuracy"]
-        print(f"\nembedded MRPC, sketch (k=32) vs exact over {a['reallocations']} reallocations: identical selections "
-              f"{a['identical_selections']}/{a['reallocations']}, min Jaccard {a['min_jaccard']:.2f}, "
+        print(f"\nembedded MRPC, streamed sketch (k={a['config']['k']}) vs exact over {a['reallocations']} reallocations: "
+              f"identical selections {a['identical_selections']}/{a['reallocations']}, min Jaccard {a['min_jaccard']:.2f}, "
               f"Spearman min {a['min_spearman']:.4f} median {a['median_spearman']:.4f}")
+        print(f"\n{'k':>4} {'identical':>12} {'min Jaccard':>11} {'min Spearman':>12} {'median |err|':>12} {'max |err|':>9}"
+              f"   (fresh sketches of the same windows, {a['draws']} draws)")
+        for k, r in a.get("by_rank", {}).items():
+            print(f"{k:>4} {r['identical_selections']:>5}/{r['reallocations']:<6} {r['min_jaccard']:>11.2f} "
+                  f"{r['min_spearman']:>12.4f} {r['median_rel_error']:>12.2%} {r['max_rel_error']:>9.2%}")
 
 
 def main() -> None:
@@ -324,6 +378,8 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--accuracy", action="store_true")
     parser.add_argument("--accuracy-steps", type=int, default=96)
+    parser.add_argument("--accuracy-ranks", default="8,16,32,64", help="sketch ranks checked on fresh sketches of each window")
+    parser.add_argument("--accuracy-draws", type=int, default=5, help="draws of the test matrices per rank")
     parser.add_argument("--merge", action="store_true", help="keep the parts of --out not measured this time")
     parser.add_argument("--child-memory", choices=["uniform", "search"], help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -341,7 +397,8 @@ def main() -> None:
     if not args.no_memory:
         results["memory"] = measure_memory(args.memory_hidden, args.layers, args.memory_steps, args.device, args.memory_rounds)
     if args.accuracy:
-        results["accuracy"] = measure_accuracy(args.accuracy_steps)
+        results["accuracy"] = measure_accuracy(args.accuracy_steps, [int(k) for k in args.accuracy_ranks.split(",") if k],
+                                               args.accuracy_draws)
     if args.merge and args.out.is_file():
         results = {**json.loads(args.out.read_text()), **results}
     print_table(results)

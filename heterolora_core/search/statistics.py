@@ -15,14 +15,16 @@ same input share Ω, Φ and the product x [Ω | Φ]):
     Y = G Ω = Σ_b δ_bᵀ (x_b Ω)      Z = G Φ = Σ_b δ_bᵀ (x_b Φ)      (d_out × k)
     W = Ψᵀ G = Σ_b (δ_b Ψ)ᵀ x_b                                      (l × d_in)
 
-* grad_norm ``‖G‖_F``: the Hutchinson estimate ``‖Z‖²/k`` of ‖G‖² with a control variate, the same
-  estimate of a one-pass low-rank reconstruction Ĝ = Q X of G (Q = orth(Y), X = (ΨᵀQ)⁺ W; Tropp
-  et al. 2017) whose exact value ‖X‖² is known (:meth:`SketchStatistics.grad_norm`). Without the
-  control variate the relative standard deviation on ‖G‖² is ``sqrt(2 Σσ_i⁴ / k) / Σσ_i²`` over
-  G's singular values σ_i: at most ``sqrt(2/k)`` (rank 1), ``sqrt(2/(k·ρ))`` for ρ equal ones. The
-  control variate keeps it at or below that bound and removes most of it when the energy sits in
-  the top k directions, as gradient matrices' does: on known 192 × 256 matrices, k = 16, σ_i =
-  1/i: 3.3% against 22%; flat spectrum: 2.8% against 2.9%; rank 1: exact (``tests/test_statistics.py``).
+* grad_norm ``‖G‖_F``: the mean of two estimates of ‖G‖², both unbiased, built on a one-pass
+  low-rank reconstruction Ĝ = Q X of G (Q = orth(Y), X = (ΨᵀQ)⁺ W; Tropp et al. 2017): the
+  Hutchinson estimate ``‖Z‖²/k`` with Ĝ's as its control variate (Ĝ's exact value ‖X‖² is
+  known), and ‖X‖² corrected by the energy outside Q, which both Z and W's least-squares residual
+  measure (:meth:`SketchStatistics.grad_norm`). Plain Hutchinson's relative standard deviation on
+  ‖G‖² is ``sqrt(2 Σσ_i⁴ / k) / Σσ_i²`` over G's singular values σ_i: at most ``sqrt(2/k)`` (rank
+  1), ``sqrt(2/(k·ρ))`` for ρ equal ones. Ours stays at or below that bound and removes most of it
+  when the energy sits in the top k directions, as gradient matrices' does: on known 192 × 256
+  matrices of 160 singular values, k = 16, 200 draws: σ_i = 1/i 2.6% (plain 24%), 1/√i 4.9%
+  (8.8%), flat 2.3% (2.7%), rank 1 exact (``tests/test_statistics.py`` checks bias and bound).
 * the rank allocator's spectrum: the singular values of X (those of Ĝ), largest first.
 * fisher ``Σ_b ‖G_b‖²_F``: each batch exactly as ``Σ_{n,m} (δ_n·δ_m)(x_n·x_m)`` from the two token
   Gram matrices when it has at most 4k tokens with a gradient (then no dearer than the sketches),
@@ -256,29 +258,48 @@ class SketchStatistics(ScoringStatistics):
             return float(gram_fisher(g, x))
         return float(torch.linalg.vector_norm(yz_b)) ** 2 / yz_b.shape[0]
 
-    def reconstruction(self, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(X, Z, Φ): Ĝ = Q X with Q = orth(Y) (Ĝ is never formed), Z = G Φ."""
+    def _solve(self, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(Q, A, X, Z, Φ): Q = orth(Y) (d_out × k), A = ΨᵀQ (l × k), X = A⁺W (k × d_in; Ĝ = Q X is
+        never formed), Z = G Φ (d_out × k) and Φ."""
         YZ = self.YZ[name].transpose(0, 1)  # (d_out, 2k) = [Y | Z]
         k = YZ.shape[1] // 2
         d_in, d_out, device = self._shape_of[name]
         omega_phi, psi = self._tests[("in", d_in, k, device)], self._tests[("out", d_out, k, device)]
         Q, _ = torch.linalg.qr(YZ[:, :k])
-        X = torch.linalg.lstsq(psi.transpose(0, 1) @ Q, self.W[name]).solution  # (k, d_in)
-        return X, YZ[:, k:], omega_phi[:, k:]
+        A = psi.transpose(0, 1) @ Q
+        X = torch.linalg.lstsq(A, self.W[name]).solution
+        return Q, A, X, YZ[:, k:], omega_phi[:, k:]
+
+    def reconstruction(self, name: str) -> torch.Tensor:
+        """X (k × d_in): Ĝ = Q X, G's one-pass rank-k reconstruction (Tropp et al. 2017)."""
+        return self._solve(name)[2]
 
     def grad_norm(self, name: str) -> float:
-        """sqrt of ``mean_i a_i − β (mean_i b_i − ‖X‖²)`` with a_i = ‖G φ_i‖², b_i = ‖Ĝ φ_i‖² over
-        Φ's k columns: the plain Hutchinson estimate with Ĝ's as its control variate, β the
-        sample-optimal weight clamped to [0, 1] (β = 1: low-rank part plus a Hutchinson residual;
-        β = 0: plain), so it is never much worse than the plain estimate and far better when G's
-        spectrum decays."""
-        X, Z, phi = self.reconstruction(name)
+        """sqrt of the mean of two estimates of ‖G‖², each unbiased given Q (Φ and Ψ are
+        independent of Ω, so of Q):
+
+        * control variate: ``mean_i a_i − β (mean_i b_i − ‖X‖²)`` with a_i = ‖G φ_i‖², b_i =
+          ‖Ĝ φ_i‖² over Φ's k columns: plain Hutchinson with Ĝ's as its control variate, β the
+          sample-optimal weight clamped to [0, 1];
+        * co-range: ``‖X‖² + (1 − ‖A⁺‖²_F) r`` with r the residual energy ‖(I − QQᵀ) G‖², pooled from
+          ‖(I − QQᵀ) Z‖² (k degrees of freedom) and the least-squares residual ‖W − A X‖²
+          (l − k): X = QᵀG + A⁺Ψᵀ(I − QQᵀ)G, whose second term adds ‖A⁺‖²_F r on average.
+
+        Averaged, they use both sketches' probes of the part of G outside Q: on the embedded
+        model's MRPC windows the median relative error of ‖G‖ falls from 0.48% (control variate
+        alone) to 0.34%, the largest from 5.8% to 3.8% (k = 32, 5 draws)."""
+        Q, A, X, Z, phi = self._solve(name)
         a, b = Z.pow(2).sum(0), (X @ phi).pow(2).sum(0)
         var_b = float(b.var()) if b.numel() > 1 else 0.0
         cov = float(((a - a.mean()) * (b - b.mean())).sum()) / max(1, a.numel() - 1)
         beta = min(1.0, max(0.0, cov / var_b)) if var_b > 0 else 1.0
-        squared = float(a.mean()) - beta * (float(b.mean()) - float(X.pow(2).sum()))
-        return math.sqrt(max(squared, 0.0))
+        x_energy = float(X.pow(2).sum())
+        controlled = float(a.mean()) - beta * (float(b.mean()) - x_energy)
+        residual_z = float((Z - Q @ (Q.transpose(0, 1) @ Z)).pow(2).sum())
+        residual_w = float((self.W[name] - A @ X).pow(2).sum())
+        residual = (residual_z + residual_w) / A.shape[0]  # k + (l − k) = l degrees of freedom
+        co_range = x_energy + (1.0 - float(torch.linalg.svdvals(A).pow(-2).sum())) * residual
+        return math.sqrt(max(0.5 * (controlled + co_range), 0.0))
 
     def fisher(self, name: str) -> float:
         return self._fisher[name]
@@ -289,10 +310,10 @@ class SketchStatistics(ScoringStatistics):
         return self.P[module.name], self.Q[module.name]
 
     def spectrum(self, name: str) -> torch.Tensor:
-        return torch.linalg.svdvals(self.reconstruction(name)[0])
+        return torch.linalg.svdvals(self.reconstruction(name))
 
     def directions(self, name: str, r: int) -> torch.Tensor:
-        return torch.linalg.svd(self.reconstruction(name)[0], full_matrices=False).Vh[:r]
+        return torch.linalg.svd(self.reconstruction(name), full_matrices=False).Vh[:r]
 
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {f"YZ:{n}": t for n, t in self.YZ.items()}
