@@ -15,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+from benchmarks import common
 from benchmarks.grid.report import row_shares, shares_markdown
 from benchmarks.grid.rows import parse_rows
 
@@ -24,12 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", required=True, help="a grid folder (<results>/<task>/<row>/seed<k>)")
     p.add_argument("--task", default="mrpc")
     p.add_argument("--rows", default="6,7,8,3,2", help="row ids (searched rows: static or dynamic)")
-    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--seeds", type=common.int_list, default="0,1,2")
     p.add_argument("--json", help="also write the shares here")
     args = p.parse_args(argv)
     results = Path(args.results)
     rows = parse_rows(args.rows)
-    seeds = [int(s) for s in args.seeds.split(",") if s]
+    seeds = args.seeds
     entries = [e for e in (row_shares(results, args.task, r, seeds) for r in rows) if e is not None]
     if not entries:
         raise SystemExit(f"no finished records of rows {', '.join(rows)} for {args.task} under {results}")

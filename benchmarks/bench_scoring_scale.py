@@ -367,7 +367,7 @@ def print_table(results: dict) -> None:
 
 def main() -> None:
     parser = common.parser(__doc__, "scoring_scale.json")
-    parser.add_argument("--hidden", default="1024,2048,4096")
+    parser.add_argument("--hidden", type=common.positive_int_list, default="1024,2048,4096")
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--pairs", type=int, default=5)
     parser.add_argument("--device", default="cpu")
@@ -378,7 +378,7 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--accuracy", action="store_true")
     parser.add_argument("--accuracy-steps", type=int, default=96)
-    parser.add_argument("--accuracy-ranks", default="8,16,32,64", help="sketch ranks checked on fresh sketches of each window")
+    parser.add_argument("--accuracy-ranks", type=common.positive_int_list, default="8,16,32,64", help="sketch ranks checked on fresh sketches of each window")
     parser.add_argument("--accuracy-draws", type=int, default=5, help="draws of the test matrices per rank")
     parser.add_argument("--merge", action="store_true", help="keep the parts of --out not measured this time")
     parser.add_argument("--child-memory", choices=["uniform", "search"], help=argparse.SUPPRESS)
@@ -391,13 +391,13 @@ def main() -> None:
                "when": time.strftime("%Y-%m-%d %H:%M:%S"), "rank": RANK, "batch": [BATCH, TOKENS]}
     if not args.no_widths:
         results["widths"] = []
-        for hidden in [int(h) for h in args.hidden.split(",") if h]:
+        for hidden in args.hidden:
             results["widths"].append(measure_width(hidden, args.layers, args.pairs, args.device))
             print(json.dumps({k: v for k, v in results["widths"][-1].items()}, default=str), flush=True)
     if not args.no_memory:
         results["memory"] = measure_memory(args.memory_hidden, args.layers, args.memory_steps, args.device, args.memory_rounds)
     if args.accuracy:
-        results["accuracy"] = measure_accuracy(args.accuracy_steps, [int(k) for k in args.accuracy_ranks.split(",") if k],
+        results["accuracy"] = measure_accuracy(args.accuracy_steps, args.accuracy_ranks,
                                                args.accuracy_draws)
     if args.merge and args.out.is_file():
         results = {**json.loads(args.out.read_text()), **results}

@@ -36,6 +36,7 @@ from typing import Any
 
 from heterolora_core.records.home import data_home
 
+from benchmarks import common
 from benchmarks.grid.report import aggregate, choose_lrs, collect, format_markdown, format_table, lr_sweep_table
 from benchmarks.grid.rows import (DEFAULT_SEEDS, DEFAULT_TASKS, EMBEDDED, HETERO_ROW, SMOKE, UNIFORM_ROW, Settings,
                                   grid_groups, lr_folder, parse_rows, plan, plan_grid, plan_lr_sweep)
@@ -64,8 +65,9 @@ def report(groups, seeds, settings, results: Path) -> tuple[list[dict[str, Any]]
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tasks", default=",".join(DEFAULT_TASKS))
-    p.add_argument("--seeds", default=",".join(map(str, DEFAULT_SEEDS)))
-    p.add_argument("--lrs", default=",".join(f"{x:g}" for x in DEFAULT_LRS), help="the sweep's learning rates")
+    p.add_argument("--seeds", type=common.int_list, default=",".join(map(str, DEFAULT_SEEDS)))
+    p.add_argument("--lrs", type=common.positive_float_list, default=",".join(f"{x:g}" for x in DEFAULT_LRS),
+                   help="the sweep's learning rates")
     p.add_argument("--rows", default="all", help="rows of the grid (default: all, with the MRPC proxy sweep)")
     p.add_argument("--epochs", type=float, default=3.0)
     p.add_argument("--max-steps", type=int)
@@ -79,8 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     tasks = [t for t in args.tasks.split(",") if t]
-    seeds = [int(s) for s in args.seeds.split(",") if s]
-    lrs = [float(x) for x in args.lrs.split(",") if x]
+    seeds, lrs = args.seeds, args.lrs
     rows = parse_rows(args.rows)
     settings = Settings(epochs=args.epochs, max_steps=args.max_steps, model=args.model, device=args.device)
     if args.smoke:

@@ -19,6 +19,7 @@ from heterolora_core.records.record import RunRecord
 from heterolora_core.records.store import RunStore
 from heterolora_testing.server import (CHROMIUM_MISSING, JS_HEATMAPS, JS_PLOTS_DRAWN, JS_TABLES_AND_PLOTS_DRAWN,
                                        StreamlitServer, chromium_path, launch_chromium)
+from cli_helpers import wait_for
 
 SCREENS = Path("/tmp/heterolora_screens")
 TINY_RUN = {"Max steps (0: by epochs)": "4", "Training examples (0: all)": "32", "Dev examples (0: all)": "32"}
@@ -132,9 +133,7 @@ def test_launch_run_allocation_compare_in_a_real_browser(tmp_path, screens, monk
             wait_idle(page)
             # the first launch's "Queued" line is still on the page, so wait on the store itself
             # (the rerun that queues the second run can start after the page looks idle)
-            deadline = time.monotonic() + 60
-            while len(RunStore(home).list_runs()) < 2 and time.monotonic() < deadline:
-                page.wait_for_timeout(250)
+            wait_for(lambda: len(RunStore(home).list_runs()) >= 2, 60, "the second launched run", poll=0.25)
             runs = RunStore(home).list_runs()
             assert len(runs) == 2 and {r.config.seed for r in runs} == {0, 1}
             assert sorted(r.config.max_steps for r in runs) == [2, 4]

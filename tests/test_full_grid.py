@@ -123,3 +123,17 @@ def test_allocation_shares_average_each_seeds_shares(tmp_path, capsys):
     assert "| 6 dynamic combined grad_norm r32, 9/35 | 42% / 58% | 58% | 2 | 75.00 |" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="no finished records"):
         shares.main(["--results", str(tmp_path), "--rows", "8"])
+
+
+def test_benchmark_list_flags_refuse_bad_values_in_one_line():
+    import argparse
+
+    from benchmarks import common
+
+    assert common.int_list("0, 1,2") == [0, 1, 2]
+    assert common.positive_float_list("2e-4,5e-4") == [2e-4, 5e-4]
+    for parse, text in [(common.int_list, "0,x"), (common.int_list, ""), (common.positive_int_list, "1024,0"),
+                        (common.positive_float_list, "nan"), (common.positive_float_list, "1e-3,-1")]:
+        with pytest.raises(argparse.ArgumentTypeError) as error:
+            parse(text)
+        assert "\n" not in str(error.value) and repr(text) in str(error.value)
