@@ -21,6 +21,9 @@ from dashboard.components.formatting import run_label
 from heterolora_core.analysis import allocation as alloc
 from heterolora_core.analysis import estimate
 from heterolora_core.analysis.compare import runs_table
+from heterolora_core.analysis.evidence import SHORT_RUN
+from heterolora_core.analysis.labels import Label, short_labels
+from heterolora_core.analysis.results import is_short, run_evidence
 from heterolora_core.records import worker
 from heterolora_core.records.home import data_home
 from heterolora_core.records.record import ReallocationLine, RunRecord, file_stamp, iter_jsonl, metrics_line
@@ -68,11 +71,25 @@ def by_id(rows: list[StoredRun]) -> dict[str, StoredRun]:
     return {row.run_id: row for row in rows}
 
 
+def run_labels(rows: list[StoredRun]) -> dict[str, Label]:
+    """run_id -> its :class:`~heterolora_core.analysis.labels.Label` among ``rows``: the fields in
+    which these runs differ (the device too, where it differs), ``short run`` on every short run,
+    the id's tail where two still read the same; the full description beside it. Cached on the
+    runs and the listing."""
+    return _run_labels(_listing_signature(rows), tuple(r.run_id for r in rows), rows)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _run_labels(signature: int, run_ids: tuple[str, ...], _rows: list[StoredRun]) -> dict[str, Label]:
+    return short_labels({r.run_id: r.config for r in _rows},
+                        extras={r.run_id: (run_evidence(r).device,) for r in _rows if r.status != "queued"},
+                        tiebreak={r.run_id: r.run_id[-6:] for r in _rows},
+                        marks={r.run_id: (SHORT_RUN,) for r in _rows if is_short(r)})
+
+
 def labels_for(rows: list[StoredRun]) -> dict[str, str]:
-    """run_id -> a human label, unique: runs that share a label get their id's tail appended."""
-    base = {row.run_id: run_label(row.config) for row in rows}
-    counts = pd.Series(list(base.values()), dtype="object").value_counts()
-    return {rid: (f"{label} · {rid[-6:]}" if counts[label] > 1 else label) for rid, label in base.items()}
+    """run_id -> the short label of :func:`run_labels` (unique: chart legends, pickers)."""
+    return {rid: label.short for rid, label in run_labels(rows).items()}
 
 
 def _listing_signature(rows: list[StoredRun]) -> int:

@@ -212,7 +212,7 @@ def test_compare_table_groups_seeds():
     rows = [_row(seed=0, best=0.80), _row(seed=1, best=0.84), _row(proxy="snip", best=0.79), _row(mode="lora", best=0.9)]
     table, configs = C.compare_table(rows)
     assert list(table.columns) == C.COMPARE_COLUMNS + ["mode", "proxy"]  # the differing settings get columns
-    assert _label(configs, table["key"].tolist()[0]) == "mrpc · lora · r32 · lr 5e-4"  # best first
+    assert _label(configs, table["key"].tolist()[0]) == "mrpc · lora · q,v + shortcuts · r32 · lr 5e-4"  # best first
     labels = table["key"].map(lambda k: _label(configs, k))
     grad = table[labels.str.contains("grad_norm")]
     assert len(grad) == 1
@@ -231,8 +231,9 @@ def test_compare_table_keeps_different_configs_apart_even_with_equal_labels():
     long_2 = _row(seed=2, best=0.9, config={**base, "seed": 2, "max_steps": 4})
     table, configs = C.compare_table([short, long_, long_2])
     assert len(table) == 2
-    # both configurations read the same label; the differing setting is a column of its own
-    assert {_label(configs, k) for k in table["key"]} == {"mrpc · dynamic · grad_norm · r32 · 25% · lr 5e-4"}
+    # the labels say the run length; the differing setting is also a column of its own
+    assert {_label(configs, k) for k in table["key"]} == {
+        f"mrpc · dynamic · q,v + shortcuts · grad_norm · r32 · 25% · lr 5e-4 · {n} steps" for n in (2, 4)}
     assert list(table.columns) == C.COMPARE_COLUMNS + ["max_steps"]
     assert sorted(table["max_steps"]) == [2, 4]
     assert table.set_index("max_steps")["runs"].to_dict() == {4: 2, 2: 1}

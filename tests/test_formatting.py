@@ -3,7 +3,7 @@
 import pandas as pd
 
 from dashboard.components.formatting import (field_label, format_difference, format_duration, format_field, format_lr,
-                                             format_mean_std, format_score, format_score_stats, group_labels,
+                                             format_mean_std, format_score, format_score_stats, plural,
                                              readable_fields, run_label, score_points)
 from heterolora_core.analysis.stats import describe
 from heterolora_core.training.run_config import RunConfig
@@ -19,25 +19,27 @@ def test_mean_std_and_format():
     assert format_mean_std(none.mean, none.std, none.n) == "–"
 
 
-def test_run_label():
+def test_run_label_is_the_full_description_and_always_states_the_search_space():
     assert run_label(RunConfig(mode="dynamic", proxy="snip", rank=32, enable_ratio=0.25, seed=3)) == \
-        "mrpc · dynamic · snip · r32 · 25% · lr 5e-4 · seed 3"
+        "mrpc · dynamic · q,v + shortcuts · snip · r32 · 25% · lr 5e-4 · seed 3"
     assert run_label(RunConfig(mode="static", proxy="snip", rank=32, match_uniform_rank=8, ranking="separated"),
-                     include_seed=False) == "mrpc · static · snip · separated · r32 · ≈r8 · lr 5e-4"
-    assert run_label(RunConfig(mode="lora", rank=8, seed=0)) == "mrpc · lora · r8 · lr 5e-4 · seed 0"
+                     include_seed=False) == "mrpc · static · q,v + shortcuts · snip · separated · r32 · ≈r8 · lr 5e-4"
+    # uniform LoRA over all 35 modules never reads like uniform LoRA over q and v alone
+    assert run_label(RunConfig(mode="lora", rank=8, seed=0)) == "mrpc · lora · q,v + shortcuts · r8 · lr 5e-4 · seed 0"
+    assert run_label(RunConfig(mode="lora", rank=8, shortcuts=False, seed=0)) == "mrpc · lora · q,v · r8 · lr 5e-4 · seed 0"
 
 
-def test_run_label_tells_runs_apart_by_task_lr_space_and_method_options():
+def test_run_label_tells_runs_apart_by_task_lr_space_method_options_and_run_length():
     base = dict(mode="dynamic", proxy="grad_norm", rank=32, seed=0)
     labels = {run_label(RunConfig(**base, lr=lr, task=task)) for lr in (2e-4, 5e-4, 1e-3) for task in ("mrpc", "rte")}
-    assert len(labels) == 6 and "rte · dynamic · grad_norm · r32 · 25% · lr 1e-3 · seed 0" in labels
-    assert run_label(RunConfig(mode="lora", rank=24, shortcuts=False, lr=1e-3), include_seed=False) == \
-        "mrpc · lora · no shortcuts · r24 · lr 1e-3"
+    assert len(labels) == 6 and "rte · dynamic · q,v + shortcuts · grad_norm · r32 · 25% · lr 1e-3 · seed 0" in labels
     assert run_label(RunConfig(mode="lora", rank=8, lora_targets=["q", "k", "v", "o"]), include_seed=False) == \
-        "mrpc · lora · q,k,v,o · r8 · lr 5e-4"
+        "mrpc · lora · q,k,v,o + shortcuts · r8 · lr 5e-4"
     # AdaLoRA cannot use shortcuts: none is not news; its own ranks are
     assert run_label(RunConfig(mode="adalora", rank=8, shortcuts=False, adalora_init_r=32, adalora_target_r=24)) == \
-        "mrpc · adalora · r8 · init_r 32 · target_r 24 · lr 5e-4 · seed 0"
+        "mrpc · adalora · q,v · r8 · init_r 32 · target_r 24 · lr 5e-4 · seed 0"
+    assert run_label(RunConfig(mode="lora", max_steps=32, train_limit=256, dev_limit=200), include_seed=False) == \
+        "mrpc · lora · q,v + shortcuts · r8 · lr 5e-4 · 32 steps · 256 training rows · 200 dev rows"
     assert run_label(None) == "unreadable record"
 
 
@@ -54,14 +56,9 @@ def test_learning_rates_and_config_fields_read_as_people_write_them():
     assert shown["learning rate"].tolist() == ["5e-4", "1e-3"] and shown["max steps"].tolist() == ["2", "–"]
 
 
-def test_group_labels_are_unique_and_say_what_differs():
-    a = RunConfig(mode="dynamic", max_steps=2)
-    b = RunConfig(mode="dynamic", max_steps=4)
-    c = RunConfig(mode="lora")
-    labels = group_labels({"a": a, "b": b, "c": c})
-    assert labels == {"a": "mrpc · dynamic · grad_norm · r8 · 25% · lr 5e-4 (max steps 2)",
-                      "b": "mrpc · dynamic · grad_norm · r8 · 25% · lr 5e-4 (max steps 4)",
-                      "c": "mrpc · lora · r8 · lr 5e-4"}
+def test_plural():
+    assert (plural(1, "run"), plural(11, "run"), plural(0, "run")) == ("1 run", "11 runs", "0 runs")
+    assert plural(2, "configuration") == "2 configurations" and plural(1200, "run") == "1,200 runs"
 
 
 def test_scores_are_shown_in_glue_points():

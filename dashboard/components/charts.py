@@ -79,37 +79,17 @@ def allocation_heatmaps(lora: pd.DataFrame, shortcut: pd.DataFrame, title: str =
         fig.add_trace(_heatmap(grid, GROUP_TITLES[group], hover), row=1, col=col)
         fig.update_yaxes(title_text="layer" if col == 1 else None, dtick=1 if len(grid) <= 32 else None, row=1, col=col)
     n_layers = max(len(g) for _, g in panels)
-    fig.update_layout(coloraxis=coloraxis or FREQUENCY_COLORAXIS, height=_height(n_layers), margin=dict(l=50, r=20, t=60, b=40),
-                      title=dict(text=title) if title else None)
-    return fig
-
-
-def compare_heatmaps(grids: Mapping[str, tuple[pd.DataFrame, pd.DataFrame]], coloraxis: dict | None = None,
-                     hover: str = FREQUENCY_HOVER) -> go.Figure:
-    """Several runs' heatmaps side by side on one colour axis (0–1 frequency, or a rank map's
-    :func:`rank_coloraxis`): one column per run, a LoRA row and (when any run has shortcut
-    candidates) a shortcut row. ``grids`` maps a run label to its ``(lora grid, shortcut grid)``."""
-    labels = list(grids)
-    has_shortcut = any(g[1].shape[1] > 0 for g in grids.values())
-    n_rows = 2 if has_shortcut else 1
-    fig = make_subplots(rows=n_rows, cols=max(1, len(labels)), column_titles=[_wrap(l) for l in labels] or None,
-                        row_titles=["LoRA modules", "Shortcut modules"][:n_rows], horizontal_spacing=0.03,
-                        vertical_spacing=0.16)
-    n_layers = 1
-    for col, label in enumerate(labels, start=1):
-        for row, grid in enumerate(grids[label][:n_rows], start=1):
-            n_layers = max(n_layers, len(grid))
-            if grid.shape[1] > 0:
-                fig.add_trace(_heatmap(grid, label, hover), row=row, col=col)
-            fig.update_yaxes(title_text="layer" if col == 1 else None, showticklabels=col == 1,
-                             dtick=1 if len(grid) <= 32 else None, row=row, col=col)
+    title_lines = title.count("<br>") + 1 if title else 0
+    top = 40 + 18 * title_lines  # the subplot titles sit below the figure's title, never on it
+    fig.update_layout(coloraxis=coloraxis or FREQUENCY_COLORAXIS, height=_height(n_layers) + 18 * title_lines,
+                      margin=dict(l=50, r=20, t=top + 20, b=40),
+                      title=dict(text=title, font=dict(size=13), y=1.0, yanchor="top", yref="container", pad=dict(t=8))
+                      if title else None)
     fig.update_annotations(font_size=11)
-    axis = coloraxis or FREQUENCY_COLORAXIS
-    fig.update_layout(coloraxis={**axis, "colorbar": {**axis["colorbar"], "x": 1.04}}, height=_height(n_layers, n_rows), margin=dict(l=50, r=40, t=70, b=40))
     return fig
 
 
-def _wrap(label: str, width: int = 28) -> str:
+def wrap(label: str, width: int = 28) -> str:
     """Break a long label at its `` · `` separators for narrow subplot titles."""
     parts, lines, line = label.split(" · "), [], ""
     for part in parts:
@@ -199,10 +179,35 @@ def curves_figure(curves: pd.DataFrame, y_title: str) -> go.Figure:
     return fig
 
 
+def band_figure(bands: pd.DataFrame, y_title: str) -> go.Figure:
+    """One line per configuration, the mean over its runs, with a shaded band from the least to the
+    largest run (:func:`heterolora_core.analysis.compare.curve_bands`)."""
+    fig = go.Figure()
+    palette = PALETTE
+    for i, (group, part) in enumerate(bands.groupby("group", sort=False)):
+        color = palette[i % len(palette)]
+        steps = part["step"].tolist()
+        if (part["n"] > 1).any():
+            fig.add_trace(go.Scatter(x=steps + steps[::-1], y=part["high"].tolist() + part["low"].tolist()[::-1],
+                                     fill="toself", fillcolor=color, opacity=0.18, line=dict(width=0),
+                                     hoverinfo="skip", showlegend=False, legendgroup=str(group)))
+        fig.add_trace(go.Scatter(x=steps, y=part["mean"].tolist(), name=str(group), legendgroup=str(group),
+                                 line=dict(color=color), mode="lines+markers" if len(part) < 60 else "lines",
+                                 customdata=part["n"].tolist(),
+                                 hovertemplate="%{fullData.name}<br>step %{x}: %{y:.3f} (mean of %{customdata})<extra></extra>"))
+    fig.update_layout(height=360, margin=dict(l=10, r=10, t=30, b=40), legend=dict(orientation="h", y=-0.25),
+                      xaxis_title="step", yaxis_title=y_title, showlegend=True)
+    return fig
+
+
+#: Line colours of the configurations (Plotly's default sequence).
+PALETTE = ("#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880", "#ff97ff", "#fecb52")
+
+
 def matrix_figure(matrix: pd.DataFrame, zmin: float, zmax: float, colorscale: str, title: str) -> go.Figure:
     """An annotated square run x run matrix (Jaccard overlap, Spearman correlation)."""
     z = matrix.to_numpy(dtype=float)
-    labels = [_wrap(str(l), 22) for l in matrix.index]
+    labels = [wrap(str(l), 22) for l in matrix.index]
     fig = go.Figure(go.Heatmap(z=np.where(np.isnan(z), None, z), x=labels, y=labels, zmin=zmin, zmax=zmax,
                                colorscale=colorscale, texttemplate="%{z:.2f}", hovertemplate="%{y}<br>%{x}<br>%{z:.3f}<extra></extra>",
                                colorbar=dict(title=dict(text=title))))
@@ -235,12 +240,13 @@ def rank_timeline_figure(rt: RankTimeline) -> go.Figure:
 VERDICT_COLORS = {"better": "#2e8b57", "worse": "#c0392b", "noise": "#7f8c8d", "n/a (1 seed)": "#b0b7c3"}
 
 
-def forest_figure(rows: pd.DataFrame, reference: str) -> go.Figure:
+def forest_figure(rows: pd.DataFrame, reference: str, hover: list[str] | None = None) -> go.Figure:
     """The paired differences to ``reference`` as a forest plot: one row per configuration, its
     mean difference in points with the 95% interval as an error bar, coloured by verdict, and a
     line at 0. ``rows`` has columns ``configuration, delta, low, high, verdict`` (points; ``low`` /
-    ``high`` NaN with one seed)."""
+    ``high`` NaN with one seed); ``hover``, one per row, the configurations' full descriptions."""
     fig = go.Figure()
+    rows = rows.assign(_hover=hover if hover is not None else rows["configuration"].tolist())
     for verdict, part in rows.groupby("verdict", sort=False):
         delta, low, high = (part[c].to_numpy(dtype=float) for c in ("delta", "low", "high"))
         # plain lists: a handful of rows, and the numbers stay readable in the page (tests, exports)
@@ -249,14 +255,14 @@ def forest_figure(rows: pd.DataFrame, reference: str) -> go.Figure:
             marker=dict(size=10, color=VERDICT_COLORS.get(verdict, "#34495e")),
             error_x=dict(type="data", symmetric=False, array=np.nan_to_num(high - delta).tolist(),
                          arrayminus=np.nan_to_num(delta - low).tolist(), thickness=1.5, width=4),
-            customdata=np.stack([low, high], axis=-1).tolist() if len(part) else None,
-            hovertemplate="%{y}<br>Δ %{x:+.2f} points<br>95% [%{customdata[0]:.1f}, %{customdata[1]:.1f}]<extra>"
+            customdata=[[lo, hi, text] for lo, hi, text in zip(low.tolist(), high.tolist(), part["_hover"])],
+            hovertemplate="%{customdata[2]}<br>Δ %{x:+.2f} points<br>95% [%{customdata[0]:.1f}, %{customdata[1]:.1f}]<extra>"
                           + str(verdict) + "</extra>",
         ))
     fig.add_vline(x=0.0, line_width=1, line_dash="dash", line_color="#555")
     fig.update_layout(
         height=int(max(240, 28 * len(rows) + 110)), margin=dict(l=10, r=10, t=40, b=40),
-        title=dict(text=f"Δ vs {_wrap(reference, 90)} (points, paired by seed, 95% interval)", font=dict(size=13)),
+        title=dict(text=f"Δ vs {reference} (points, paired by seed, 95% interval)", font=dict(size=13)),
         xaxis=dict(title="difference in points", zeroline=False),
         yaxis=dict(autorange="reversed", type="category"), legend=dict(orientation="h", y=-0.18),
     )

@@ -13,10 +13,9 @@ from collections.abc import Iterable, Mapping
 import pandas as pd
 
 from heterolora_core.analysis import units
-from heterolora_core.analysis.compare import budget_text, differing_fields
+from heterolora_core.analysis.labels import SEARCH_FIELDS, describe_config, field_label, format_field, format_lr
 from heterolora_core.methods import registry
 from heterolora_core.training.run_config import RunConfig
-from heterolora_core.vocab import DEFAULT_TARGETS, Ranking
 
 KIND_LABELS = {
     "q": "query", "k": "key", "v": "value", "o": "output", "ffn_gate": "FFN gate", "ffn_in": "FFN in",
@@ -30,89 +29,9 @@ def kind_label(kind: object) -> str:
     return KIND_LABELS.get(str(kind), str(kind))
 
 
-def format_lr(lr: object) -> str:
-    """A learning rate as people write it: ``0.0005`` -> ``"5e-4"``, ``0.00125`` -> ``"1.25e-3"``."""
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr):
-        return str(lr)
-    if lr == 0 or abs(lr) >= 0.01:
-        return f"{lr:g}"
-    mantissa, exponent = f"{lr:.2e}".split("e")
-    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
-
-
-def _space_text(config: RunConfig, method: registry.MethodInfo | None) -> list[str]:
-    """The search space, only where it is not the method's default (q,v, shortcuts if it can)."""
-    parts = []
-    if list(config.lora_targets) != list(DEFAULT_TARGETS):
-        parts.append(",".join(map(str, config.lora_targets)))
-    if method is not None and method.shortcuts and not config.shortcuts:
-        parts.append("no shortcuts")
-    return parts
-
-
 def run_label(config: RunConfig | None, include_seed: bool = True) -> str:
-    """A run as the fields that define it: ``mrpc · dynamic · grad_norm · r32 · 25% · lr 5e-4 · seed 0``
-    (task · mode · [search space when not the default] · proxy · [ranking when separated] · rank ·
-    [the method's own options] · budget · learning rate · seed; uniform LoRA: ``mrpc · lora · r8 ·
-    lr 5e-4 · seed 0``); ``unreadable record`` without a config."""
-    if config is None:
-        return "unreadable record"
-    method = registry.find(config.mode)
-    parts = [str(config.task), str(config.mode), *_space_text(config, method)]
-    if method is not None and method.searches:
-        parts.append(str(config.proxy))
-        if config.ranking != Ranking.COMBINED.value:
-            parts.append(str(config.ranking))
-    parts.append(f"r{config.rank}")
-    if method is not None:
-        parts += [f"{name.removeprefix(config.mode + '_')} {getattr(config, name)}" for name in method.options]
-    budget = budget_text(config)
-    if budget:
-        parts.append(budget)
-    parts.append(f"lr {format_lr(config.lr)}")
-    if include_seed:
-        parts.append(f"seed {config.seed}")
-    return " · ".join(parts)
-
-
-#: Readable names of RunConfig fields (Compare's and Results' differing-field columns).
-FIELD_LABELS = {
-    "mode": "method", "enable_ratio": "enable ratio", "match_uniform_rank": "budget: match uniform rank",
-    "score_norm": "score normalisation", "lora_targets": "LoRA targets", "lr": "learning rate",
-    "max_steps": "max steps", "train_limit": "training examples", "dev_limit": "dev examples",
-    "realloc_every": "reallocate every (epochs)", "proxy_batches": "extra scoring batches",
-    "score_window": "score window (steps)", "sketch_rank": "sketch rank", "batch_size": "batch size",
-    "max_length": "max length", "eval_every": "evaluate every (steps)", "logging_steps": "log every (steps)",
-    "train_file": "training file", "dev_file": "dev file", "adalora_init_r": "AdaLoRA initial rank",
-    "adalora_target_r": "AdaLoRA target rank",
-}
-
-
-def field_label(name: str) -> str:
-    """``"max_steps"`` -> ``"max steps"`` (:data:`FIELD_LABELS`, else the name with spaces)."""
-    return FIELD_LABELS.get(name, name.replace("_", " "))
-
-
-def format_field(name: str, value: object) -> str:
-    """A config value as a cell: lists joined, booleans on/off, rates and ratios readable, None (or
-    a table's NaN) as ``–``, whole numbers without a decimal point."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, (list, tuple)):
-        return ",".join(map(str, value))
-    if name == "lr":
-        return format_lr(value)
-    if name == "enable_ratio" and isinstance(value, (int, float)):
-        return f"{float(value):.0%}"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
-#: Config fields that only a searching method reads (shown as ``–`` for the others).
-SEARCH_FIELDS = ("proxy", "ranking", "score_norm", "enable_ratio", "match_uniform_rank", "proxy_batches", "score_window")
+    """A run's full description (:func:`heterolora_core.analysis.labels.describe_config`)."""
+    return describe_config(config, include_seed)
 
 
 def readable_fields(frame: pd.DataFrame, fields: Iterable[str], modes: Iterable[object] | None = None) -> pd.DataFrame:
@@ -127,21 +46,6 @@ def readable_fields(frame: pd.DataFrame, fields: Iterable[str], modes: Iterable[
         out[name] = [format_field(name, v) if (ok or name not in SEARCH_FIELDS) else "–"
                      for v, ok in zip(out[name], searches)]
     return out.rename(columns={name: field_label(name) for name in fields})
-
-
-def group_labels(configs: Mapping[str, RunConfig]) -> dict[str, str]:
-    """Configuration key -> a label without the seed (:func:`run_label`), unique: configurations
-    that share a label get the fields in which they differ, ``(max steps 4)``."""
-    by_label: dict[str, list[str]] = {}
-    for key, config in configs.items():
-        by_label.setdefault(run_label(config, include_seed=False), []).append(key)
-    out: dict[str, str] = {}
-    for label, keys in by_label.items():
-        fields = differing_fields(configs[k] for k in keys) if len(keys) > 1 else []
-        for i, key in enumerate(keys, start=1):
-            extra = ", ".join(f"{field_label(f)} {format_field(f, getattr(configs[key], f))}" for f in fields)
-            out[key] = f"{label} ({extra})" if extra else (label if len(keys) == 1 else f"{label} #{i}")
-    return out
 
 
 # -- scores: GLUE points ---------------------------------------------------------------------------
@@ -175,6 +79,12 @@ def format_difference(mean: float | None, low: float | None = None, high: float 
         return "–"
     interval = units.format_interval((low, high)) if low is not None and high is not None else ""
     return f"{units.format_points(mean, signed=True)} {interval}".strip()
+
+
+def plural(n: int, noun: str, nouns: str | None = None) -> str:
+    """``plural(1, "run")`` -> ``"1 run"``, ``plural(11, "run")`` -> ``"11 runs"`` (``nouns`` for an
+    irregular plural)."""
+    return f"{n:,} {noun if n == 1 else (nouns or noun + 's')}"
 
 
 def format_duration(seconds: float | None) -> str:

@@ -8,10 +8,11 @@ from dashboard import data
 from dashboard.components import charts
 from dashboard.components.empty import stop_without_runs
 from dashboard.components.filters import run_filters
-from dashboard.components.formatting import (field_label, format_difference, format_score, format_score_stats,
-                                             group_labels, readable_fields, results_csv_frame, score_points)
+from dashboard.components.formatting import (field_label, format_difference, format_score, format_score_stats, plural,
+                                             readable_fields, results_csv_frame, score_points)
 from heterolora_core.analysis import results
 from heterolora_core.analysis.compare import filter_runs
+from heterolora_core.analysis.labels import short_labels
 from heterolora_core.analysis.units import format_interval
 
 st.title("Results")
@@ -25,25 +26,59 @@ stop_without_runs(rows, "No runs yet. A sweep over seeds (Launch page, or `pytho
 
 frame = data.runs_frame(rows)
 chosen = run_filters(frame, "results", expanded=True)
-kept = set(filter_runs(frame, chosen)["run_id"])
-groups = results.group_by_config([r for r in rows if r.run_id in kept])
+kept = [r for r in rows if r.run_id in set(filter_runs(frame, chosen)["run_id"])]
+short_col, pool_col, scope_col = st.columns(3)
+include_short = short_col.toggle(
+    "Include short runs", value=False, key="results_short",
+    help="Short runs stop before one pass over their training data or evaluate on part of the dev split (the "
+         "Launch page's default short run): their scores are no results.")
+pool = pool_col.toggle(
+    "Pool devices and torch versions", value=False, key="results_pool",
+    help="By default a configuration measured on a GPU and on a CPU (or under two torch versions) is two "
+         "configurations: the same seed gives a different score on each, so they are different evidence.")
+comparable_only = scope_col.toggle(
+    "Only what pairs with the reference", value=True, key="results_comparable",
+    help="Hide configurations of another task or measured on another kind of device: they share no seed "
+         "with the reference that could be paired.")
+groups = results.group_by_config(kept, split_evidence=not pool, include_short=include_short)
+left_out = results.short_runs_left_out(kept) if not include_short else 0
+if left_out:
+    st.caption(f"{plural(left_out, 'short run')} left out (their scores are no results; *Include short runs* "
+               "shows them).")
 if not groups:
     st.info("No finished run matches these filters: a results table needs runs that are done.")
     st.stop()
+mixed = [g for g in groups if g.mixed]
+if mixed:
+    st.warning(f"**{plural(len(mixed), 'configuration')} pool runs measured on different devices or torch "
+               "versions.** A seed measured on both counts once, with the mean of two different measurements, "
+               "and the intervals mix two sources of variation. Turn *Pool devices and torch versions* off to "
+               "keep them apart.", icon=":material/warning:")
 
 configs = {g.key: g.config for g in groups}
-labels = group_labels(configs)
-keys = list(labels)
+extras = results.evidence_tokens(groups)
+all_labels = short_labels(configs, extras, include_seed=False)
+keys = list(all_labels)
 default_reference = results.default_reference(groups) or keys[0]
 if st.session_state.get("results_reference") not in keys:
     st.session_state["results_reference"] = default_reference
-reference = st.selectbox("Reference configuration", keys, key="results_reference", format_func=labels.get,
-                         help="every other configuration of the same task is compared with this one, seed by seed")
+reference = st.selectbox("Reference configuration", keys, key="results_reference",
+                         format_func=lambda k: all_labels[k].short,
+                         help="every other configuration of the same task and kind of device is compared with this "
+                              "one, seed by seed; it opens on plain LoRA")
+st.caption(f"Reference: {all_labels[reference].full}")
 table = results.results_table(groups, reference)
+if comparable_only:
+    table = results.comparable(table).reset_index(drop=True)
+shown_groups = [g for g in groups if g.key in set(table["key"])]
+labels = {k: label.short for k, label in short_labels(
+    {g.key: g.config for g in shown_groups}, {g.key: extras[g.key] for g in shown_groups},
+    include_seed=False).items()}
+full_labels = {k: all_labels[k].full for k in labels}
 repeats = table[table["runs"] > table["n_seeds"]]
-if not repeats.empty:
-    st.caption(f"{len(repeats)} configuration(s) hold more than one run of a seed (copies, or reruns on another "
-               "device): each seed counts once, with the mean of its runs.")
+if not repeats.empty and not mixed:
+    st.caption(f"{plural(len(repeats), 'configuration')} hold more than one run of a seed (copies of a record): "
+               "each seed counts once, with the mean of its runs.")
 
 fields = [c for c in table.columns if c not in results.RESULT_COLUMNS]  # the config fields that differ
 shown = readable_fields(table.assign(
@@ -54,12 +89,16 @@ shown = readable_fields(table.assign(
     best=score_points(table["best_mean"]),
     delta=[format_difference(m, lo, hi) for m, lo, hi in zip(table["delta_mean"], table["delta_low"], table["delta_high"])],
 ), fields, modes=table["key"].map(lambda k: configs[k].mode))
+shown = shown.assign(description=table["key"].map(full_labels))
 st.dataframe(
-    shown[["configuration", "runs", "n_seeds", "final", "ci", "best", "delta", "verdict", "task",
-           *[field_label(f) for f in fields], "seeds", "trainable_params"]],
+    shown[["configuration", "n_seeds", "final", "ci", "delta", "verdict", "best", "runs", "task",
+           *[field_label(f) for f in fields], "seeds", "trainable_params", "description"]],
     hide_index=True, key="results_table",
     column_config={
-        "configuration": st.column_config.TextColumn("configuration", width="large", pinned=True),
+        "configuration": st.column_config.TextColumn(
+            "configuration", width="large", pinned=True,
+            help="the fields in which the configurations shown differ; the last column spells out every field"),
+        "description": st.column_config.TextColumn("full description", width="large"),
         "n_seeds": "n seeds",
         "final": "final epoch (mean ± std)",
         "ci": "95% interval",
@@ -77,7 +116,8 @@ if compared.empty:
 else:
     forest = compared.assign(configuration=compared["key"].map(labels), delta=score_points(compared["delta_mean"]),
                              low=score_points(compared["delta_low"]), high=score_points(compared["delta_high"]))
-    st.plotly_chart(charts.forest_figure(forest[["configuration", "delta", "low", "high", "verdict"]], labels[reference]),
+    st.plotly_chart(charts.forest_figure(forest[["configuration", "delta", "low", "high", "verdict"]], labels[reference],
+                                         hover=forest["key"].map(full_labels).tolist()),
                     key="forest", config=charts.png_config("results-forest"))
 
 st.subheader("One configuration against the reference")
@@ -92,7 +132,7 @@ score_col.metric("Final-epoch score", format_score_stats(row["final_mean"], row[
                  help=f"95% interval {format_interval((row['final_low'], row['final_high']), missing='–')}; "
                       f"best epoch {format_score(row['best_mean'])}")
 ref_col.metric("Reference", format_score_stats(ref_row["final_mean"], ref_row["final_std"], int(ref_row["n_seeds"])),
-               help=labels[reference])
+               help=full_labels[reference])
 delta_col.metric("Δ vs reference (95% interval)",
                  format_difference(row["delta_mean"], row["delta_low"], row["delta_high"]),
                  help=f"paired over {int(row['delta_seeds'])} seed(s)")

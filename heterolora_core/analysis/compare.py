@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from heterolora_core.analysis.evidence import evidence_of, is_short_run
+from heterolora_core.analysis.labels import budget_token
 from heterolora_core.analysis.stats import describe, seed_scores
 from heterolora_core.methods import registry
 from heterolora_core.records.store import StoredRun
@@ -125,26 +127,22 @@ def curves_frame(runs: Mapping[str, tuple[Sequence[Mapping[str, float]], str | N
 RUN_TABLE_COLUMNS = [
     "run_id", "status", "progress", "eta_seconds", "best_score", "final_score", "metric", "trainable_params",
     "wall_seconds", "created_at", "task", "model", "mode", "proxy", "ranking", "rank", "budget", "lr", "seed",
-    "sweep_id", "experiment", "error", "path",
+    "short_run", "device", "sweep_id", "experiment", "error", "path",
 ]
 
 
 def budget_text(config: RunConfig | None) -> str | None:
-    """A search's budget as stated (``25%`` of the candidates, or ``≈r24`` for match-uniform); None
-    for methods without one."""
-    method = registry.find(config.mode) if config else None
-    if method is None or not method.searches:
-        return None
-    if config.match_uniform_rank:
-        return f"≈r{config.match_uniform_rank}"
-    return f"{float(config.enable_ratio):.0%}"
+    """A search's budget as stated (``25%`` of the candidates, ``≈r24`` for match-uniform,
+    ``73.7k params``: :func:`~.labels.budget_token`); None for methods without one."""
+    return budget_token(config) if config is not None else None
 
 
 def runs_table(rows: Sequence[StoredRun], home: Any = None) -> pd.DataFrame:
     """The Runs table: one row per run, newest first.
 
     ``progress`` is a fraction 0..1 (1 for done runs), ``created_at`` a pandas Timestamp (local
-    time); ``error`` holds a failed run's reason or an unreadable record's problem; ``experiment``
+    time); ``short_run`` marks short runs (:func:`~.evidence.is_short_run`), ``device`` the kind
+    of device it ran on (:mod:`~.evidence`); ``error`` holds a failed run's reason or an unreadable record's problem; ``experiment``
     is the run's sweep, else the folder it lives in (relative to the data home ``home``); ``proxy``
     and ``ranking`` are None for methods that do not search.
     """
@@ -165,6 +163,8 @@ def runs_table(rows: Sequence[StoredRun], home: Any = None) -> pd.DataFrame:
             "ranking": config.ranking if method is not None and method.searches else None,
             "rank": config.rank if config else None, "budget": budget_text(config),
             "lr": config.lr if config else None, "seed": config.seed if config else None,
+            "short_run": is_short_run(config, summary),
+            "device": evidence_of(config, summary).device if summary.status != "queued" else None,
             "sweep_id": row.sweep_id, "experiment": experiment_of(row, home),
             "error": row.problem or (summary.error if summary.status in ("failed", "cancelled") else None),
             "path": str(row.path),
@@ -319,6 +319,67 @@ def differing_fields(configs: Iterable[RunConfig]) -> list[str]:
             if name not in NOT_IN_CONFIG_KEY and len({json.dumps(d[name], default=str) for d in dicts}) > 1]
 
 
+def run_group_key(row: StoredRun) -> str:
+    """The configuration a run belongs to on Compare: :func:`config_key` and the kind of evidence
+    (:mod:`~.evidence`: a GPU run and a CPU run of one configuration are two configurations)."""
+    return f"{config_key(row.config)}|{evidence_of(row.config, row.summary, row.versions).text}"
+
+
+def configuration_groups(rows: Sequence[StoredRun]) -> dict[str, list[StoredRun]]:
+    """Runs with a readable config by :func:`run_group_key`, in first-seen order."""
+    groups: dict[str, list[StoredRun]] = {}
+    for row in rows:
+        if row.config is not None:
+            groups.setdefault(run_group_key(row), []).append(row)
+    return groups
+
+
+def mean_grid(grids: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """The cell-wise mean of layer x kind grids (the seeds of one configuration): rows and columns
+    the union of theirs, in first-seen order; a cell missing from a grid is left out of its mean."""
+    if not grids:
+        return pd.DataFrame()
+    columns = list(dict.fromkeys(c for g in grids for c in g.columns))
+    index = sorted(set().union(*(set(g.index) for g in grids)))
+    stacked = np.stack([g.reindex(index=index, columns=columns).to_numpy(dtype=float) for g in grids])
+    with np.errstate(invalid="ignore"):
+        mean = np.nanmean(np.where(np.isnan(stacked), np.nan, stacked), axis=0) if len(grids) > 1 else stacked[0]
+    return pd.DataFrame(mean, index=pd.Index(index, name=grids[0].index.name), columns=columns)
+
+
+def consensus_set(sets: Sequence[Iterable[str]]) -> frozenset[str]:
+    """The modules in at least half of ``sets`` (the seeds of one configuration)."""
+    sets = [set(s) for s in sets]
+    counts: dict[str, int] = {}
+    for s in sets:
+        for name in s:
+            counts[name] = counts.get(name, 0) + 1
+    return frozenset(name for name, n in counts.items() if 2 * n >= len(sets))
+
+
+def mean_score_series(series: Sequence[pd.Series]) -> pd.Series:
+    """Per-module scores averaged over runs (each run's own mean score per module)."""
+    if not series:
+        return pd.Series(dtype="float64")
+    return pd.concat(list(series), axis=1).mean(axis=1, skipna=True)
+
+
+CURVE_BAND_COLUMNS = ["group", "step", "mean", "low", "high", "n"]
+
+
+def curve_bands(curves: pd.DataFrame, group_of: Mapping[str, str]) -> pd.DataFrame:
+    """Curves of a :func:`curves_frame` (one per run) folded into one per configuration: at each
+    step the mean over the configuration's runs and the band from their least to their largest
+    value, with how many runs have a point there. ``group_of`` maps a run label to its
+    configuration's label; runs it does not map are left out."""
+    if curves.empty:
+        return pd.DataFrame(columns=CURVE_BAND_COLUMNS)
+    frame = curves.assign(group=curves["run"].map(group_of)).dropna(subset=["group"])
+    out = frame.groupby(["group", "step"], sort=False)["value"].agg(["mean", "min", "max", "count"]).reset_index()
+    out = out.rename(columns={"min": "low", "max": "high", "count": "n"})
+    return out[CURVE_BAND_COLUMNS].sort_values(["group", "step"], kind="stable").reset_index(drop=True)
+
+
 COMPARE_COLUMNS = ["key", "runs", "n_seeds", "seeds", "best_mean", "best_std", "final_mean", "final_std",
                    "trainable_params", "search_seconds", "wall_seconds"]
 
@@ -334,10 +395,7 @@ def compare_table(rows: Sequence[StoredRun]) -> tuple[pd.DataFrame, dict[str, Ru
     and the mean ± std are over them; ``runs`` counts every run; the last three columns are means
     over the group's runs.
     """
-    groups: dict[str, list[StoredRun]] = {}
-    for row in rows:
-        if row.config is not None:
-            groups.setdefault(config_key(row.config), []).append(row)
+    groups = configuration_groups(rows)
     configs = {key: members[0].config for key, members in groups.items()}
     differing = differing_fields(configs.values())
     records = []

@@ -2,7 +2,11 @@
 difference to a chosen reference group, paired by seed (the grid's tables, for any set of runs).
 
 A *configuration* is everything in a run's config but the seed (:func:`~.compare.config_key`), so
-the runs of one configuration are its seeds. Seeds are the replicates: a group's score per seed is
+the runs of one configuration are its seeds. By default a configuration is also split by the kind of
+evidence (:mod:`~.evidence`: the device a run was measured on and torch's minor version), and a
+difference is only taken within one kind: a GPU run and a CPU run of one seed are two measurements
+that differ by more than noise, not one seed twice. Short runs (:func:`~.evidence.is_short_run`)
+are no results and are left out unless asked for. Seeds are the replicates: a group's score per seed is
 the finished runs' headline score (``summary.final_score``: the final epoch, the grid's headline;
 ``best_score``: the best epoch), and a seed that was run twice (a copy, a rerun on another device)
 counts once, with the mean of its runs (:func:`~.stats.seed_scores`). The numbers come from
@@ -21,43 +25,91 @@ from dataclasses import dataclass
 import pandas as pd
 
 from heterolora_core.analysis.compare import config_key, differing_fields
+from heterolora_core.analysis.evidence import Evidence, evidence_of, is_short_run
 from heterolora_core.analysis.stats import describe, paired_difference, seed_scores
+from heterolora_core.methods import registry
 from heterolora_core.records.record import Status
 from heterolora_core.records.store import StoredRun
 from heterolora_core.training.run_config import RunConfig
 
 REFERENCE, OTHER_TASK, NO_COMMON_SEED = "reference", "other task", "no common seed"
+OTHER_EVIDENCE = "other device"
+
+
+def run_evidence(row: StoredRun) -> Evidence:
+    """The :class:`~.evidence.Evidence` of a stored run."""
+    return evidence_of(row.config, row.summary, row.versions)
+
+
+def is_short(row: StoredRun) -> bool:
+    """Whether a stored run is a short run (:func:`~.evidence.is_short_run`)."""
+    return is_short_run(row.config, row.summary)
 
 
 @dataclass(frozen=True)
 class ConfigGroup:
     """The runs of one configuration: its key, its config (the first run's, seed aside), the runs,
-    and per seed the final-epoch and best-epoch scores (:func:`~.stats.seed_scores`)."""
+    per seed the final-epoch and best-epoch scores (:func:`~.stats.seed_scores`), the kinds of
+    evidence its runs are (``evidences``) and, when groups are split by kind, its one kind
+    (``evidence``; None when kinds were pooled)."""
 
     key: str
     config: RunConfig
     runs: tuple[StoredRun, ...]
     final: dict[int, float]
     best: dict[int, float]
+    evidence: Evidence | None = None
+    evidences: frozenset[Evidence] = frozenset()
 
     @property
     def metric(self) -> str | None:
         return next((r.summary.metric for r in self.runs if r.summary.metric), None)
 
+    @property
+    def mixed(self) -> bool:
+        """True when the group pools runs of more than one kind of evidence."""
+        return len(self.evidences) > 1
 
-def group_by_config(rows: Sequence[StoredRun], finished_only: bool = True) -> list[ConfigGroup]:
-    """Runs grouped by :func:`config_key`, in first-seen order. ``finished_only``: only runs whose
-    status is ``done`` count (a failed or running run has no result); runs without a readable
-    config are left out."""
+
+def group_by_config(rows: Sequence[StoredRun], finished_only: bool = True, split_evidence: bool = True,
+                    include_short: bool = False) -> list[ConfigGroup]:
+    """Runs grouped by :func:`config_key` (and, with ``split_evidence``, by
+    :func:`run_evidence`), in first-seen order. ``finished_only``: only runs whose status is
+    ``done`` count (a failed or running run has no result); short runs only with
+    ``include_short``; runs without a readable config are left out."""
     members: dict[str, list[StoredRun]] = {}
     for row in rows:
         if row.config is None or (finished_only and row.summary.status != Status.DONE):
             continue
-        members.setdefault(config_key(row.config), []).append(row)
+        if not include_short and is_short(row):
+            continue
+        key = config_key(row.config)
+        if split_evidence:
+            key = f"{key}|{run_evidence(row).text}"
+        members.setdefault(key, []).append(row)
     return [ConfigGroup(key, runs[0].config, tuple(runs),
                         seed_scores((r.config.seed, r.summary.final_score) for r in runs),
-                        seed_scores((r.config.seed, r.summary.best_score) for r in runs))
+                        seed_scores((r.config.seed, r.summary.best_score) for r in runs),
+                        run_evidence(runs[0]) if split_evidence else None,
+                        frozenset(run_evidence(r) for r in runs))
             for key, runs in members.items()]
+
+
+def evidence_tokens(groups: Sequence[ConfigGroup]) -> dict[str, tuple[str, ...]]:
+    """Key -> the label tokens of the group's kind of evidence, for
+    :func:`~.labels.short_labels`'s ``extras``: the device (``GPU``), and torch's version only
+    where groups on one kind of device differ in it; a pooled group joins its kinds with ``+``."""
+    torch_by_device: dict[str, set] = {}
+    for g in groups:
+        for kind in g.evidences:
+            torch_by_device.setdefault(kind.device, set()).add(kind.torch)
+    out = {}
+    for g in groups:
+        kinds = sorted([g.evidence] if g.evidence is not None else g.evidences)
+        devices = " + ".join(dict.fromkeys(k.device for k in kinds))
+        versions = [k.tokens[1] for k in kinds if len(torch_by_device.get(k.device, ())) > 1]
+        out[g.key] = (devices, " + ".join(dict.fromkeys(versions))) if versions else (devices,)
+    return out
 
 
 RESULT_COLUMNS = [
@@ -88,6 +140,8 @@ def _group_row(group: ConfigGroup, reference: ConfigGroup | None) -> dict:
         return {**row, "verdict": REFERENCE}
     if (group.config.task, group.metric) != (reference.config.task, reference.metric):
         return {**row, "verdict": OTHER_TASK}
+    if group.evidence != reference.evidence:  # both split by kind of evidence, and of two kinds
+        return {**row, "verdict": OTHER_EVIDENCE}
     diff = paired_difference(group.final, reference.final)
     if diff is None:
         return {**row, "verdict": NO_COMMON_SEED}
@@ -119,14 +173,41 @@ def results_table(groups: Sequence[ConfigGroup], reference: str | None = None) -
 
 
 def default_reference(groups: Sequence[ConfigGroup]) -> str | None:
-    """The group a results table opens against: among the groups of the task with the most runs,
-    the best mean final score of those with the most seeds (None without a scored group)."""
+    """The group a results table opens against: plain LoRA, what every allocation must beat.
+
+    Among the scored groups of the task with the most runs, and of its kind of evidence with the
+    most runs, the baseline method's (:attr:`~heterolora_core.methods.registry.MethodInfo.baseline`)
+    group with the most seeds, the best mean final score among those (the strongest plain LoRA);
+    without a baseline group, the best of the groups with the most seeds. None without a scored
+    group.
+    """
     scored = [g for g in groups if g.final]
     if not scored:
         return None
-    runs_per_task: dict[str, int] = {}
-    for g in scored:
-        runs_per_task[g.config.task] = runs_per_task.get(g.config.task, 0) + len(g.runs)
-    task = max(runs_per_task, key=lambda t: (runs_per_task[t], t))
-    return max((g for g in scored if g.config.task == task),
-               key=lambda g: (len(g.final), describe(g.final.values()).mean)).key
+    task = _most_runs(scored, lambda g: g.config.task)
+    scored = [g for g in scored if g.config.task == task]
+    evidence = _most_runs(scored, lambda g: g.evidence.text if g.evidence else "")
+    scored = [g for g in scored if (g.evidence.text if g.evidence else "") == evidence]
+    baselines = [g for g in scored if (m := registry.find(g.config.mode)) is not None and m.baseline]
+    return max(baselines or scored, key=lambda g: (len(g.final), describe(g.final.values()).mean)).key
+
+
+def _most_runs(groups: Sequence[ConfigGroup], value) -> str:
+    """The value of ``value(group)`` whose groups hold the most runs (ties: the larger value)."""
+    runs: dict[str, int] = {}
+    for g in groups:
+        runs[value(g)] = runs.get(value(g), 0) + len(g.runs)
+    return max(runs, key=lambda v: (runs[v], v))
+
+
+def short_runs_left_out(rows: Sequence[StoredRun]) -> int:
+    """How many finished runs :func:`group_by_config` leaves out as short runs (by default)."""
+    return sum(1 for r in rows if r.config is not None and r.summary.status == Status.DONE and is_short(r))
+
+
+def comparable(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a :func:`results_table` that can be paired with its reference: the reference
+    and every group of its task and kind of evidence (all rows when there is no reference)."""
+    if not (table["verdict"] == REFERENCE).any():
+        return table
+    return table[~table["verdict"].isin((OTHER_TASK, OTHER_EVIDENCE))]

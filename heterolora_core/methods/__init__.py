@@ -8,7 +8,7 @@ from heterolora_core.methods.registry import MethodInfo, register
 
 register(MethodInfo(
     "lora", "uniform LoRA", "heterolora_core.methods.uniform:UniformLora",
-    description="every candidate on at the same rank (plain LoRA, shortcuts optional)"))
+    baseline=True, description="every candidate on at the same rank (plain LoRA, shortcuts optional)"))
 register(MethodInfo(
     "static", "static HeteroLoRA", "heterolora_core.methods.heterolora:StaticHeteroLora", searches=True,
     description="score once before training, enable the top candidates for the whole run"))

@@ -31,6 +31,7 @@ class MethodInfo:
         shortcuts: the method can use the shortcut candidates.
         options: RunConfig fields only this method reads (the Launch page shows them).
         description: one line for ``--help`` and the Launch page.
+        baseline: plain LoRA, what every allocation must beat (the Results page opens against it).
     """
 
     name: str
@@ -41,6 +42,7 @@ class MethodInfo:
     shortcuts: bool = True
     options: tuple[str, ...] = ()
     description: str = ""
+    baseline: bool = False
 
 
 _REGISTRY: dict[str, MethodInfo] = {}

@@ -395,6 +395,15 @@ class RunRecord:
             return None, f"config.json: {exc}"
         return config, None
 
+    def versions(self) -> dict[str, str] | None:
+        """The package versions config.json records (``{"torch": "2.13.0", ...}``: string values
+        only; None when it records none)."""
+        data, _ = read_json(self.path / self.CONFIG)
+        versions = data.get("versions") if isinstance(data, dict) else None
+        if not isinstance(versions, dict):
+            return None
+        return {str(k)[:64]: v[:64] for k, v in versions.items() if isinstance(v, str)} or None
+
     def raw_summary(self) -> RunSummary:
         """``summary.json`` as written (an empty ``failed`` summary, with the problem, when unreadable)."""
         data, problem = read_json(self.path / self.SUMMARY)

@@ -78,6 +78,7 @@ class StoredRun:
     summary: RunSummary  # the effective status
     problem: str | None = None
     is_link: bool = False  # the folder is (or lies under) a symbolic link: never deleted
+    versions: dict[str, str] | None = None  # package versions config.json records (torch, transformers, ...)
 
     @property
     def status(self) -> str:
@@ -105,7 +106,7 @@ class RunStore:
         self.runs_root = runs_dir(self.home)
         self.db_path = self.home / DB_NAME
         self.home.mkdir(parents=True, exist_ok=True)
-        self._parsed: dict[str, tuple[tuple, tuple[RunConfig | None, str | None, RunSummary]]] = {}
+        self._parsed: dict[str, tuple[tuple, tuple]] = {}  # path -> (file stamps, what _read returns)
         self._initialise()
 
     # -- database --------------------------------------------------------------------------------
@@ -249,24 +250,25 @@ class RunStore:
         rows = self._query("SELECT * FROM runs ORDER BY created_at DESC, run_id DESC")
         return [self._stored(row) for row in rows]
 
-    def _read(self, path: Path) -> tuple[RunConfig | None, str | None, RunSummary]:
-        """(config, its problem, raw summary) of a record, re-parsed only when a file changed."""
+    def _read(self, path: Path) -> tuple[RunConfig | None, str | None, RunSummary, dict[str, str] | None]:
+        """(config, its problem, raw summary, recorded versions) of a record, re-parsed only when a
+        file changed."""
         stamp = (file_stamp(path / RunRecord.CONFIG), file_stamp(path / RunRecord.SUMMARY))
         hit = self._parsed.get(str(path))
         if hit is not None and hit[0] == stamp:
             return hit[1]
         record = RunRecord(path)
-        value = (*record.run_config(), record.raw_summary())
+        value = (*record.run_config(), record.raw_summary(), record.versions())
         self._parsed[str(path)] = (stamp, value)
         return value
 
     def _stored(self, row: sqlite3.Row) -> StoredRun:
         path = Path(row["path"])
-        config, config_problem, raw = self._read(path)
+        config, config_problem, raw, versions = self._read(path)
         summary = effective_summary(raw)
         problems = ([config_problem] if config_problem else []) + summary.problems
         return StoredRun(row["run_id"], path, row["created_at"], row["sweep_id"], row["queue_seq"], config, summary,
-                         "; ".join(problems) or None, _is_link(path))
+                         "; ".join(problems) or None, _is_link(path), versions)
 
     def get(self, run_id: str) -> StoredRun | None:
         """The run indexed as ``run_id``, or None (ids are looked up, never turned into paths)."""
