@@ -109,9 +109,19 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--sketch-rank", type=int, default=DEFAULT_SKETCH_RANK, help="k of the scoring sketch")
     score.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    runs = sub.add_parser("runs", help="list the runs under the data home")
+    runs = sub.add_parser("runs", help="list the runs under the data home (newest first)",
+                          description="List the runs the data home indexes, newest first, filtered like the "
+                                      "dashboard's Runs page. Scores in GLUE points; --json keeps fractions.")
     runs.add_argument("--home", help="data home (default: $HETEROLORA_HOME or data/)")
     runs.add_argument("--json", action="store_true")
+    for column in ("task", "mode", "status", "experiment"):
+        runs.add_argument(f"--{column}", action="append", default=[], metavar=column.upper(),
+                          help=f"only runs of this {column} (repeatable)"
+                               + ("; a folder keeps everything below it" if column == "experiment" else ""))
+    runs.add_argument("--search", default="", help="only runs whose label, id, experiment, folder or error holds this text")
+    runs.add_argument("--limit", type=_positive_int, default=RUNS_LIMIT,
+                      help=f"print at most this many runs (default {RUNS_LIMIT}); --all prints every one")
+    runs.add_argument("--all", action="store_true", help="print every matching run")
 
     sweep = sub.add_parser("sweep", help="queue the runs of a sweep file (YAML or JSON), resumably",
                            description="Expand a sweep file into runs, print their count and each row's budget, "
@@ -148,6 +158,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from heterolora_core.analysis.evidence import is_short_run
+    from heterolora_core.analysis.units import format_points
     from heterolora_core.planning import check_run
     from heterolora_core.training.environment import RunCancelled
     from heterolora_core.training.trainer import run_training
@@ -167,8 +179,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if s.best_score is None:
         print(f"done: {record.path}")
     else:
-        print(f"done: {record.path}  best {s.metric} {s.best_score:.4f}  final {s.final_score or float('nan'):.4f}  "
-              f"trainable {s.trainable_params or 0:,} (+ head {s.head_params or 0:,})  {s.wall_seconds} s")
+        print(f"done: {record.path}  best {s.metric} {format_points(s.best_score)}  final {format_points(s.final_score)}"
+              f" (GLUE points)  trainable {s.trainable_params or 0:,} (+ head {s.head_params or 0:,})  "
+              f"{s.wall_seconds:.1f} s" + ("  (a short run: its score is no result)" if is_short_run(config, s) else ""))
     return 0
 
 
@@ -192,42 +205,84 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+RUNS_LIMIT = 40
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not positive")
+    return value
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
-    """Every run the data home's store indexes (CLI runs, queued runs, benchmark records), newest
-    first; a damaged record is listed with what is wrong with it. Scores print in GLUE points
-    (×100); ``--json`` keeps the records' fractions."""
-    from heterolora_core.analysis.units import format_points
+    """The runs the data home's store indexes (CLI runs, queued runs, benchmark records), newest
+    first, filtered like the Runs page (:func:`~heterolora_core.analysis.compare.filter_runs`); a
+    damaged record is listed with what is wrong with it. Scores print in GLUE points (×100);
+    ``--json`` keeps the records' fractions."""
+    from heterolora_core.analysis.compare import RunFilter, filter_runs, runs_table
+    from heterolora_core.analysis.labels import describe_config
     from heterolora_core.records.store import RunStore
 
     store = RunStore(Path(args.home).expanduser() if args.home else None)
-    rows = []
-    for run in store.list_runs():
-        config, summary = run.config, run.summary
-        method = registry.find(config.mode) if config else None
-        rows.append({"run": run.run_id, "status": summary.status, "task": config.task if config else None,
-                     "mode": config.mode if config else None,
-                     "proxy": config.proxy if method is not None and method.searches else "-",
-                     "best": summary.best_score, "trainable": summary.trainable_params,
-                     "wall_s": summary.wall_seconds, "error": summary.error, "problem": run.problem,
-                     "path": str(run.path)})
+    listed = store.list_runs()
+    table = runs_table(listed, store.home)
+    table.insert(1, "label", [describe_config(r.config) for r in listed])
+    chosen = RunFilter({c: getattr(args, c) for c in ("task", "mode", "status", "experiment")}, args.search)
+    table = filter_runs(table, chosen)
+    by_id = {r.run_id: r for r in listed}
+    rows = [_listing_row(by_id[rid], table_row) for rid, table_row in zip(table["run_id"], table.to_dict("records"))]
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
     if not rows:
-        print(f"no runs under {store.home}")
+        print(f"no runs under {store.home}" + (" match these filters" if chosen.active else ""))
         return 0
-    print(f"{'run':<48} {'status':<9} {'task':<6} {'mode':<8} {'proxy':<10} {'best':>7} {'trainable':>10} {'wall s':>8}")
-    for r in rows:
-        best = format_points(r["best"], missing="-")
-        trainable = f"{r['trainable']:,}" if r["trainable"] is not None else "-"
-        wall = f"{r['wall_s']:.0f}" if r["wall_s"] is not None else "-"
-        print(f"{r['run']:<48} {r['status']:<9} {str(r['task']):<6} {str(r['mode']):<8} {str(r['proxy']):<10} "
-              f"{best:>7} {trainable:>10} {wall:>8}")
-        if r["problem"]:
-            print(f"    damaged record: {r['problem']}")
-        elif r["error"] and r["status"] == Status.FAILED:
-            print(f"    {r['error']}")
+    shown = rows if args.all else rows[:args.limit]
+    print(_runs_lines(shown))
+    if len(shown) < len(rows):
+        print(f"... {len(rows) - len(shown)} more (newest {len(shown)} shown of {len(rows)}; --all, --limit N, or "
+              "filter with --task, --mode, --status, --experiment, --search)")
     return 0
+
+
+_RUNS_COLUMNS = (("run", "<"), ("status", "<"), ("task", "<"), ("mode", "<"), ("proxy", "<"), ("best", ">"),
+                 ("trainable", ">"), ("wall s", ">"))
+
+
+def _listing_row(run, row: dict) -> dict:
+    """One run of ``runs`` as printed (and as ``--json`` gives it: fractions, not points)."""
+    config, summary = run.config, run.summary
+    method = registry.find(config.mode) if config else None
+    return {"run": run.run_id, "status": summary.status, "task": config.task if config else None,
+            "mode": config.mode if config else None,
+            "proxy": config.proxy if method is not None and method.searches else "-",
+            "best": summary.best_score, "trainable": summary.trainable_params, "wall_s": summary.wall_seconds,
+            "short_run": bool(row.get("short_run")), "error": summary.error, "problem": run.problem,
+            "path": str(run.path)}
+
+
+def _runs_lines(rows: list[dict]) -> str:
+    """The ``runs`` table: columns as wide as their widest cell, so long ids keep them aligned."""
+    from heterolora_core.analysis.units import format_points
+
+    cells = [[r["run"], r["status"] + (" (short)" if r["short_run"] else ""), str(r["task"]), str(r["mode"]),
+              str(r["proxy"]), format_points(r["best"], missing="-"),
+              f"{r['trainable']:,}" if r["trainable"] is not None else "-",
+              f"{r['wall_s']:.0f}" if r["wall_s"] is not None else "-"] for r in rows]
+    widths = [max(len(name), *(len(c[i]) for c in cells)) for i, (name, _) in enumerate(_RUNS_COLUMNS)]
+    line = lambda values: "  ".join(f"{v:{align}{w}}" for v, (_, align), w in zip(values, _RUNS_COLUMNS, widths))
+    out = [line([name for name, _ in _RUNS_COLUMNS])]
+    for r, c in zip(rows, cells):
+        out.append(line(c).rstrip())
+        if r["problem"]:
+            out.append(f"    damaged record: {r['problem']}")
+        elif r["error"] and r["status"] == Status.FAILED:
+            out.append(f"    {r['error']}")
+    return "\n".join(out)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -100,6 +100,8 @@ def write_synthetic_run(
     lr: float = 5e-4,
     ranking: str = "combined",
     ranks: bool = False,
+    short_run: bool = False,
+    device: str = "cpu",
 ) -> RunRecord:
     """Write a complete synthetic run folder at ``path`` and return its record.
 
@@ -112,7 +114,7 @@ def write_synthetic_run(
     rng = random.Random(zlib.crc32(f"{proxy}/{seed}".encode()))
     config = RunConfig(task=task, model=model, mode=mode, proxy=proxy, rank=rank, enable_ratio=enable_ratio,
                        ranking=ranking, lora_targets=list(lora_targets), shortcuts=shortcuts, seed=seed, lr=lr,
-                       max_steps=steps).to_dict()
+                       max_steps=steps, dev_limit=200 if short_run else None).to_dict()
     if sweep_id:
         config["sweep_id"] = sweep_id
     record = RunRecord.create(path, config, status=Status.QUEUED)
@@ -147,6 +149,7 @@ def write_synthetic_run(
         trainable_params=n_enabled * module_cost(rank), head_params=2 * EMBEDDED_HIDDEN + 2, num_reallocations=n_reallocations,
         wall_seconds=60.0 + rng.random() * 5, search_seconds=2.0 + rng.random(),
         n_layers=n_layers, error="synthetic failure" if status == "failed" else None,
+        train_rows=steps * RunConfig().batch_size, device=device,
     )
     return record
 

@@ -135,6 +135,18 @@ def test_every_registered_method_opens_the_form_with_its_own_settings(home):
         "rank_static", 9 * 12 * 768, "proportional", "kaiming")
 
 
+def test_a_launch_without_its_data_is_refused_on_the_form(home, monkeypatch, tmp_path):
+    """No GLUE_DIR and no hub (offline, nothing cached): the form says what to do and queues nothing,
+    instead of accepting a run that fails later."""
+    monkeypatch.delenv("GLUE_DIR", raising=False)
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "no-cache"))
+    at = open_page()
+    assert any("no data for GLUE task 'mrpc'" in e.value and "GLUE_DIR" in e.value for e in at.error), \
+        [e.value for e in at.error]
+    assert at.button(key="launch").disabled
+    assert run_dirs(home) == [] and RunStore().list_runs() == []
+
+
 @pytest.mark.parametrize("widget, value, message", [
     ("rank", 0, "rank must be at least 1"),
     ("model", "nobody/no-such-model", "does not exist"),
@@ -418,42 +430,51 @@ def test_allocation_of_a_queued_run_says_it_has_nothing_yet():
 # -- Compare --------------------------------------------------------------------------------------
 
 
-def test_compare_opens_on_the_newest_sweep(make_run):
+def test_compare_opens_on_the_newest_experiment_then_a_sweep_at_configuration_level(make_run):
     make_run("sweep-a", proxy="grad_norm", sweep_id="sweep-1")
     make_run("sweep-b", proxy="snip", sweep_id="sweep-1")
-    make_run("lonely", proxy="fisher")  # newer, but not in the sweep
+    make_run("lonely", proxy="fisher")  # newer, not in the sweep: the user's own run opens first
     at = open_page("compare")
+    assert at.selectbox(key="compare_experiment").value == "runs"
+    assert at.multiselect(key="compare_runs").value == ["lonely"]
+    at.selectbox(key="compare_experiment").set_value("sweep-1").run()
     assert sorted(at.multiselect(key="compare_runs").value) == ["sweep-a", "sweep-b"]
     table = at.dataframe[0].value
     assert len(table) == 2 and set(table["runs"]) == {1}
+    assert sorted(table["config"]) == ["grad_norm", "snip"]  # named by what differs: the proxy
     specs = plotly_specs(at)
-    heatmaps = specs[0]
-    assert len([t for t in heatmaps["data"] if t["type"] == "heatmap"]) == 4  # 2 runs x (LoRA, shortcut)
-    assert {t["coloraxis"] for t in heatmaps["data"]} == {"coloraxis"}
+    heatmaps = [s for s in specs if any(t["type"] == "heatmap" and t.get("coloraxis") for t in s["data"])]
+    assert len(heatmaps) == 2  # one figure per configuration, each with its LoRA and shortcut panels
+    assert all(len(fig["data"]) == 2 for fig in heatmaps)
+    assert sorted(fig["layout"]["title"]["text"] for fig in heatmaps) == ["grad_norm", "snip"]
+    assert any(h.value == "Do the proxies agree?" for h in at.subheader)
     jaccard, spearman = specs[-2], specs[-1]
     assert jaccard["data"][0]["zmin"] == 0 and spearman["data"][0]["zmin"] == -1
     assert len(jaccard["data"][0]["z"]) == 2
 
 
-def test_compare_without_sweep_takes_the_two_newest_and_groups_seeds(make_run):
+def test_compare_folds_seeds_into_configurations(make_run):
     make_run("old", proxy="snip")
     make_run("s0", proxy="grad_norm", seed=0, best_score=0.80)
     make_run("s1", proxy="grad_norm", seed=1, best_score=0.84)
     at = open_page("compare")
-    assert sorted(at.multiselect(key="compare_runs").value) == ["s0", "s1"]
-    table = at.dataframe[0].value
-    assert len(table) == 1 and table["runs"].item() == 2
-    assert table["best_score"].item().startswith("82.00 ± 2.83")  # GLUE points (×100)
+    assert sorted(at.multiselect(key="compare_runs").value) == ["old", "s0", "s1"]
+    table = at.dataframe[0].value.set_index("config")
+    assert len(table) == 2 and table.loc["grad_norm", "runs"] == 2
+    assert table.loc["grad_norm", "best_score"].startswith("82.00 ± 2.83")  # GLUE points (×100)
+    # the enable frequencies of a configuration are the mean over its seeds' runs
+    fig = next(s for s in plotly_specs(at) if s["layout"].get("title", {}).get("text") == "grad_norm")
+    assert all(0.0 <= v <= 1.0 for t in fig["data"] for row in t["z"] for v in row if v is not None)
 
 
-def test_compare_switches_sweeps(make_run):
+def test_compare_switches_experiments(make_run):
     make_run("a1", sweep_id="sweep-old")
     make_run("a2", proxy="snip", sweep_id="sweep-old")
     make_run("b1", sweep_id="sweep-new")
     make_run("b2", proxy="snip", sweep_id="sweep-new")
     at = open_page("compare")
     assert sorted(at.multiselect(key="compare_runs").value) == ["b1", "b2"]
-    at.selectbox(key="compare_sweep").set_value("sweep-old").run()
+    at.selectbox(key="compare_experiment").set_value("sweep-old").run()
     assert sorted(at.multiselect(key="compare_runs").value) == ["a1", "a2"]
 
 
@@ -501,7 +522,9 @@ def test_runs_page_filters_searches_groups_and_sorts(home, make_run):
     assert len(table) == 3
     # scores in GLUE points; the label names task and learning rate; the id is its own column
     assert table.set_index("run_id").loc["mrpc-a", "final"] == pytest.approx(81.0)
-    assert table.set_index("run_id").loc["mrpc-b", "run"] == "mrpc · dynamic · snip · r32 · 25% · lr 1e-3 · seed 1"
+    assert table.set_index("run_id").loc["mrpc-b", "run"] == "mrpc · dynamic · snip · lr 1e-3 · seed 1"  # what differs
+    assert table.set_index("run_id").loc["mrpc-b", "description"] == \
+        "mrpc · dynamic · q,v + shortcuts · snip · r32 · 25% · lr 1e-3 · 100 steps · seed 1"
     assert set(table["lr"]) == {"5e-4", "1e-3"}
 
     at.multiselect(key="runs_task").set_value(["mrpc"]).run()
@@ -578,37 +601,36 @@ def _results_records(make_run):
 
 def _group_key(label_part: str) -> str:
     from heterolora_core.analysis import results
-
-    from dashboard.components.formatting import run_label
+    from heterolora_core.analysis.labels import describe_config
 
     groups = results.group_by_config(RunStore().list_runs())
-    return next(g.key for g in groups if label_part in run_label(g.config, include_seed=False))
+    return next(g.key for g in groups if label_part in describe_config(g.config, include_seed=False))
 
 
 def test_results_groups_seeds_and_gives_verdicts_against_the_reference(home, make_run):
     _results_records(make_run)
     at = open_page("results")
     assert not at.exception, [e.message for e in at.exception]
-    at.selectbox(key="results_reference").set_value(_group_key("mrpc · lora · r8")).run()
+    assert at.selectbox(key="results_reference").value == _group_key("mrpc · lora")  # plain LoRA by default
     table = at.dataframe[0].value.set_index("configuration")
-    assert len(table) == 5  # the failed run has no result
-    ref = table.loc["mrpc · lora · r8 · lr 5e-4"]
+    # best first; named by what differs among them (the task and device are the reference's)
+    assert list(table.index) == ["dynamic · fisher · r32", "dynamic · snip · r32", "lora · r8", "dynamic · grad_norm · r32"]
+    ref = table.loc["lora · r8"]
     assert (ref["final"], ref["ci"], ref["n_seeds"], ref["seeds"]) == ("82.00 ± 2.00", "[77.0, 87.0]", 3, "0, 1, 2")
     assert ref["best"] == pytest.approx(83.0) and ref["verdict"] == "reference" and ref["delta"] == "–"
-    worse = table.loc["mrpc · dynamic · grad_norm · r32 · 25% · lr 5e-4"]
+    assert ref["description"] == "mrpc · lora · q,v + shortcuts · r8 · lr 5e-4 · 100 steps · CPU"
+    worse = table.loc["dynamic · grad_norm · r32"]
     assert (worse["delta"], worse["verdict"]) == ("-10.00 [-15.0, -5.0]", "worse")
-    level = table.loc["mrpc · dynamic · snip · r32 · 25% · lr 5e-4"]
+    level = table.loc["dynamic · snip · r32"]
     assert (level["delta"], level["verdict"]) == ("+0.33 [-4.8, 5.5]", "noise")
-    single = table.loc["mrpc · dynamic · fisher · r32 · 25% · lr 5e-4"]
+    single = table.loc["dynamic · fisher · r32"]
     assert (single["final"], single["delta"], single["verdict"]) == ("90.00", "+10.00", "n/a (1 seed)")
-    assert table.loc["rte · lora · r8 · lr 5e-4", "verdict"] == "other task"
 
     # the forest plot holds every paired difference of the reference's task, in points
     (forest,) = plotly_specs(at)
     points = {y: x for trace in forest["data"] for x, y in zip(trace["x"], trace["y"])}
-    assert points == pytest.approx({"mrpc · dynamic · grad_norm · r32 · 25% · lr 5e-4": -10.0,
-                                    "mrpc · dynamic · snip · r32 · 25% · lr 5e-4": 0.01 / 3 * 100,
-                                    "mrpc · dynamic · fisher · r32 · 25% · lr 5e-4": 10.0})
+    assert points == pytest.approx({"dynamic · grad_norm · r32": -10.0, "dynamic · snip · r32": 0.01 / 3 * 100,
+                                    "dynamic · fisher · r32": 10.0})
     verdicts = {t["name"] for t in forest["data"]}
     assert verdicts == {"worse", "noise", "n/a (1 seed)"}
 
@@ -619,36 +641,55 @@ def test_results_groups_seeds_and_gives_verdicts_against_the_reference(home, mak
     assert metrics["Δ vs reference (95% interval)"] == "-10.00 [-15.0, -5.0]"
     assert any(c.value == "Verdict: **worse**" for c in at.caption)
 
+    # every configuration, the other task's included, when asked
+    at.toggle(key="results_comparable").set_value(False).run()
+    table = at.dataframe[0].value.set_index("configuration")
+    assert table.loc["rte · lora · r8", "verdict"] == "other task" and len(table) == 5
+
 
 def test_results_against_another_reference_and_its_csv(home, make_run):
-    from dashboard.components.formatting import group_labels, results_csv_frame
+    from dashboard.components.formatting import results_csv_frame
     from heterolora_core.analysis import results
+    from heterolora_core.analysis.labels import short_labels
 
     _results_records(make_run)
     at = open_page("results")
     at.selectbox(key="results_reference").set_value(_group_key("grad_norm")).run()
     table = at.dataframe[0].value.set_index("configuration")
-    assert table.loc["mrpc · lora · r8 · lr 5e-4", ["delta", "verdict"]].tolist() == ["+10.00 [5.0, 15.0]", "better"]
+    assert table.loc["lora · r8", ["delta", "verdict"]].tolist() == ["+10.00 [5.0, 15.0]", "better"]
     assert "Download results (CSV)" in [b.proto.label for b in at.get("download_button")]
     # what the button downloads: the engine's table in GLUE points, one row per configuration
     groups = results.group_by_config(RunStore().list_runs())
-    labels = group_labels({g.key: g.config for g in groups})
+    labels = {k: v.short for k, v in short_labels({g.key: g.config for g in groups}, include_seed=False).items()}
     csv = results_csv_frame(results.results_table(groups, _group_key("grad_norm")), labels).set_index("configuration")
-    row = csv.loc["mrpc · lora · r8 · lr 5e-4"]
+    row = csv.loc["mrpc · lora · r8"]
     assert row["final_mean"] == pytest.approx(82.0) and row["delta_mean"] == pytest.approx(10.0)
     assert row["seeds"] == "0,1,2" and row["verdict"] == "better" and row["runs"] == 3
     assert csv.columns[-1] == "key"
 
 
-def test_results_without_finished_runs_and_with_a_stale_reference(home, make_run):
-    make_run("failed", status="failed")
+def test_results_keep_short_runs_out_and_devices_apart_unless_asked(home, make_run):
+    for seed, final in enumerate([0.80, 0.82, 0.84]):
+        make_run(f"cpu-{seed}", mode="lora", rank=8, seed=seed, final_score=final)
+        make_run(f"gpu-{seed}", mode="lora", rank=8, seed=seed, final_score=final - 0.02, device="cuda")
+    make_run("gpu-extra", mode="lora", rank=8, seed=3, final_score=0.8, device="cuda")
+    make_run("short", seed=0, final_score=0.685, short_run=True)  # the Launch page's short run
     at = open_page("results")
-    assert any("No finished run matches" in i.value for i in at.info)
-    make_run("done-0", final_score=0.8)
-    at.session_state["results_reference"] = "a key no group has"
-    at.run()
-    assert not at.exception and len(at.dataframe[0].value) == 1
-    assert at.dataframe[0].value["verdict"].item() == "reference"
+    assert any("1 short run left out" in c.value for c in at.caption)
+    table = at.dataframe[0].value
+    assert table["n_seeds"].tolist() == [4] and table["description"].item().endswith("· GPU")  # the most runs
+    assert not at.warning
+    at.toggle(key="results_comparable").set_value(False).run()
+    table = at.dataframe[0].value.set_index("configuration")
+    cpu = table.loc["mrpc · lora · q,v + shortcuts · r8 · CPU"]
+    assert cpu["verdict"] == "other device" and cpu["final"] == "82.00 ± 2.00"
+    at.toggle(key="results_short").set_value(True).run()
+    assert "dynamic · r32 · 200 dev rows · CPU · short run" in set(at.dataframe[0].value["configuration"])
+    at.toggle(key="results_short").set_value(False).run()
+    at.toggle(key="results_pool").set_value(True).run()
+    pooled = at.dataframe[0].value
+    assert len(pooled) == 1 and pooled["runs"].item() == 7 and pooled["n_seeds"].item() == 4
+    assert any("1 configuration pool runs measured on different devices" in w.value for w in at.warning)
 
 
 # -- Launch: honest run lengths ----------------------------------------------------------------------
@@ -738,11 +779,12 @@ def test_compare_puts_rank_maps_side_by_side_with_readable_columns(make_run):
     at = open_page("compare")
     table = at.dataframe[0].value
     assert "rank" in table.columns and "n_seeds" in table.columns
-    assert any(s.value == "Rank per layer (final allocation)" for s in at.subheader)
-    specs = plotly_specs(at)
-    ranks = next(s for s in specs if s["layout"]["coloraxis"].get("colorbar", {}).get("title", {}).get("text", "").startswith("rank"))
-    assert len([t for t in ranks["data"] if t["type"] == "heatmap"]) == 4  # 2 runs x (LoRA, shortcut)
-    assert ranks["layout"]["coloraxis"]["cmin"] == 0
+    assert any(s.value == "Rank per layer (final allocation, mean over seeds)" for s in at.subheader)
+    ranks = [s for s in plotly_specs(at)
+             if s["layout"].get("coloraxis", {}).get("colorbar", {}).get("title", {}).get("text", "").startswith("rank")]
+    assert len(ranks) == 2 and all(len(fig["data"]) == 2 for fig in ranks)  # 2 configurations x (LoRA, shortcut)
+    assert {fig["layout"]["coloraxis"]["cmin"] for fig in ranks} == {0}
+    assert len({fig["layout"]["coloraxis"]["cmax"] for fig in ranks}) == 1  # one scale for both
 
 
 def test_compare_names_the_differing_fields_readably(make_run):

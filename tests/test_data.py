@@ -415,6 +415,7 @@ def test_hub_fallback_without_glue_dir(monkeypatch):
                                      "validation_mismatched": split(["x", "y"], [2, 0])})
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    monkeypatch.setattr(data, "_hub_cache_has", lambda spec: True)  # as if the hub copy were cached
     task_data = load_task("mnli")
     assert calls == [("nyu-mll/glue", "mnli")]
     assert [(e.text, e.text_pair, e.label) for e in task_data.train] == [("a", "a?", 0), ("b", "b?", 2)]
@@ -429,6 +430,33 @@ def test_hub_fallback_failure_is_a_data_error(monkeypatch):
         raise ConnectionError("Couldn't reach 'nyu-mll/glue' on the Hub\n(offline mode is enabled)")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
+    monkeypatch.setattr(data, "_hub_cache_has", lambda spec: True)  # the check passes; the load fails
     with pytest.raises(DataError) as excinfo:
         load_task("rte")
     assert_one_line_error(excinfo, "nyu-mll/glue/rte", "ConnectionError", "GLUE_DIR")
+
+
+def test_without_glue_dir_an_unreachable_hub_is_refused_before_anything_runs(monkeypatch, tmp_path):
+    """A launch that cannot find its data is refused by the check, with what to do, instead of failing
+    later mid-run (offline, the hub's glue dataset not in the cache)."""
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataError) as excinfo:
+        check_task_source("mrpc")
+    assert_one_line_error(excinfo, "GLUE task 'mrpc'", "GLUE_DIR is not set", "HF_HUB_OFFLINE", "GLUE_DIR=")
+    # online but unreachable: the probe's failure is the reason (no 25 s of retries)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    import huggingface_hub
+
+    def unreachable(self, repo_id, timeout=None):
+        assert timeout == data.HUB_CHECK_SECONDS
+        raise ConnectionError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", unreachable)
+    with pytest.raises(DataError) as excinfo:
+        check_task_source("rte")
+    assert_one_line_error(excinfo, "GLUE task 'rte'", "cannot be reached (ConnectionError)")
+    # the hub's copy in the local cache is enough
+    (tmp_path / "empty-cache" / "nyu-mll___glue" / "rte" / "0.0.0").mkdir(parents=True)
+    check_task_source("rte")

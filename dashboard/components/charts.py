@@ -103,8 +103,9 @@ def wrap(label: str, width: int = 28) -> str:
     return "<br>".join(lines)
 
 
-def timeline_figure(tl: Timeline) -> go.Figure:
-    """Module x reallocation on/off map with the proxy score on hover.
+def timeline_figure(tl: Timeline, scored: bool = True) -> go.Figure:
+    """Module x reallocation on/off map with the proxy score on hover (``scored=False``: a method
+    without a proxy, whose records hold placeholder scores: on/off only).
 
     ``tl`` is :func:`heterolora_core.analysis.allocation.timeline`: ``enabled`` and ``scores`` are
     (modules x reallocations) frames. Two heatmap traces share the grid, one holding the scores of
@@ -133,7 +134,7 @@ def timeline_figure(tl: Timeline) -> go.Figure:
             hoverongaps=False,
             xgap=1 if n_realloc <= 40 else 0,
             ygap=1 if n_modules <= 60 else 0,
-            hovertemplate="%{y}<br>step %{x}: " + state + "<br>score %{z:.4g}<extra></extra>",
+            hovertemplate="%{y}<br>step %{x}: " + state + ("<br>score %{z:.4g}" if scored else "") + "<extra></extra>",
         ))
     fig.update_layout(
         height=int(max(260, 9 * n_modules + 90)),

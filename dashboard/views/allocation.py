@@ -13,12 +13,13 @@ st.title("Allocation")
 rows = data.list_runs()
 stop_without_runs(rows, "No runs yet: a run's enable frequencies show here once it has made its first selection.")
 
-labels = data.labels_for(rows)
+labels = data.run_labels(rows)
 row_by_id = data.by_id(rows)
-# Open on the newest run that has recorded a selection (a queued run has nothing to draw yet).
-default = next((i for i, r in enumerate(rows) if data.has_reallocations(r)), 0)
+# Open on the newest run whose method allocates (a search or a rank allocation) and that has recorded
+# a selection; uniform LoRA, every module on, is the least interesting picture there is.
+default = alloc.default_run_index([(r.config.mode if r.config else None, data.has_reallocations(r)) for r in rows])
 run_id = st.selectbox("Run", list(row_by_id), index=default, key="allocation_run",
-                      format_func=lambda rid: f"{labels[rid]} — {rid}")
+                      format_func=lambda rid: f"{labels[rid].short} — {rid}")
 row = row_by_id[run_id]
 config, summary = row.config, row.summary
 method = registry.find(config.mode) if config else None
@@ -66,8 +67,10 @@ if ranks is not None:
     st.plotly_chart(charts.rank_timeline_figure(rank_timeline), key="timeline",
                     config=charts.png_config(f"{run_id}-rank-timeline"))
 else:
-    st.caption("Each column is one reallocation; a filled cell is an enabled module. Hover for the step and the proxy score.")
-    st.plotly_chart(charts.timeline_figure(view.timeline), key="timeline", config=charts.png_config(f"{run_id}-timeline"))
+    st.caption("Each column is one reallocation; a filled cell is an enabled module. Hover for the step"
+               + (" and the proxy score." if method is None or method.searches else "."))
+    st.plotly_chart(charts.timeline_figure(view.timeline, scored=method is None or method.searches), key="timeline",
+                    config=charts.png_config(f"{run_id}-timeline"))
 if method is not None and method.searches and method.reallocates and view.n_reallocations >= 2:
     churn, drift = view.churn, view.drift
     changes, swapped, ever, drift_cell = st.columns(4)
@@ -81,6 +84,8 @@ if method is not None and method.searches and method.reallocates and view.n_real
                       help="median score change of the modules trained since the last reallocation over that of "
                            "the resting ones: below 1, the search swaps out what it has just trained")
 
+if method is not None and not method.searches:
+    st.stop()  # no proxy: nothing was scored, so there is no score distribution to draw
 st.subheader("Score distribution per module kind")
 log_scale = st.toggle("Log scale", value=False, key="score_log",
                       help="raw LoRA and shortcut scores live on different scales")

@@ -5,7 +5,7 @@ import json
 import streamlit as st
 
 from dashboard import data
-from dashboard.components.formatting import command_line, format_duration, format_lr, format_score, kind_label
+from dashboard.components.formatting import command_line, format_duration, format_lr, format_score, kind_label, plural
 from dashboard.components.forms import (FULL_RUN, OPTION_CHOICES, RUN_LENGTH_KEYS, SHORT_RUN, LaunchError, SweepRequest,
                                         check_launch, check_sweep, launch_config, parse_seeds, sweep_spec, task_names)
 from heterolora_core.methods import registry
@@ -189,11 +189,11 @@ with preview:
     if sweep_error and not error:
         st.error(sweep_error, icon=":material/error:")
     n_sweep = len(sweep_proxies) * len(sweep_seeds)
-    if st.button(f"Launch proxy sweep ({n_sweep} runs)", disabled=bool(error or sweep_error), icon=":material/stacks:", key="launch_sweep"):
+    if st.button(f"Launch proxy sweep ({plural(n_sweep, 'run')})", disabled=bool(error or sweep_error), icon=":material/stacks:", key="launch_sweep"):
         sweep = proxy_sweep(config, sweep_proxies, sweep_seeds)
         records = queue_sweep(data.store(), sweep)
         data.start_worker()
-        st.success(f"Queued sweep `{sweep.sweep}`: {len(records)} runs.")
+        st.success(f"Queued sweep `{sweep.sweep}`: {plural(len(records), 'run')}.")
         st.page_link("views/compare.py", label="Compare them", icon=":material/compare:")
 
 st.divider()
@@ -239,7 +239,7 @@ if sweep_error:
 elif planned:
     counts = state_counts(planned)
     to_queue = counts["todo"] + counts["rerun"]
-    st.markdown(f"**{len(planned)} runs** in experiment `{spec.sweep}`: {to_queue} to queue"
+    st.markdown(f"**{plural(len(planned), 'run')}** in experiment `{spec.sweep}`: {to_queue} to queue"
                 + (f" ({counts['rerun']} failed or cancelled before, queued again)" if counts["rerun"] else "")
                 + (f", {counts['done']} finished (skipped)" if counts["done"] else "")
                 + (f", {counts['busy']} queued or running (left alone)" if counts["busy"] else ""))
@@ -250,14 +250,14 @@ elif planned:
     with st.expander("As a sweep file"):
         st.code(spec.to_yaml(), language="yaml")
         st.caption("Saved as `sweep.yaml`: `python -m heterolora_core sweep sweep.yaml --wait` queues and trains the same runs.")
-if st.button(f"Queue sweep ({to_queue} runs)", disabled=not to_queue, icon=":material/stacks:", key="launch_custom_sweep"):
+if st.button(f"Queue sweep ({plural(to_queue, 'run')})", disabled=not to_queue, icon=":material/stacks:", key="launch_custom_sweep"):
     try:
         records = queue_sweep(data.store(), spec)
     except ValueError as exc:
         st.error(str(exc).strip().splitlines()[0], icon=":material/error:")
     else:
         data.start_worker()
-        st.success(f"Queued {len(records)} runs under experiment `{spec.sweep}`.")
+        st.success(f"Queued {plural(len(records), 'run')} under experiment `{spec.sweep}`.")
         st.page_link("views/compare.py", label="Compare them", icon=":material/compare:")
 
 with st.expander("Command line equivalent"):

@@ -12,6 +12,7 @@ from dashboard.components.formatting import (field_label, format_difference, for
                                              readable_fields, results_csv_frame, score_points)
 from heterolora_core.analysis import results
 from heterolora_core.analysis.compare import filter_runs
+from heterolora_core.analysis.evidence import SHORT_RUN
 from heterolora_core.analysis.labels import short_labels
 from heterolora_core.analysis.units import format_interval
 
@@ -57,7 +58,8 @@ if mixed:
 
 configs = {g.key: g.config for g in groups}
 extras = results.evidence_tokens(groups)
-all_labels = short_labels(configs, extras, include_seed=False)
+marks = {g.key: (SHORT_RUN,) for g in groups if results.is_short(g.runs[0])}
+all_labels = short_labels(configs, extras, include_seed=False, marks=marks)
 keys = list(all_labels)
 default_reference = results.default_reference(groups) or keys[0]
 if st.session_state.get("results_reference") not in keys:
@@ -73,7 +75,7 @@ if comparable_only:
 shown_groups = [g for g in groups if g.key in set(table["key"])]
 labels = {k: label.short for k, label in short_labels(
     {g.key: g.config for g in shown_groups}, {g.key: extras[g.key] for g in shown_groups},
-    include_seed=False).items()}
+    include_seed=False, marks=marks).items()}
 full_labels = {k: all_labels[k].full for k in labels}
 repeats = table[table["runs"] > table["n_seeds"]]
 if not repeats.empty and not mixed:

@@ -6,7 +6,8 @@ from dashboard import data
 from dashboard.components import charts
 from dashboard.components.empty import stop_without_runs
 from dashboard.components.filters import run_filters
-from dashboard.components.formatting import command_line, format_duration, format_lr, score_curves, score_points
+from dashboard.components.formatting import (command_line, format_duration, format_lr, plural, score_curves,
+                                             score_points)
 from heterolora_core.analysis.compare import RunFilter, curves_frame, experiments_table, filter_runs, sort_runs
 from heterolora_core.records.record import ACTIVE_STATUSES, STATUSES
 from heterolora_core.records.store import StoreError, StoredRun
@@ -16,16 +17,18 @@ LIVE_REFRESH_SECONDS = 2.0
 SORT_OPTIONS = {"created_at": "created", "final_score": "final score", "best_score": "best score", "label": "run",
                 "experiment": "experiment", "status": "status", "task": "task", "lr": "learning rate",
                 "rank": "rank", "trainable_params": "trainable parameters", "wall_seconds": "wall time"}
-TABLE_COLUMNS = ["run", "experiment", "status", "progress", "eta", "final", "best", "metric", "trainable_params",
-                 "wall", "task", "model", "mode", "proxy", "ranking", "rank", "budget", "lr", "seed", "created_at",
-                 "run_id", "error"]
+#: The key columns first (visible without scrolling), then the fields the label abbreviates.
+TABLE_COLUMNS = ["run", "status", "progress", "final", "best", "eta", "wall", "trainable_params", "experiment",
+                 "created_at", "run_id", "metric", "task", "model", "mode", "proxy", "ranking", "rank", "budget", "lr",
+                 "seed", "device", "error", "description"]
+#: Text columns whose missing values show as blank cells (Streamlit writes a literal "None").
+TEXT_COLUMNS = ["metric", "task", "model", "mode", "proxy", "ranking", "budget", "device", "error", "experiment"]
 
 st.title("Runs")
 rows = data.list_runs()
 stop_without_runs(rows, "No runs yet. Launch one on the Launch page, or from a shell with "
                   "`python -m heterolora_core train ...`: runs written under the same data home appear here.")
 
-labels = data.labels_for(rows)  # unique (curve legends); the table and the picker show the plain label beside the id
 any_active = any(row.status in ACTIVE_STATUSES for row in rows)
 frame = data.runs_frame(rows)
 chosen = run_filters(frame, "runs", expanded=len(rows) > 20)
@@ -37,6 +40,16 @@ sort_by = sort_col.selectbox("Sort by", list(SORT_OPTIONS), format_func=SORT_OPT
 descending = order_col.toggle("Descending", value=True, key="runs_descending")
 
 
+def no_loss_reason(rows_to_plot: list[StoredRun]) -> str:
+    """Why a run has no training-loss curve: still starting, never started (it failed before its
+    first step), or shorter than its logging interval."""
+    if any(r.status in ACTIVE_STATUSES for r in rows_to_plot):
+        return "No training loss logged yet."
+    if all(not r.summary.step for r in rows_to_plot):
+        return "No training loss: training never started (see the reason above)."
+    return "No training loss logged (the run was shorter than its logging interval)."
+
+
 def run_curves(rows_to_plot: list[StoredRun], key: str, labels: dict[str, str]) -> None:
     """Loss and evaluation-metric curves of the given runs, side by side."""
     series = {labels.get(r.run_id, r.run_id): (data.metrics(r), r.summary.metric) for r in rows_to_plot}
@@ -46,8 +59,7 @@ def run_curves(rows_to_plot: list[StoredRun], key: str, labels: dict[str, str]) 
     metric_name = next((m for _, m in series.values() if m), "metric")
     with loss_col:
         if loss.empty:
-            st.caption("No training loss logged" + (" yet." if any(r.status in ACTIVE_STATUSES for r in rows_to_plot)
-                                                    else " (the run was shorter than its logging interval)."))
+            st.caption(no_loss_reason(rows_to_plot))
         else:
             st.plotly_chart(charts.curves_figure(loss, "training loss"), key=f"{key}-loss", config=charts.png_config("loss"))
     with metric_col:
@@ -77,10 +89,12 @@ def live_table(chosen: RunFilter, sort_by: str, descending: bool, grouped: bool)
     if any_active:
         data.start_worker()
     current = data.list_runs()
+    by_id = data.by_id(current)
     table = data.runs_frame(current)
     shown = sort_runs(filter_runs(table, chosen), sort_by, descending, grouped)
     counts = shown["status"].value_counts()
-    st.caption((f"{len(shown)} of {len(table)} runs · " if chosen.active else "")
+    names = data.run_labels([by_id[rid] for rid in shown["run_id"] if rid in by_id])
+    st.caption((f"{len(shown):,} of {plural(len(table), 'run')} · " if chosen.active else f"{plural(len(table), 'run')} · ")
                + " · ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES if counts.get(s, 0))
                + (" — updating live" if any_active else ""))
     if shown.empty:
@@ -89,12 +103,18 @@ def live_table(chosen: RunFilter, sort_by: str, descending: bool, grouped: bool)
         experiments_overview(shown)
     st.dataframe(
         shown.assign(eta=shown["eta_seconds"].map(format_duration), wall=shown["wall_seconds"].map(format_duration),
-                     run=shown["label"], final=score_points(shown["final_score"]),
-                     best=score_points(shown["best_score"]), lr=shown["lr"].map(format_lr))[TABLE_COLUMNS],
+                     run=shown["run_id"].map(lambda rid: names[rid].short if rid in names else rid),
+                     description=shown["label"], final=score_points(shown["final_score"]),
+                     best=score_points(shown["best_score"]), lr=shown["lr"].map(format_lr),
+                     **{c: shown[c].astype("object").where(shown[c].notna(), "") for c in TEXT_COLUMNS}
+                     )[TABLE_COLUMNS],
         hide_index=True,
         key="runs_table",
         column_config={
-            "run": st.column_config.TextColumn("run", width="large", pinned=True),
+            "run": st.column_config.TextColumn("run", width="medium", pinned=True,
+                                               help="the fields in which the runs shown differ; the full description "
+                                                    "is the last column"),
+            "description": st.column_config.TextColumn("full description", width="large"),
             "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
             "eta": "ETA",
             "final": st.column_config.NumberColumn("final", format="%.2f", help="last evaluation, GLUE points (×100)"),
@@ -125,7 +145,9 @@ choices = sort_runs(filter_runs(frame, chosen), sort_by, descending, grouped)["r
 if st.session_state.get("selected_run") not in choices:  # set, not dropped: the browser shows the new choice
     st.session_state["selected_run"] = next((rid for rid in choices if row_by_id[rid].status == "running"), choices[0])
 plain = dict(zip(frame["run_id"], frame["label"]))
-run_id = st.selectbox("Run", choices, key="selected_run", format_func=lambda rid: f"{plain.get(rid, rid)} — {rid}")
+choice_names = data.run_labels([row_by_id[rid] for rid in choices])
+run_id = st.selectbox("Run", choices, key="selected_run",
+                      format_func=lambda rid: f"{choice_names[rid].short} — {rid}" if rid in choice_names else rid)
 row = row_by_id[run_id]
 status = row.status
 store = data.store()
@@ -164,7 +186,7 @@ if st.session_state.get("confirm_delete") == run_id:
 if row.summary.error and status in ("failed", "cancelled"):
     st.error(f"{status}: {row.summary.error}")
 if status != "running":
-    run_curves([row], "selected", labels)
+    run_curves([row], "selected", {run_id: choice_names[run_id].short if run_id in choice_names else run_id})
 with st.expander("Configuration and summary"):
     left, right = st.columns(2)
     left.json(row.config.to_dict() if row.config else {}, expanded=False)

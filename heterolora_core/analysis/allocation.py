@@ -17,6 +17,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
+from heterolora_core.methods import registry
+
 from heterolora_core.records.record import ReallocationLine
 from heterolora_core.vocab import Group, ModuleName, kind_order, module_sort_key
 
@@ -324,3 +326,18 @@ def rank_timeline(reallocations: Sequence[ReallocationLine]) -> RankTimeline:
     frame = pd.DataFrame(values, index=pd.Index(modules, name="module"),
                          columns=pd.RangeIndex(len(reallocations), name="reallocation"))
     return RankTimeline(frame, [r.step for r in reallocations])
+
+
+def default_run_index(runs: Sequence[tuple[object, bool]]) -> int:
+    """Which of ``runs`` (``(mode, has a recorded selection)``, newest first) the Allocation page
+    opens on: the newest whose method allocates (searches or reallocates) and that has a selection,
+    else the newest with a selection, else the first."""
+    def allocates(mode: object) -> bool:
+        method = registry.find(mode)
+        return method is not None and (method.searches or method.reallocates)
+
+    for wanted in (lambda m, has: has and allocates(m), lambda m, has: has):
+        found = next((i for i, (mode, has) in enumerate(runs) if wanted(mode, has)), None)
+        if found is not None:
+            return found
+    return 0

@@ -342,8 +342,9 @@ def mean_grid(grids: Sequence[pd.DataFrame]) -> pd.DataFrame:
     columns = list(dict.fromkeys(c for g in grids for c in g.columns))
     index = sorted(set().union(*(set(g.index) for g in grids)))
     stacked = np.stack([g.reindex(index=index, columns=columns).to_numpy(dtype=float) for g in grids])
-    with np.errstate(invalid="ignore"):
-        mean = np.nanmean(np.where(np.isnan(stacked), np.nan, stacked), axis=0) if len(grids) > 1 else stacked[0]
+    counts = (~np.isnan(stacked)).sum(axis=0)
+    total = np.nansum(stacked, axis=0)
+    mean = np.where(counts > 0, total / np.maximum(counts, 1), np.nan)  # a cell no grid has stays empty
     return pd.DataFrame(mean, index=pd.Index(index, name=grids[0].index.name), columns=columns)
 
 

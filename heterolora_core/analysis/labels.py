@@ -108,6 +108,11 @@ def space_token(config: RunConfig) -> str:
     return f"{named} + shortcuts" if config.shortcuts and applies(config, "shortcuts") else named
 
 
+def compact_space(token: str) -> str:
+    """A search-space token for a label that is too long: ``q,v + shortcuts`` -> ``q,v+sc``."""
+    return token.replace(" + shortcuts", "+sc")
+
+
 def budget_token(config: RunConfig) -> str | None:
     """A searching method's budget as stated: ``25%`` of the candidates, ``≈r24`` (match uniform
     rank 24) or ``73.7k params``; None for methods without one."""
@@ -260,6 +265,8 @@ def short_labels(configs: Mapping[str, RunConfig | None], extras: Mapping[str, S
             continue
         tokens = [t for f in fields if (t := field_token(config, f))
                   and (f in CORE_FIELDS or t != field_token(default, f))]
+        if len(" · ".join(tokens + list(extra))) > max_length and "space" in fields:  # shorter before cut
+            tokens = [compact_space(t) if t == space_token(config) else t for t in tokens]
         if not tokens:
             tokens = [field_token(config, "task"), config.mode, space_token(config), f"r{config.rank}"]
         tokens += [extra[i] for i in extra_positions if i < len(extra)]

@@ -10,7 +10,10 @@ from __future__ import annotations
 import math
 import time
 
+from collections.abc import Mapping
+
 from transformers import TrainerCallback
+from transformers.trainer_callback import ProgressCallback
 
 from heterolora_core.methods.base import MethodRun
 from heterolora_core.records.record import RunRecord
@@ -89,3 +92,53 @@ class RecordCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self.train_seconds = time.time() - (self.train_started or time.time())
+
+
+#: How Trainer's log keys read on the terminal: its ``grad_norm`` is the norm of every trainable
+#: parameter's gradient before clipping, not the ``grad_norm`` proxy of the search.
+_LOG_NAMES = {"loss": "training loss", "learning_rate": "learning rate",
+              "grad_norm": "gradient norm (before clipping)", "epoch": "epoch"}
+_LOG_SKIPPED = ("total_flos", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second",
+                "train_runtime", "train_samples_per_second", "train_steps_per_second")
+
+
+def format_log(logs: Mapping[str, object], step: int, max_steps: int) -> str:
+    """One readable terminal line for a Trainer log: ``step 8/32 · epoch 0.25 · training loss 0.6856
+    · learning rate 5e-4 · gradient norm (before clipping) 1.23``; evaluation scores read ``dev
+    accuracy 79.90`` (GLUE points), losses as they are; timing keys are left out."""
+    from heterolora_core.analysis.labels import format_lr
+    from heterolora_core.analysis.units import format_points
+
+    parts = [f"step {step}/{max_steps}"]
+    for key, value in logs.items():
+        if key in _LOG_SKIPPED or not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        name = _LOG_NAMES.get(key) or ("dev " + key.removeprefix("eval_").replace("_", " ") if key.startswith("eval_")
+                                       else key.replace("_", " "))
+        if key == "learning_rate":
+            text = format_lr(value)
+        elif key == "epoch":
+            text = f"{value:.2f}"
+        elif key.startswith("eval_") and not key.endswith("loss"):  # a score: GLUE points, as everywhere
+            text = format_points(value)
+        else:
+            text = f"{value:.4f}" if isinstance(value, float) else str(value)
+        parts.append(f"{name} {text}")
+    return " · ".join(parts)
+
+
+class ReadableProgress(ProgressCallback):
+    """Trainer's progress bars, with each log written as :func:`format_log` instead of a dict of
+    quoted numbers."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and self.training_bar is not None and logs:
+            self.training_bar.write(format_log(logs, state.global_step, state.max_steps))
+
+
+def use_readable_progress(trainer) -> None:
+    """Swap a Trainer's :class:`ProgressCallback` (present when progress bars are on) for
+    :class:`ReadableProgress`."""
+    if any(isinstance(cb, ProgressCallback) for cb in trainer.callback_handler.callbacks):
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(ReadableProgress)

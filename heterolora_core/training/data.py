@@ -195,7 +195,8 @@ def check_task_source(task: str, glue_dir: str | os.PathLike | None = None,
     without both user files, or a user file that is missing, has an unsupported extension, is not
     UTF-8 text, lacks the ``text`` / ``label`` columns or has a bad row anywhere (user files are
     read whole: a bad line 2 is reported with its file and line number now, not mid-run). User
-    files imply ``custom`` (see the module docstring). The hub source has nothing cheap to check."""
+    files imply ``custom`` (see the module docstring). Without a GLUE folder the task must load from
+    the hub: :func:`check_hub_source` verifies that it can."""
     if task not in TASK_IDS:
         raise DataError(f"unknown task {task!r}; valid ids: {', '.join(TASK_IDS)}")
     if train_file or dev_file or task == CUSTOM_TASK:
@@ -210,6 +211,7 @@ def check_task_source(task: str, glue_dir: str | os.PathLike | None = None,
         return
     root = resolve_glue_dir(glue_dir)
     if root is None:
+        check_hub_source(TASKS[task])
         return
     spec = TASKS[task]
     if not root.is_dir():
@@ -220,6 +222,43 @@ def check_task_source(task: str, glue_dir: str | os.PathLike | None = None,
                         f"(missing {folder})")
     for name in (spec.train_file, *spec.dev_files.values()):
         _glue_columns(folder / name, spec)
+
+
+HUB_CHECK_SECONDS = 5.0
+_HUB_REACHED: set[str] = set()  # tasks whose hub check passed in this process (it stays reachable)
+
+
+def _hub_cache_has(spec: TaskSpec) -> bool:
+    """Whether ``datasets`` has the task's hub copy in its local cache (no import of ``datasets``)."""
+    root = os.environ.get("HF_DATASETS_CACHE") or Path(os.environ.get("HF_HOME") or "~/.cache/huggingface") / "datasets"
+    folder = Path(root).expanduser() / HUB_DATASET.replace("/", "___") / spec.id
+    try:
+        return folder.is_dir() and any(folder.iterdir())
+    except OSError:
+        return False
+
+
+def check_hub_source(spec: TaskSpec) -> None:
+    """Without ``GLUE_DIR`` a GLUE task loads from the hub's ``glue`` dataset: raise ``DataError``,
+    before anything is queued, unless it is in the local cache or the hub answers within
+    :data:`HUB_CHECK_SECONDS` (offline, an unqueued launch beats a run that fails later)."""
+    if spec.id in _HUB_REACHED or _hub_cache_has(spec):
+        return
+    offline = any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+                  for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    reason = "the Hugging Face hub is switched off (HF_HUB_OFFLINE)" if offline else None
+    if reason is None:
+        try:
+            import huggingface_hub
+
+            huggingface_hub.HfApi().dataset_info(HUB_DATASET, timeout=HUB_CHECK_SECONDS)
+            _HUB_REACHED.add(spec.id)
+        except Exception as exc:  # no network, DNS, a proxy, the hub down: all mean "no data from there"
+            reason = f"the Hugging Face hub cannot be reached ({type(exc).__name__})"
+    if reason is not None:
+        raise DataError(f"no data for GLUE task {spec.id!r}: GLUE_DIR is not set and {reason}; point GLUE_DIR at "
+                        "a folder of GLUE tasks (e.g. GLUE_DIR=../shared/glue) before starting the dashboard or "
+                        "the command, or train on your own files (task custom)")
 
 
 def _glue_columns(path: Path, spec: TaskSpec) -> list[str]:

@@ -32,7 +32,7 @@ from heterolora_core.methods import registry
 from heterolora_core.methods.base import MethodContext, MethodRun
 from heterolora_core.records.home import runs_dir
 from heterolora_core.records.record import RunRecord, Status, new_run_id, process_identity
-from heterolora_core.training.callbacks import RecordCallback
+from heterolora_core.training.callbacks import RecordCallback, use_readable_progress
 from heterolora_core.training.data import TaskData, load_task, make_collator, tokenize_examples
 from heterolora_core.training.environment import (CancelOnSignal, RunCancelled, environment_info, is_main_process,
                                                   mean_across_ranks, resolve_device, world_size)
@@ -148,6 +148,7 @@ def _train(config: RunConfig, record: RunRecord | None, progress: bool) -> None:
     trainer = Trainer(model=run.model, args=training_arguments(config, record, device, total_steps, progress),
                       train_dataset=inputs.train_rows, eval_dataset=inputs.eval_dataset, data_collator=inputs.collator,
                       compute_metrics=metrics_function(config, inputs.task), callbacks=[callback, *run.callbacks()])
+    use_readable_progress(trainer)
     if record is not None:
         record.update_summary(metric=inputs.metric_name, max_steps=total_steps, step=0, num_reallocations=0,
                               planned_reallocations=run.planned_reallocations,
