@@ -409,3 +409,61 @@ def test_results_on_the_committed_records_match_docs_results(committed_home, scr
             screens(page, "07-results")
         finally:
             browser.close()
+
+
+#: JavaScript: every line of text Plotly drew, per chart, with its box on screen; and the pairs of
+#: lines in one chart whose boxes overlap by more than a pixel.
+JS_PLOT_TEXT = """() => {
+  const charts = [];
+  for (const p of document.querySelectorAll('.js-plotly-plot')) {
+    const lines = [];
+    for (const t of p.querySelectorAll('text')) {
+      const parts = t.querySelectorAll('tspan.line');
+      for (const node of (parts.length ? Array.from(parts) : [t])) {
+        const text = node.textContent.trim();
+        const r = node.getBoundingClientRect();
+        if (text && r.width > 0 && r.height > 0) lines.push({text, l: r.left, r: r.right, t: r.top, b: r.bottom});
+      }
+    }
+    const overlaps = [];
+    for (let i = 0; i < lines.length; i++)
+      for (let j = i + 1; j < lines.length; j++) {
+        const a = lines[i], b = lines[j];
+        const w = Math.min(a.r, b.r) - Math.max(a.l, b.l), h = Math.min(a.b, b.b) - Math.max(a.t, b.t);
+        if (w > 1 && h > 1) overlaps.push([a.text, b.text]);
+      }
+    charts.push({lines: lines.map(x => x.text), overlaps});
+  }
+  return charts;
+}"""
+
+
+def test_compare_of_the_committed_rank_sweep_is_readable(committed_home, screens):
+    """The 11-run sweep a fresh clone opens: no text drawn over other text in any chart, no label over
+    60 characters, configurations (not 11 runs) in the heatmaps, and a heading for what differs."""
+    _require_browser()
+    from playwright.sync_api import sync_playwright
+
+    with StreamlitServer(committed_home, env={"HETEROLORA_DASHBOARD_WORKER": "0"}) as server, sync_playwright() as pw:
+        browser = launch_chromium(pw)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 3000})
+            page.set_default_timeout(90_000)
+            page.goto(server.url + "/compare")
+            page.wait_for_selector('h1:has-text("Compare")')
+            wait_idle(page)
+            choose(page, "Experiment", "ranks-mrpc-a (11 runs)")
+            page.wait_for_function(JS_TABLES_AND_PLOTS_DRAWN, arg={"tables": 1, "plots": 4})
+            charts = page.evaluate(JS_PLOT_TEXT)
+            assert charts and all(not c["overlaps"] for c in charts), [c["overlaps"] for c in charts if c["overlaps"]]
+            lines = [line for c in charts for line in c["lines"]]
+            assert max(map(len, lines)) <= 60, max(lines, key=len)
+            titles = {line for line in lines if line.startswith(("rank_static", "rank_random"))}
+            assert {"rank_static · all targets · r32", "rank_random · all targets · r32"} <= titles
+            tags = page.locator('[data-testid="stMultiSelectTagsContainer"]').first.inner_text()
+            chips = [t.strip() for t in tags.splitlines() if t.strip()]
+            assert len(chips) == 11 and max(map(len, chips)) <= 60, chips
+            assert page.get_by_role("heading", name="Do the methods agree?").count() == 1
+            screens(page, "08-compare-rank-sweep")
+        finally:
+            browser.close()

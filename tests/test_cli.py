@@ -206,3 +206,43 @@ def test_run_training_refuses_a_folder_holding_a_run(tmp_path):
         with pytest.raises(ValueError, match="already holds a run"):
             run_training(RunConfig(device="cpu"), folder, progress=False)
         assert _snapshot(folder) == before
+
+
+def test_runs_filters_limits_and_keeps_columns_aligned_on_long_ids(tmp_path, capsys):
+    from heterolora_core.cli import RUNS_LIMIT, main
+    from heterolora_testing.synthetic import write_synthetic_run
+
+    home = tmp_path / "home"
+    for i in range(RUNS_LIMIT + 5):
+        write_synthetic_run(home / "runs" / f"run{i:03d}", task="rte" if i % 3 else "mrpc", n_reallocations=1,
+                            steps=10, created_at=1000.0 + i, mode="lora" if i % 2 else "dynamic")
+    write_synthetic_run(home / "runs" / ("a-very-long-run-id-" + "x" * 60), n_reallocations=1, steps=10,
+                        created_at=5000.0, short_run=True)
+    assert main(["runs", "--home", str(home)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header, rows, more = lines[0], lines[1:-1], lines[-1]
+    assert len(rows) == RUNS_LIMIT and more.startswith(f"... 6 more (newest {RUNS_LIMIT} shown of {RUNS_LIMIT + 6}")
+    assert rows[0].startswith("a-very-long-run-id-") and "done (short)" in rows[0]
+    # every column starts (left-aligned) or ends (right-aligned) where its header does, the long id notwithstanding
+    for row in rows[:3]:
+        for name in ("status", "task", "mode"):
+            start = header.index(name)
+            assert row[start - 2:start] == "  " and row[start] != " ", (name, row)
+        end = header.index("best") + len("best")
+        assert row[end - 1] != " " and row[end:end + 2] == "  ", row
+    assert main(["runs", "--home", str(home), "--task", "mrpc", "--mode", "dynamic", "--all"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    expected = sum(1 for i in range(RUNS_LIMIT + 5) if i % 3 == 0 and i % 2 == 0) + 1  # and the long one (mrpc, dynamic)
+    assert len(out) == 1 + expected and all(" mrpc " in l and " dynamic " in l for l in out[1:])
+    assert main(["runs", "--home", str(home), "--search", "no such run"]) == 0
+    assert "match these filters" in capsys.readouterr().out
+
+
+def test_train_log_lines_read_as_text_not_dicts():
+    from heterolora_core.training.callbacks import format_log
+
+    line = format_log({"loss": 0.68561, "grad_norm": 1.2345, "learning_rate": 0.0005, "epoch": 0.25}, 8, 32)
+    assert line == ("step 8/32 · training loss 0.6856 · gradient norm (before clipping) 1.2345 · learning rate 5e-4"
+                    " · epoch 0.25")
+    assert format_log({"eval_loss": 0.61, "eval_accuracy": 0.799, "eval_runtime": 3.1, "total_flos": 1e9}, 32, 32) == \
+        "step 32/32 · dev loss 0.6100 · dev accuracy 79.90"

@@ -374,6 +374,31 @@ def test_allocation_opens_on_the_newest_run_with_a_selection(make_run):
     assert [b.proto.label for b in at.get("download_button")] == ["Download frequencies (CSV)"]
 
 
+def test_allocation_opens_on_a_run_that_allocates_and_draws_uniform_runs_without_scores(make_run):
+    make_run("dyn", n_reallocations=5)
+    uniform = make_run("uniform", mode="lora")  # newer; a real uniform run records its one all-on line
+    modules = alloc.all_modules(RunStore().get("dyn").record.reallocations())
+    uniform.append_reallocation(0, dict.fromkeys(modules, 1.0), modules, uniform=True)
+    at = open_page("allocation")
+    assert at.selectbox(key="allocation_run").value == "dyn"
+    at.selectbox(key="allocation_run").set_value("uniform").run()
+    assert any("Uniform run" in c.value for c in at.caption)
+    specs = plotly_specs(at)
+    assert len(specs) == 2  # heatmaps and timeline: no score distribution for a run without a proxy
+    assert all("score" not in t["hovertemplate"] for t in specs[1]["data"])
+
+
+def test_a_run_that_failed_before_training_does_not_blame_its_logging_interval(make_run):
+    failed = make_run("nodata", status="failed", steps=10)
+    failed.update_summary(step=0, error="DataError: no data for GLUE task 'mrpc'")
+    (failed.path / "metrics.jsonl").write_text("")
+    at = open_page("runs")
+    at.selectbox(key="selected_run").set_value("nodata").run()
+    captions = [c.value for c in at.caption]
+    assert any("training never started" in c for c in captions), captions
+    assert not any("logging interval" in c for c in captions)
+
+
 def test_allocation_of_the_paper_sized_dynamic_run(make_run):
     make_run("dyn-24", n_layers=24, n_reallocations=100)
     at = open_page("allocation")
@@ -451,6 +476,15 @@ def test_compare_opens_on_the_newest_experiment_then_a_sweep_at_configuration_le
     jaccard, spearman = specs[-2], specs[-1]
     assert jaccard["data"][0]["zmin"] == 0 and spearman["data"][0]["zmin"] == -1
     assert len(jaccard["data"][0]["z"]) == 2
+
+
+def test_compare_says_why_a_constant_proxy_has_no_rank_correlation(make_run):
+    for proxy in ("grad_norm", "snip", "constant"):
+        make_run(f"p-{proxy}", proxy=proxy, sweep_id="proxies")
+    at = open_page("compare")
+    spearman = plotly_specs(at)[-1]
+    assert spearman["data"][0]["zmin"] == -1 and len(spearman["data"][0]["z"]) == 2  # no blank row for constant
+    assert any(c.value.startswith("Left out: constant: every module scores the same") for c in at.caption)
 
 
 def test_compare_folds_seeds_into_configurations(make_run):

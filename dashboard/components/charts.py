@@ -17,7 +17,8 @@ from plotly.subplots import make_subplots
 from dashboard.components.formatting import GROUP_TITLES, kind_label
 from heterolora_core.analysis.allocation import RankTimeline, Timeline
 
-FREQUENCY_COLORAXIS = dict(cmin=0.0, cmax=1.0, colorscale="Viridis", colorbar=dict(title=dict(text="enable<br>frequency"), tickformat=".0%"))
+FREQUENCY_COLORAXIS = dict(cmin=0.0, cmax=1.0, colorscale="Viridis",
+                           colorbar=dict(title=dict(text="enable frequency", side="right"), tickformat=".0%", nticks=5))
 ON_OFF_COLORSCALE = [[0.0, "#e8eaf0"], [0.5, "#e8eaf0"], [0.5, "#2a6fdb"], [1.0, "#2a6fdb"]]
 
 
@@ -38,7 +39,7 @@ RANK_HOVER = "layer %{y} · %{x}<br>rank %{z} (0 = off)"
 def rank_coloraxis(max_rank: float) -> dict:
     """One colour axis for rank maps: 0 (off) to ``max_rank``, integer ticks."""
     return dict(cmin=0.0, cmax=float(max(1, max_rank)), colorscale="Viridis",
-                colorbar=dict(title=dict(text="rank<br>(0 = off)"), tickformat="d"))
+                colorbar=dict(title=dict(text="rank (0 = off)", side="right"), tickformat="d", nticks=5))
 
 
 def _heatmap(grid: pd.DataFrame, name: str, hover: str = FREQUENCY_HOVER) -> go.Heatmap:
@@ -57,7 +58,7 @@ def _heatmap(grid: pd.DataFrame, name: str, hover: str = FREQUENCY_HOVER) -> go.
 
 
 def _height(n_layers: int, rows: int = 1) -> int:
-    return int(max(260, rows * (18 * n_layers + 60) + 80))
+    return int(max(320, rows * (18 * n_layers + 60) + 80))
 
 
 def allocation_heatmaps(lora: pd.DataFrame, shortcut: pd.DataFrame, title: str = "",
@@ -211,7 +212,7 @@ def matrix_figure(matrix: pd.DataFrame, zmin: float, zmax: float, colorscale: st
     labels = [wrap(str(l), 22) for l in matrix.index]
     fig = go.Figure(go.Heatmap(z=np.where(np.isnan(z), None, z), x=labels, y=labels, zmin=zmin, zmax=zmax,
                                colorscale=colorscale, texttemplate="%{z:.2f}", hovertemplate="%{y}<br>%{x}<br>%{z:.3f}<extra></extra>",
-                               colorbar=dict(title=dict(text=title))))
+                               colorbar=dict(title=dict(text=title, side="right"), nticks=5)))
     fig.update_layout(height=max(300, 70 * len(labels) + 120), margin=dict(l=10, r=10, t=30, b=10),
                       yaxis=dict(autorange="reversed"))
     return fig
