@@ -83,8 +83,16 @@ def run_labels(rows: list[StoredRun]) -> dict[str, Label]:
 def _run_labels(signature: int, run_ids: tuple[str, ...], _rows: list[StoredRun]) -> dict[str, Label]:
     return short_labels({r.run_id: r.config for r in _rows},
                         extras={r.run_id: (run_evidence(r).device,) for r in _rows if r.status != "queued"},
-                        tiebreak={r.run_id: r.run_id[-6:] for r in _rows},
+                        tiebreak={r.run_id: run_id_tail(r.run_id) for r in _rows},
                         marks={r.run_id: (SHORT_RUN,) for r in _rows if is_short(r)})
+
+
+def run_id_tail(run_id: str) -> str:
+    """What tells two runs of one configuration and seed apart in a label: a generated id's random
+    tail (``a1b2c3``), or a record folder's last two parts (``lr0.0005/seed0``: its seed folder alone
+    would repeat the label's seed)."""
+    parts = run_id.split("/")
+    return "/".join(parts[-2:]) if len(parts) > 1 and parts[-1].startswith("seed") else run_id[-6:]
 
 
 def labels_for(rows: list[StoredRun]) -> dict[str, str]:

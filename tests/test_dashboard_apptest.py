@@ -388,6 +388,22 @@ def test_allocation_opens_on_a_run_that_allocates_and_draws_uniform_runs_without
     assert all("score" not in t["hovertemplate"] for t in specs[1]["data"])
 
 
+def test_runs_table_has_no_literal_none_and_counts_in_words(make_run):
+    RunStore().enqueue(RunConfig(mode="lora"))  # queued: no score, no proxy, no device, no error yet
+    at = open_page("runs")
+    row = at.dataframe[0].value.iloc[0]
+    assert row["status"] == "queued" and row["proxy"] == "" and row["error"] == "" and row["device"] == ""
+    assert not any(str(v) == "None" for v in row.values)
+    assert any(c.value.startswith("1 run · ") for c in at.caption), [c.value for c in at.caption]
+
+
+def test_labels_of_copies_tell_them_apart_by_folder_not_by_repeating_the_seed():
+    from dashboard.data import run_id_tail
+
+    assert run_id_tail("results/gpu/lr-sweep/mrpc/lora-qv-r8/lr0.0005/seed0") == "lr0.0005/seed0"
+    assert run_id_tail("20250101-000000-mrpc-lora-a1b2c3") == "a1b2c3"
+
+
 def test_a_run_that_failed_before_training_does_not_blame_its_logging_interval(make_run):
     failed = make_run("nodata", status="failed", steps=10)
     failed.update_summary(step=0, error="DataError: no data for GLUE task 'mrpc'")

@@ -450,13 +450,20 @@ def process_gone(summary: RunSummary, worker_pid: int | None = None) -> bool:
     return bool(worker_pid) and not process_alive(worker_pid)
 
 
+def process_ended(pid: int | None) -> str:
+    """Why a run marked running is failed when its process is gone."""
+    if pid is None:
+        return "the run is marked running but records no training process (it never started, or its record was cut short)"
+    return f"process {pid} ended without finishing the run"
+
+
 def effective_summary(raw: RunSummary) -> RunSummary:
     """A copy of ``raw`` with the *effective* status: a ``running`` run whose process is gone is
     reported as ``failed`` (with the reason in ``error``; see :func:`process_gone`)."""
     summary = dataclasses.replace(raw, extra=dict(raw.extra), problems=list(raw.problems))
     if summary.status == Status.RUNNING and process_gone(summary):
         summary.status = Status.FAILED.value
-        summary.error = summary.error or f"process {summary.pid} ended without finishing the run"
+        summary.error = summary.error or process_ended(summary.pid)
     return summary
 
 

@@ -34,8 +34,8 @@ from typing import Any, Iterator
 from heterolora_core.records.home import data_home, inside, runs_dir
 from heterolora_core.records.processes import process_alive, signal_run_process
 from heterolora_core.records.record import (ACTIVE_STATUSES, RunRecord, RunSummary, Status, atomic_write_json,
-                                            effective_summary, file_stamp, new_run_id, process_gone, read_json,
-                                            runs_here)
+                                            effective_summary, file_stamp, new_run_id, process_ended, process_gone,
+                                            read_json, runs_here)
 from heterolora_core.training.run_config import RunConfig
 
 DB_NAME = "runs.sqlite"
@@ -229,7 +229,7 @@ class RunStore:
         """
         raw = record.raw_summary()
         if raw.status == Status.RUNNING and process_gone(raw, worker_pid):
-            reason = f"process {raw.pid} ended without finishing the run"
+            reason = process_ended(raw.pid)
             if not runs_here(raw):
                 reason = (f"the worker (pid {worker_pid}) that ran it on {raw.host} is gone, and its task "
                           f"(process {raw.pid} there) with it")
