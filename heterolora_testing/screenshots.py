@@ -9,6 +9,7 @@ so rerunning the command keeps the README's pictures current.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -44,7 +45,11 @@ def capture(home: Path, out: Path, width: int = 1400, height: int = 1000, pages=
 
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    with StreamlitServer(home, env={"HETEROLORA_DASHBOARD_WORKER": "0"}) as server, sync_playwright() as pw:
+    env = {"HETEROLORA_DASHBOARD_WORKER": "0"}
+    glue = os.environ.get("GLUE_DIR") or (PROJECT_ROOT.parent / "shared" / "glue")
+    if Path(glue).is_dir():  # the Launch page as a user with GLUE data sees it
+        env["GLUE_DIR"] = str(glue)
+    with StreamlitServer(home, env=env) as server, sync_playwright() as pw:
         browser = launch_chromium(pw)
         try:
             page = browser.new_page(viewport={"width": width, "height": height})

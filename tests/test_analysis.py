@@ -336,3 +336,13 @@ def test_compare_table_counts_the_seeds_that_have_a_score():
     assert row["runs"] == 4 and row["n_seeds"] == 2 and row["seeds"] == [0, 1]
     assert row["best_mean"] == pytest.approx((0.82 + 0.90) / 2)
     assert row["best_std"] == pytest.approx(math.sqrt(2) * 0.04)  # sd of (0.82, 0.90)
+
+
+def test_allocation_opens_on_a_real_allocation_before_a_control_or_uniform_lora():
+    from heterolora_core.analysis.allocation import default_run_index
+
+    newest_first = [("lora", True), ("rank_random", True), ("dynamic", False), ("rank_static", True), ("static", True)]
+    assert default_run_index(newest_first) == 3
+    assert default_run_index([("lora", True), ("rank_random", True)]) == 1
+    assert default_run_index([("lora", False), ("lora", True)]) == 1
+    assert default_run_index([("dynamic", False)]) == 0

@@ -111,7 +111,7 @@ def live_table(chosen: RunFilter, sort_by: str, descending: bool, grouped: bool)
         hide_index=True,
         key="runs_table",
         column_config={
-            "run": st.column_config.TextColumn("run", width="medium", pinned=True,
+            "run": st.column_config.TextColumn("run", width="large", pinned=True,
                                                help="the fields in which the runs shown differ; the full description "
                                                     "is the last column"),
             "description": st.column_config.TextColumn("full description", width="large"),

@@ -330,13 +330,15 @@ def rank_timeline(reallocations: Sequence[ReallocationLine]) -> RankTimeline:
 
 def default_run_index(runs: Sequence[tuple[object, bool]]) -> int:
     """Which of ``runs`` (``(mode, has a recorded selection)``, newest first) the Allocation page
-    opens on: the newest whose method allocates (searches or reallocates) and that has a selection,
-    else the newest with a selection, else the first."""
-    def allocates(mode: object) -> bool:
+    opens on: the newest with a selection whose method allocates (searches or reallocates) and is
+    not a random control, else the newest allocating one, else the newest with a selection, else
+    the first."""
+    def allocates(mode: object, controls: bool) -> bool:
         method = registry.find(mode)
-        return method is not None and (method.searches or method.reallocates)
+        return method is not None and (method.searches or method.reallocates) and (controls or not method.control)
 
-    for wanted in (lambda m, has: has and allocates(m), lambda m, has: has):
+    for wanted in (lambda m, has: has and allocates(m, False), lambda m, has: has and allocates(m, True),
+                   lambda m, has: has):
         found = next((i for i, (mode, has) in enumerate(runs) if wanted(mode, has)), None)
         if found is not None:
             return found

@@ -29,7 +29,7 @@ register(MethodInfo(
     description="ranks moved between candidates every --realloc-every of an epoch, under an exact budget"))
 register(MethodInfo(
     "rank_random", "random ranks (control)", "heterolora_core.methods.ranks:RankRandom", searches=True,
-    options=("budget_params", "rank_min", "rank_rule"),
+    control=True, options=("budget_params", "rank_min", "rank_rule"),
     description="rank_static's ranks dealt at random among candidates of equal cost: the control"))
 register(MethodInfo(
     "eva", "EVA (PEFT)", "heterolora_core.methods.eva:Eva", shortcuts=False,

@@ -32,6 +32,7 @@ class MethodInfo:
         options: RunConfig fields only this method reads (the Launch page shows them).
         description: one line for ``--help`` and the Launch page.
         baseline: plain LoRA, what every allocation must beat (the Results page opens against it).
+        control: a random stand-in for an allocation (pages open on a real allocation before it).
     """
 
     name: str
@@ -43,6 +44,7 @@ class MethodInfo:
     options: tuple[str, ...] = ()
     description: str = ""
     baseline: bool = False
+    control: bool = False
 
 
 _REGISTRY: dict[str, MethodInfo] = {}
