@@ -87,6 +87,18 @@ class RankInit(StrEnum):
     GRADIENT = "gradient"
 
 
+class RankDeal(StrEnum):
+    """Who gets the ranks an allocation chose (the controls of :mod:`heterolora_core.search.ranks`):
+    ``allocated`` as chosen; ``random`` dealt at random among candidates of equal cost;
+    ``layers`` shuffled across layers within each module kind (keeps the mix of kinds, loses the
+    layer placement); ``inverted`` the most rank to the lowest scores."""
+
+    ALLOCATED = "allocated"
+    RANDOM = "random"
+    LAYERS = "layers"
+    INVERTED = "inverted"
+
+
 class Ranking(StrEnum):
     """combined: LoRA and shortcut candidates in one ranking; separated: a quota per group."""
 

@@ -186,17 +186,52 @@ def test_the_rank_modes_end_to_end(tiny_bert, tmp_path, mode):
     assert predicted.returncode == 0 and "probabilities" in predicted.stdout, predicted.stderr[-1000:]
 
 
-def test_random_ranks_have_the_static_histogram():
-    """rank_random deals rank_static's ranks: same multiset on candidates of equal cost."""
+def test_the_controls_deal_the_static_allocation_as_they_say():
+    """rank_random, rank_layers and rank_inverted deal rank_static's ranks: the same multiset on
+    candidates of equal cost (the same parameter count); rank_layers keeps each kind's multiset;
+    rank_inverted gives the largest ranks to the lowest scores."""
     from heterolora_core.search.budget import Budget
     from heterolora_core.search.reallocator import RankAllocator
+    from heterolora_core.vocab import ModuleName
 
     results = {}
-    for shuffle in (False, True):
-        model = tiny_model("bert", layers=2, hidden=32)
+    for how in ("allocated", "random", "layers", "inverted"):
+        model = tiny_model("bert", layers=3, hidden=32)
         adapters = attach(model, HeteroLoraConfig(rank=8, lora_targets=("q", "v"), shortcuts=True, init_seed=0))
-        allocator = RankAllocator(model, adapters, "grad_norm", Budget(params=2000), shuffle=shuffle, seed=1,
-                                  scoring="exact")
-        results[shuffle] = allocator.reallocate(0, random_batches(3)).ranks
-    assert sorted(results[True].values()) == sorted(results[False].values())
-    assert spent(results[True], {n: 64 for n in results[True]}) == spent(results[False], {n: 64 for n in results[False]})
+        allocator = RankAllocator(model, adapters, "grad_norm", Budget(params=2000), deal=how, seed=1, scoring="exact")
+        results[how] = allocator.reallocate(0, random_batches(3))
+    static = results["allocated"].ranks
+    for how in ("random", "layers", "inverted"):
+        ranks = results[how].ranks
+        assert sorted(ranks.values()) == sorted(static.values())
+        assert spent(ranks, {n: 64 for n in ranks}) == spent(static, {n: 64 for n in static})
+        assert results[how].scores == results["allocated"].scores  # the same scores, dealt otherwise
+
+    def by_kind(ranks):
+        kinds = {}
+        for name, r in ranks.items():
+            kinds.setdefault(ModuleName.parse(name).kind, []).append(r)
+        return {k: sorted(v) for k, v in kinds.items()}
+
+    assert by_kind(results["layers"].ranks) == by_kind(static)
+    scores = results["allocated"].scores
+    order = sorted(static, key=lambda n: (scores[n], n))  # every candidate here costs 64
+    assert [results["inverted"].ranks[n] for n in order] == sorted(static.values(), reverse=True)
+
+def test_inverted_and_layer_shuffled_ranks_by_hand():
+    from heterolora_core.search.ranks import inverted, shuffled_across_layers
+
+    ranks = {"layer.0.lora.q": 4, "layer.1.lora.q": 0, "layer.2.lora.q": 2, "layer.0.lora.v": 1, "layer.1.lora.v": 3,
+             "layer.1.shortcut.res_ffn": 5}
+    costs = {n: 10 for n in ranks} | {"layer.1.shortcut.res_ffn": 7}
+    scores = {"layer.0.lora.q": 5.0, "layer.1.lora.q": 1.0, "layer.2.lora.q": 3.0, "layer.0.lora.v": 0.5,
+              "layer.1.lora.v": 4.0, "layer.1.shortcut.res_ffn": 9.0}
+    # cost 10, ascending score: v0 (0.5), q1 (1), q2 (3), v1 (4), q0 (5) get 4, 3, 2, 1, 0; the lone cost-7 keeps 5
+    assert inverted(ranks, scores, costs) == {"layer.0.lora.v": 4, "layer.1.lora.q": 3, "layer.2.lora.q": 2,
+                                              "layer.1.lora.v": 1, "layer.0.lora.q": 0, "layer.1.shortcut.res_ffn": 5}
+    for seed in range(5):
+        moved = shuffled_across_layers(ranks, costs, seed)
+        assert sorted(moved[f"layer.{i}.lora.q"] for i in range(3)) == [0, 2, 4]
+        assert sorted(moved[f"layer.{i}.lora.v"] for i in range(2)) == [1, 3]
+        assert moved["layer.1.shortcut.res_ffn"] == 5
+    assert len({tuple(shuffled_across_layers(ranks, costs, s).values()) for s in range(10)}) > 1

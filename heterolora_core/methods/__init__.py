@@ -32,5 +32,13 @@ register(MethodInfo(
     control=True, options=("budget_params", "rank_min", "rank_rule"),
     description="rank_static's ranks dealt at random among candidates of equal cost: the control"))
 register(MethodInfo(
+    "rank_layers", "ranks shuffled across layers (control)", "heterolora_core.methods.ranks:RankLayers",
+    searches=True, control=True, options=("budget_params", "rank_min", "rank_rule"),
+    description="rank_static's ranks shuffled across layers within each module kind: which kinds, not which layers"))
+register(MethodInfo(
+    "rank_inverted", "inverted ranks (control)", "heterolora_core.methods.ranks:RankInverted", searches=True,
+    control=True, options=("budget_params", "rank_min", "rank_rule"),
+    description="rank_static's ranks in reverse order of score: does the score carry signal?"))
+register(MethodInfo(
     "eva", "EVA (PEFT)", "heterolora_core.methods.eva:Eva", shortcuts=False,
     description="PEFT's EVA: LoRA at --rank, ranks redistributed by the explained variance of the inputs"))

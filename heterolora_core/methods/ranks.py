@@ -13,6 +13,8 @@ without losing anything.
 * ``rank_dynamic``: re-allocated every ``--realloc-every`` of an epoch from the window's statistics.
 * ``rank_random``: the control. ``rank_static``'s allocation, then its ranks dealt at random to
   candidates of equal cost (same rank histogram, same parameter count).
+* ``rank_layers`` / ``rank_inverted``: the study's other controls. ``rank_static``'s ranks shuffled
+  across layers within each module kind, or given in reverse order of score.
 
 The allocation rule (``--rank-rule``): ``spectrum`` water-fills the singular-value spectra of the
 candidates' gradients G (:func:`heterolora_core.search.ranks.water_fill`); ``proportional`` makes
@@ -31,14 +33,14 @@ from heterolora_core.search.budget import budget_params
 from heterolora_core.search.ranks import water_fill
 from heterolora_core.search.reallocator import RankAllocator
 from heterolora_core.training.run_config import RunConfig
-from heterolora_core.vocab import RankInit, RankRule
+from heterolora_core.vocab import RankDeal, RankInit, RankRule
 
 
 class RankStatic(AdapterMethod):
     """One rank allocation before training."""
 
     dynamic = False
-    shuffle = False
+    deal = RankDeal.ALLOCATED
 
     def validate(self, config: RunConfig) -> None:
         super().validate(config)
@@ -66,7 +68,7 @@ class RankStatic(AdapterMethod):
         recorder = SearchRecorder(run, context.record, adapters)
         allocator = RankAllocator(
             model, adapters, config.proxy, config.budget(), rule=RankRule(config.rank_rule), r_min=int(config.rank_min),
-            shuffle=self.shuffle, init=RankInit(config.rank_init), seed=config.seed,
+            deal=self.deal, init=RankInit(config.rank_init), seed=config.seed,
             proxy_batches=config.proxy_batches, reduce_scores=context.reduce_scores, on_record=recorder,
             progress=context.progress, scoring=config.scoring, sketch_rank=max(int(config.sketch_rank), int(config.rank)))
         recorder.search = allocator
@@ -88,4 +90,17 @@ class RankDynamic(RankStatic):
 class RankRandom(RankStatic):
     """The control: ``rank_static``'s ranks, dealt at random among candidates of equal cost."""
 
-    shuffle = True
+    deal = RankDeal.RANDOM
+
+
+class RankLayers(RankStatic):
+    """The control for placement: ``rank_static``'s ranks shuffled across layers within each module
+    kind (the mix of kinds kept, the layers lost)."""
+
+    deal = RankDeal.LAYERS
+
+
+class RankInverted(RankStatic):
+    """The control for the score: ``rank_static``'s ranks, the most to the lowest scores."""
+
+    deal = RankDeal.INVERTED

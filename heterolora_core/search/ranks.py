@@ -14,7 +14,9 @@ normalisation does: each spectrum is divided by its group's mean total energy.
 
 :func:`proportional` is the simpler rule: ranks proportional to a score, rounded to the budget.
 :func:`shuffled` is the control: the same ranks dealt to other candidates at random (within
-candidates of equal cost, so the budget stays exact).
+candidates of equal cost, so the budget stays exact); :func:`shuffled_across_layers` keeps each
+module kind's ranks and shuffles only their layers; :func:`inverted` gives the most rank to the
+lowest scores (:func:`deal` picks one by :class:`~heterolora_core.vocab.RankDeal`).
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import math
 import random
 from collections.abc import Mapping, Sequence
 
-from heterolora_core.vocab import Group
+from heterolora_core.vocab import Group, ModuleName, RankDeal, module_sort_key
 
 
 def normalized_spectra(spectra: Mapping[str, Sequence[float]], groups: Mapping[str, str]) -> dict[str, list[float]]:
@@ -137,6 +139,48 @@ def shuffled(ranks: Mapping[str, int], costs: Mapping[str, int], seed: int) -> d
         rng.shuffle(values)
         out.update(zip(members, values))
     return out
+
+
+def shuffled_across_layers(ranks: Mapping[str, int], costs: Mapping[str, int], seed: int) -> dict[str, int]:
+    """The same ranks shuffled across layers within each module kind (and cost): every kind keeps
+    its multiset of ranks, so the mix of kinds and the parameter count are exact; which layer gets
+    which rank is random. Tells "which kinds" from "which layers"."""
+    rng = random.Random(seed)
+    out = dict(ranks)
+    classes: dict[tuple, list[str]] = {}
+    for name in ranks:
+        parsed = ModuleName.parse(name)
+        classes.setdefault((parsed.group.value, parsed.kind, costs[name]), []).append(name)
+    for key in sorted(classes):
+        members = sorted(classes[key], key=module_sort_key)
+        values = [ranks[n] for n in members]
+        rng.shuffle(values)
+        out.update(zip(members, values))
+    return out
+
+
+def inverted(ranks: Mapping[str, int], scores: Mapping[str, float], costs: Mapping[str, int]) -> dict[str, int]:
+    """The same ranks, the most to the lowest scores: within each class of equal cost the ranks,
+    largest first, go to the candidates in ascending order of score (ties by name), so the rank
+    histogram and the parameter count are exact and the order is reversed. Does the score carry
+    signal at all?"""
+    out = dict(ranks)
+    for cost in sorted(set(costs[n] for n in ranks)):
+        members = sorted((n for n in ranks if costs[n] == cost), key=lambda n: (float(scores.get(n, 0.0)), n))
+        out.update(zip(members, sorted((ranks[n] for n in members), reverse=True)))
+    return out
+
+
+def deal(how: RankDeal, ranks: Mapping[str, int], scores: Mapping[str, float], costs: Mapping[str, int],
+         seed: int) -> dict[str, int]:
+    """``ranks`` dealt as :class:`~heterolora_core.vocab.RankDeal` says (``allocated``: unchanged)."""
+    if how is RankDeal.RANDOM:
+        return shuffled(ranks, costs, seed)
+    if how is RankDeal.LAYERS:
+        return shuffled_across_layers(ranks, costs, seed)
+    if how is RankDeal.INVERTED:
+        return inverted(ranks, scores, costs)
+    return dict(ranks)
 
 
 def spent(ranks: Mapping[str, int], costs: Mapping[str, int]) -> int:

@@ -21,11 +21,11 @@ from heterolora_core.adapters.modules import AdapterSet
 from heterolora_core.search.budget import Budget, budget_params, resolve
 from heterolora_core.search.proxies import (Batch, LossFn, collect_gradients, compute_scores, default_loss,
                                             ensure_probes, scores_from_gradients)
-from heterolora_core.search.ranks import normalized_spectra, proportional, shuffled, water_fill
+from heterolora_core.search.ranks import deal, normalized_spectra, proportional, water_fill
 from heterolora_core.search.selection import select
 from heterolora_core.search.statistics import ScoringStatistics, make_statistics
-from heterolora_core.vocab import (DEFAULT_SKETCH_RANK, GRADIENT_PROXIES, Proxy, RankInit, Ranking, RankRule, Scoring,
-                                   ScoreNorm, choose)
+from heterolora_core.vocab import (DEFAULT_SKETCH_RANK, GRADIENT_PROXIES, Proxy, RankDeal, RankInit, Ranking, RankRule,
+                                   Scoring, ScoreNorm, choose)
 
 
 @dataclass(frozen=True)
@@ -199,8 +199,9 @@ class Reallocator:
 class RankAllocator(Reallocator):
     """Gives every candidate a rank in [r_min, r_max] under the budget, from the spectra of the
     candidates' gradients (``rule`` spectrum: :func:`~heterolora_core.search.ranks.water_fill`) or
-    from the proxy's scores (``rule`` proportional); ``shuffle`` deals the ranks at random among
-    candidates of equal cost (the control); ``init`` gradient starts each candidate's A from the
+    from the proxy's scores (``rule`` proportional); ``deal`` hands the chosen ranks to other
+    candidates for the controls (:class:`~heterolora_core.vocab.RankDeal`: at random among candidates
+    of equal cost, across layers within a kind, or inverted); ``init`` gradient starts each candidate's A from the
     top right singular vectors of its gradient at the first allocation (B is still zero there).
 
     The record's ``scores`` are each candidate's gradient energy Σσ² over its group's mean (the
@@ -208,12 +209,12 @@ class RankAllocator(Reallocator):
     """
 
     def __init__(self, model: nn.Module, adapters: AdapterSet, proxy: str, budget: Budget,
-                 rule: RankRule = RankRule.SPECTRUM, r_min: int = 0, shuffle: bool = False,
+                 rule: RankRule = RankRule.SPECTRUM, r_min: int = 0, deal: RankDeal = RankDeal.ALLOCATED,
                  init: RankInit = RankInit.KAIMING, **kwargs):
         self.rule = choose(RankRule, rule, "rank rule")
         self.init = choose(RankInit, init, "rank init")
         self.r_min = int(r_min)
-        self.shuffle = bool(shuffle)
+        self.deal = choose(RankDeal, deal, "rank deal")
         super().__init__(model, adapters, proxy, budget, **kwargs)
         self.r_max = adapters.config.rank
         self.unit_costs = {m.name: m.d_in + m.d_out for m in adapters.modules_in_order()}
@@ -244,8 +245,7 @@ class RankAllocator(Reallocator):
             scores = scores_from_gradients(self.proxy, self.adapters, statistics, self.seed)
             scores = self.reduce_scores(scores) if self.reduce_scores is not None else scores
             ranks = proportional(scores, self.unit_costs, self.budget_params, self.r_max, self.r_min)
-        if self.shuffle:
-            ranks = shuffled(ranks, self.unit_costs, self.seed * 1_000_003 + step)
+        ranks = deal(self.deal, ranks, scores, self.unit_costs, self.seed * 1_000_003 + step)
         if self.init is RankInit.GRADIENT and not self.history:
             self._start_from_gradients(statistics, ranks)
         self.adapters.set_ranks(ranks)
