@@ -140,6 +140,25 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--deadline-minutes", type=float, help="with --wait: start no run after this many minutes")
     add_executor_arguments(sweep)
 
+    study = sub.add_parser(
+        "study", help='"Does allocation pay here?": uniform LoRA against the zero-cost rank allocation and its '
+                      "controls, over seeds, at an exact budget",
+        description="Queue (and with --wait train) the allocation study for your model, task and targets: uniform "
+                    "LoRA at --rank (U), the rank allocation at exactly U's parameters (A), its controls (random R, "
+                    "layer-shuffled T, inverted I), and A and uniform LoRA at half the budget (H, UH); every run "
+                    "setting below is shared by all arms. --report prints the verdict of a study's finished runs.")
+    _add_run_config_arguments(study)
+    study.add_argument("--max-rank", type=int, help="the allocation arms' largest rank per module (default: 8 x --rank)")
+    study.add_argument("--seeds", type=int, default=5, help="seeds per arm (default: 5)")
+    study.add_argument("--id", dest="study_id", help="the study's experiment id (default: a new study-<task>-... id; "
+                                                     "the same id resumes it)")
+    study.add_argument("--folder", help="record folder template under the data home, e.g. results/{sweep}/{row}/seed{seed}")
+    study.add_argument("--home", help="data home (default: $HETEROLORA_HOME or data/)")
+    study.add_argument("--dry-run", action="store_true", help="print the arms, their budgets and runs; queue nothing")
+    study.add_argument("--wait", action="store_true", help="train the queued runs now and print the verdict")
+    study.add_argument("--slots", type=int, help="with --wait: runs at once")
+    study.add_argument("--report", action="store_true", help="print the verdict of study --id's finished runs")
+
     predict = sub.add_parser("predict", help="predict with a finished run's adapters and head")
     predict.add_argument("--run", required=True, help="the run folder")
     predict.add_argument("--text", required=True)
@@ -346,7 +365,64 @@ def describe_plan(spec, planned) -> str:
     return "\n".join(lines)
 
 
-COMMANDS = {"train": cmd_train, "score": cmd_score, "runs": cmd_runs, "sweep": cmd_sweep, "predict": cmd_predict}
+STUDY_ARGS = ("max_rank", "seeds", "study_id", "folder", "home", "dry_run", "wait", "slots", "report")
+STUDY_RANK = 4
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    """Queue, train or report the allocation study (:mod:`heterolora_core.study`)."""
+    from heterolora_core.records.store import RunStore
+    from heterolora_core.study import study_spec
+    from heterolora_core.sweeps import drain, plan_sweep, submit, expand
+
+    store = RunStore(Path(args.home).expanduser() if args.home else None)
+    if args.report:
+        if not args.study_id:
+            raise ValueError("--report needs the study's --id")
+        return _print_verdict(store, args.study_id)
+    settings = {k: v for k, v in vars(args).items() if k not in STUDY_ARGS}
+    rank = int(settings.pop("rank", STUDY_RANK))
+    plan = study_spec(config_from_args(argparse.Namespace(**settings)), rank, args.seeds, args.max_rank,
+                      args.study_id, args.folder)
+    planned = plan_sweep(store, expand(plan.spec), plan.spec.sweep)
+    print(f"study {plan.spec.sweep}: uniform rank {plan.rank}, budget {plan.budget:,} adapter parameters "
+          f"(half: {plan.half_budget:,}), allocation ranks up to {plan.max_rank}", flush=True)
+    print(describe_plan(plan.spec, planned), flush=True)
+    if args.dry_run:
+        return 0
+    records = submit(store, planned, plan.spec.sweep)
+    print(f"queued {len(records)} run(s); the verdict: python -m heterolora_core study --report --id {plan.spec.sweep}",
+          flush=True)
+    if not args.wait:
+        return 0
+    code = drain(store, plan.spec.sweep, slots=args.slots)
+    _print_verdict(store, plan.spec.sweep)
+    return code
+
+
+def _print_verdict(store, study_id: str) -> int:
+    from heterolora_core.analysis.study import study_verdict
+    from heterolora_core.analysis.units import format_interval, format_points
+
+    verdict = study_verdict(store.list_runs(), study_id)
+    if verdict is None:
+        print(f"study {study_id}: no finished uniform run yet, so no verdict")
+        return 0
+    print(f"study {study_id}: uniform rank {verdict.rank}, budget {verdict.budget:,}")
+    for arm in verdict.arms.values():
+        n = len(arm.scores)
+        score = "-" if arm.mean is None else format_points(arm.mean) + (f" ± {format_points(arm.std)}" if n > 1 else "")
+        print(f"  {arm.arm:<3} {arm.label:<40} {score:>14}  ({n} seed{'s' if n != 1 else ''})")
+    for c in verdict.comparisons:
+        d = c.difference
+        text = "-" if d is None else f"{format_points(d.mean, signed=True)} {format_interval(d.ci95) if d.ci95 else ''}"
+        print(f"  {c.arm} - {c.against:<3} {text:<22} {c.verdict}")
+    print(verdict.sentence)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "score": cmd_score, "runs": cmd_runs, "sweep": cmd_sweep, "predict": cmd_predict,
+            "study": cmd_study}
 
 
 def _one_line(exc: BaseException) -> str:

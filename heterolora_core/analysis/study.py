@@ -1,0 +1,130 @@
+"""The verdict of an allocation study (:mod:`heterolora_core.study`): does allocation pay here?
+
+From a study's finished runs: the arms' scores over seeds, the allocation ``A`` against uniform LoRA
+``U`` and against each control (``R`` random ranks, ``T`` ranks shuffled across layers, ``I``
+inverted ranks), and ``H`` (A at half the budget) against both uniforms, every difference paired by
+seed with its 95% interval (:func:`~.stats.paired_difference`: better / worse / noise), plus one
+plain sentence on top that follows those intervals and nothing else.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from heterolora_core.analysis import units
+from heterolora_core.analysis.stats import PairedDifference, describe, paired_difference, seed_scores
+from heterolora_core.methods import registry
+from heterolora_core.records.record import Status
+from heterolora_core.records.store import StoredRun
+from heterolora_core.study import ARM_LABELS, ARMS, arm_of
+
+#: The comparisons a verdict reports: (arm, against).
+COMPARISONS = (("A", "U"), ("A", "R"), ("A", "T"), ("A", "I"), ("H", "U"), ("H", "UH"))
+
+
+@dataclass(frozen=True)
+class ArmScores:
+    """One arm's final scores per seed and their mean ± std."""
+
+    arm: str
+    label: str
+    scores: dict[int, float]
+    mean: float | None
+    std: float | None
+
+
+@dataclass(frozen=True)
+class StudyComparison:
+    """``arm`` minus ``against``, paired by seed (None: no seed in common)."""
+
+    arm: str
+    against: str
+    difference: PairedDifference | None
+
+    @property
+    def verdict(self) -> str:
+        return self.difference.verdict if self.difference is not None else "not run"
+
+
+@dataclass(frozen=True)
+class StudyVerdict:
+    """A study's arms, its comparisons and the sentence that sums them up."""
+
+    sweep_id: str
+    rank: int
+    budget: int
+    arms: dict[str, ArmScores]
+    comparisons: tuple[StudyComparison, ...]
+    sentence: str
+
+    def comparison(self, arm: str, against: str) -> StudyComparison:
+        return next(c for c in self.comparisons if (c.arm, c.against) == (arm, against))
+
+
+def _uniform_reference(runs: Sequence[StoredRun]) -> tuple[int, int] | None:
+    """(U's rank, its parameter count P) of a study's runs: the baseline runs of the largest rank."""
+    uniform = [r for r in runs if (m := registry.find(r.config.mode)) is not None and m.baseline]
+    if not uniform:
+        return None
+    top = max(int(r.config.rank) for r in uniform)
+    counts = [r.summary.trainable_params for r in uniform if int(r.config.rank) == top and r.summary.trainable_params]
+    return (top, int(counts[0])) if counts else None
+
+
+def _points(d: PairedDifference) -> str:
+    low, high = d.ci95 if d.ci95 else (None, None)
+    interval = f" {units.format_interval((low, high))}" if low is not None else ""
+    return f"{units.format_points(d.mean, signed=True)} points{interval}"
+
+
+def verdict_sentence(comparisons: Sequence[StudyComparison]) -> str:
+    """One line that follows the intervals: A against U first, then what the controls say."""
+    by_pair = {(c.arm, c.against): c for c in comparisons}
+    head = by_pair.get(("A", "U"))
+    if head is None or head.difference is None:
+        return "Not decided yet: the allocation and uniform LoRA share no finished seed."
+    d = head.difference
+    n = f"{len(d.seeds)} seed{'s' if len(d.seeds) != 1 else ''}"
+    if d.verdict == "better":
+        sentence = f"On this model and task, the allocation beat uniform LoRA by {_points(d)} over {n}"
+    elif d.verdict == "worse":
+        sentence = f"On this model and task, the allocation lost to uniform LoRA by {_points(d)} over {n}"
+    elif d.verdict == "noise":
+        sentence = f"On this model and task, the allocation was indistinguishable from uniform LoRA ({_points(d)}, noise, {n})"
+    else:
+        sentence = f"On this model and task, the allocation differs from uniform LoRA by {_points(d)} on one seed: no verdict"
+    controls = []
+    for against, what in (("R", "random ranks"), ("T", "layer-shuffled ranks"), ("I", "inverted ranks")):
+        c = by_pair.get(("A", against))
+        if c is not None and c.difference is not None and c.difference.verdict in ("better", "worse", "noise"):
+            word = {"better": "beat", "worse": "lost to", "noise": "tied"}[c.difference.verdict]
+            controls.append(f"{word} {what} ({units.format_points(c.difference.mean, signed=True)})")
+    half = by_pair.get(("H", "U"))
+    tail = ""
+    if half is not None and half.difference is not None and half.difference.verdict in ("better", "worse", "noise"):
+        word = {"better": "above", "worse": "below", "noise": "level with"}[half.difference.verdict]
+        tail = f"; at half the budget it was {word} full-budget uniform LoRA ({units.format_points(half.difference.mean, signed=True)})"
+    return sentence + ("; it " + ", ".join(controls) if controls else "") + tail + "."
+
+
+def study_verdict(rows: Sequence[StoredRun], sweep_id: str) -> StudyVerdict | None:
+    """The verdict of the finished runs of study ``sweep_id`` among ``rows`` (None when it has no
+    finished uniform run to define the budget)."""
+    runs = [r for r in rows if r.sweep_id == sweep_id and r.config is not None and r.summary.status == Status.DONE]
+    reference = _uniform_reference(runs)
+    if reference is None:
+        return None
+    rank, budget = reference
+    by_arm: dict[str, list[StoredRun]] = {}
+    for r in runs:
+        arm = arm_of(r.config, rank, budget)
+        if arm is not None:
+            by_arm.setdefault(arm, []).append(r)
+    arms = {}
+    for arm in ARMS:
+        scores = seed_scores((r.config.seed, r.summary.final_score) for r in by_arm.get(arm, []))
+        stats = describe(scores.values())
+        arms[arm] = ArmScores(arm, ARM_LABELS[arm], scores, stats.mean, stats.std)
+    comparisons = tuple(StudyComparison(a, b, paired_difference(arms[a].scores, arms[b].scores))
+                        for a, b in COMPARISONS)
+    return StudyVerdict(sweep_id, rank, budget, arms, comparisons, verdict_sentence(comparisons))

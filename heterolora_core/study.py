@@ -1,0 +1,118 @@
+""""Does allocation pay here?": the allocation study as a sweep, for the user's model, task and targets.
+
+One call (:func:`study_spec`; ``python -m heterolora_core study``; the Launch page's preset) turns a
+model, a task, the targets and a uniform rank r into a sweep of these arms over N seeds, every arm at
+the same learning rate and run length:
+
+=====  ==================================================================================================
+``U``  uniform LoRA at rank r on the targets: the reference; its parameter count P is the budget
+``A``  the zero-cost rank allocation (``rank_static``) at exactly P parameters, ranks up to ``max_rank``
+``R``  A's ranks dealt at random among candidates of equal cost (``rank_random``): is the allocation better than luck?
+``T``  A's ranks shuffled across layers within each kind (``rank_layers``): which kinds, or which layers?
+``I``  A's ranks inverted, the most to the lowest scores (``rank_inverted``): does the score carry signal?
+``H``  A at half the budget, P // 2 parameters (``rank_static``)
+``UH`` uniform LoRA at rank r / 2: uniform at half the budget (r must be even)
+=====  ==================================================================================================
+
+The budget is exact: P is what :func:`~heterolora_core.planning.check_run` counts for ``U``, and every
+allocation arm is checked to plan exactly P (or P // 2). :mod:`heterolora_core.analysis.study` reads
+the finished runs back into the verdict.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from heterolora_core.methods import registry
+from heterolora_core.sweeps import SweepSpec, new_sweep_id, parse_sweep
+from heterolora_core.training.run_config import RunConfig
+
+#: The arms, in the order a study's runs are queued (U and A first: the headline pair completes first).
+ARMS = ("U", "A", "R", "T", "I", "H", "UH")
+ARM_MODES = {"U": "lora", "A": "rank_static", "R": "rank_random", "T": "rank_layers", "I": "rank_inverted",
+             "H": "rank_static", "UH": "lora"}
+ARM_LABELS = {"U": "uniform LoRA (reference)", "A": "zero-cost rank allocation", "R": "random ranks (control)",
+              "T": "ranks shuffled across layers (control)", "I": "inverted ranks (control)",
+              "H": "allocation at half the budget", "UH": "uniform LoRA at half the budget"}
+#: Seeds of a study unless asked otherwise.
+DEFAULT_SEEDS = 5
+#: The sweep-id prefix that marks a study (the Results page and ``study --report`` find it by this).
+STUDY_PREFIX = "study-"
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """A study ready to queue: the sweep, the uniform rank and budget it is built around."""
+
+    spec: SweepSpec
+    rank: int
+    max_rank: int
+    budget: int  # P: U's adapter parameters
+    half_budget: int  # P // 2
+
+
+def study_spec(base: dict[str, Any] | RunConfig, rank: int, seeds: int | Sequence[int] = DEFAULT_SEEDS,
+               max_rank: int | None = None, study_id: str | None = None, folder: str | None = None,
+               budget_of=None) -> StudyPlan:
+    """The study's sweep for the settings in ``base`` (model, task, targets, learning rate, run
+    length, ...): :data:`ARMS` over ``seeds`` (a count or the seeds themselves).
+
+    ``rank`` is U's uniform rank; the allocation arms give each candidate a rank up to ``max_rank``
+    (default 8 · rank). ``budget_of(config)`` returns a config's exact adapter parameters (default:
+    :func:`~heterolora_core.planning.check_run`, which also checks every arm as a launch). ValueError
+    (one line) for an odd ``rank`` (no uniform LoRA has half its budget), a ``max_rank`` below ``rank``,
+    or an arm that cannot plan its budget exactly.
+    """
+    if budget_of is None:
+        from heterolora_core.planning import check_run
+
+        def budget_of(config: RunConfig) -> int:
+            return check_run(config).trainable_params
+    rank = int(rank)
+    if rank < 2 or rank % 2:
+        raise ValueError(f"a study needs an even uniform rank ≥ 2 (uniform LoRA at half the budget is rank r/2); got {rank}")
+    max_rank = int(max_rank or 8 * rank)
+    if max_rank < rank:
+        raise ValueError(f"max-rank {max_rank} is below the uniform rank {rank}")
+    seed_list = list(range(int(seeds))) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if not seed_list:
+        raise ValueError("a study needs at least one seed")
+    settings = base.to_dict() if isinstance(base, RunConfig) else dict(base)
+    settings = {k: v for k, v in settings.items() if k not in ("mode", "rank", "seed", "budget_params", "enable_ratio",
+                                                                "match_uniform_rank", "shortcuts")}
+    settings["shortcuts"] = False  # PEFT-expressible, and what uniform LoRA over the targets means
+    uniform = RunConfig.from_dict({**settings, "mode": "lora", "rank": rank})
+    budget = budget_of(uniform)
+    rows = []
+    for arm in ARMS:
+        overrides: dict[str, Any] = {"mode": ARM_MODES[arm]}
+        if arm in ("U", "UH"):
+            overrides["rank"] = rank if arm == "U" else rank // 2
+        else:
+            overrides.update(rank=max_rank, budget_params=budget if arm != "H" else budget // 2)
+        want = budget if arm not in ("H", "UH") else budget // 2
+        got = budget_of(RunConfig.from_dict({**settings, **overrides}))
+        if got != want:
+            raise ValueError(f"arm {arm} ({ARM_LABELS[arm]}) plans {got:,} adapter parameters, not {want:,}; "
+                             "choose another rank or max-rank")
+        rows.append({"row": arm, "label": ARM_LABELS[arm], **overrides, "report": {"arm": arm}})
+    sweep_id = study_id or new_sweep_id(f"{STUDY_PREFIX}{uniform.task}")
+    data = {"sweep": sweep_id, "description": f"Does allocation pay here? {len(seed_list)} seeds, uniform rank {rank}, "
+                                               f"budget {budget:,}",
+            "base": settings, "axes": {"seed": seed_list}, "order": ["seed", "row"], "rows": rows}
+    if folder:
+        data["folder"] = folder
+    return StudyPlan(parse_sweep(data, source="study"), rank, max_rank, budget, budget // 2)
+
+
+def arm_of(config: RunConfig, rank: int, budget: int) -> str | None:
+    """Which arm of a study of uniform rank ``rank`` and budget ``budget`` a run is (None: none)."""
+    method = registry.find(config.mode)
+    if method is not None and method.baseline:
+        return {rank: "U", rank // 2: "UH"}.get(int(config.rank))
+    for arm, mode in ARM_MODES.items():
+        if mode == config.mode and arm not in ("U", "UH") \
+                and config.budget_params == (budget // 2 if arm == "H" else budget):
+            return arm
+    return None
