@@ -865,3 +865,43 @@ def test_metric_curves_are_in_glue_points(make_run):
     assert _plotly_values(metric["data"][0]["y"]) == pytest.approx([100 * a for a in evals])
     assert metric["layout"]["yaxis"]["title"]["text"] == "accuracy (×100)"
     assert max(_plotly_values(loss["data"][0]["y"])) < 1.5  # the loss is not a score
+
+
+def test_the_launch_page_queues_the_allocation_study(home):
+    at = open_page()
+    at.multiselect(key="lora_targets").set_value(["q", "k", "v", "o", "ffn_in", "ffn_out"]).run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert at.button(key="launch_study").label == "Queue the study (35 runs)"
+    assert any("budget **165,888**" in m.value for m in at.markdown), [m.value for m in at.markdown]
+    at.number_input(key="study_rank").set_value(3).run()
+    assert any("even uniform rank" in e.value for e in at.error) and at.button(key="launch_study").disabled
+    at.number_input(key="study_rank").set_value(4).run()
+    at.number_input(key="study_seeds").set_value(2).run()
+    at.button(key="launch_study").click().run()
+    runs = RunStore().list_runs()
+    assert len(runs) == 14 and {r.sweep_id for r in runs} == {runs[0].sweep_id}
+    assert runs[0].sweep_id.startswith("study-mrpc-")
+    assert sorted({r.config.mode for r in runs}) == ["lora", "rank_inverted", "rank_layers", "rank_random", "rank_static"]
+
+
+def test_results_show_a_studys_verdict(home):
+    from heterolora_testing.synthetic import write_synthetic_run
+
+    finals = {"U": [0.80, 0.82, 0.84], "A": [0.75, 0.78, 0.78], "R": [0.76, 0.77, 0.79]}
+    modes = {"U": ("lora", 4, None), "A": ("rank_static", 32, 999), "R": ("rank_random", 32, 999)}
+    for arm, scores in finals.items():
+        for seed, final in enumerate(scores):
+            mode, rank, budget = modes[arm]
+            record = write_synthetic_run(home / "results" / "study" / arm / f"seed{seed}", mode=mode, rank=rank, seed=seed,
+                                         final_score=final, sweep_id="study-mrpc-test", ranks=mode != "lora",
+                                         shortcuts=False, n_reallocations=1)
+            config = json.loads((record.path / "config.json").read_text())
+            config["budget_params"] = budget
+            (record.path / "config.json").write_text(json.dumps(config))
+            record.update_summary(trainable_params=999)
+    at = open_page("results")
+    assert not at.exception, [e.message for e in at.exception]
+    assert any(h.value == "Does allocation pay here?" for h in at.subheader)
+    assert at.error[0].value.startswith("On this model and task, the allocation lost to uniform LoRA by -5.00 points")
+    comparisons = next(d.value for d in at.dataframe if "comparison" in d.value.columns).set_index("comparison")
+    assert comparisons.loc["A − U", "verdict"] == "worse" and comparisons.loc["A − T", "verdict"] == "not run"

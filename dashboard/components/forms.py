@@ -12,6 +12,7 @@ from typing import Any
 
 from heterolora_core.planning import BudgetPlan, RowBudget, check_run, sweep_budgets
 from heterolora_core.sweeps import PlannedRun, SweepSpec, expand, form_sweep, read_sweep
+from heterolora_core.study import StudyPlan, study_spec
 from heterolora_core.training.data import TASKS
 from heterolora_core.training.run_config import RunConfig
 from heterolora_core.vocab import RankInit, RankRule
@@ -115,6 +116,26 @@ def check_sweep(request: SweepRequest) -> tuple[SweepSpec, list[PlannedRun], lis
     try:
         runs = expand(spec)
         return spec, runs, sweep_budgets(runs)
+    except ValueError as exc:
+        raise LaunchError(_one_line(exc)) from None
+
+
+@dataclass(frozen=True)
+class StudyRequest:
+    """The Launch page's "Does allocation pay here?": the form's settings (a config as JSON), the
+    uniform rank, the seeds and the allocation's largest rank (0: the default, 8 x rank)."""
+
+    base: str
+    rank: int
+    seeds: int
+    max_rank: int = 0
+
+
+def check_study(request: StudyRequest) -> StudyPlan:
+    """The study's sweep for the form's settings (:func:`heterolora_core.study.study_spec`: every
+    arm checked as a launch, budgets exact); LaunchError with one line otherwise."""
+    try:
+        return study_spec(json.loads(request.base), request.rank, request.seeds, request.max_rank or None)
     except ValueError as exc:
         raise LaunchError(_one_line(exc)) from None
 

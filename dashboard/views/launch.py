@@ -6,8 +6,9 @@ import streamlit as st
 
 from dashboard import data
 from dashboard.components.formatting import command_line, format_duration, format_lr, format_score, kind_label, plural
-from dashboard.components.forms import (FULL_RUN, OPTION_CHOICES, RUN_LENGTH_KEYS, SHORT_RUN, LaunchError, SweepRequest,
-                                        check_launch, check_sweep, launch_config, parse_seeds, sweep_spec, task_names)
+from dashboard.components.forms import (FULL_RUN, OPTION_CHOICES, RUN_LENGTH_KEYS, SHORT_RUN, LaunchError, StudyRequest,
+                                        SweepRequest, check_launch, check_study, check_sweep, launch_config, parse_seeds,
+                                        sweep_spec, task_names)
 from heterolora_core.methods import registry
 from heterolora_core.sweeps import FORM_AXES, expand, new_sweep_id, plan_sweep, proxy_sweep, queue_sweep, state_counts
 from heterolora_core.training.run_config import RunConfig
@@ -43,6 +44,15 @@ def checked_sweep(request: SweepRequest) -> tuple[list[dict] | None, str | None]
     except LaunchError as exc:
         return None, str(exc)
     return [dataclasses.asdict(b) for b in budgets], None
+
+
+@st.cache_data(ttl=60, show_spinner="Planning the study's arms at their exact budgets…")
+def checked_study(request: StudyRequest):
+    """(the study's plan, None), or (None, one-line error)."""
+    try:
+        return check_study(request), None
+    except LaunchError as exc:
+        return None, str(exc)
 
 
 def option_input(name: str) -> object:
@@ -259,6 +269,33 @@ if st.button(f"Queue sweep ({plural(to_queue, 'run')})", disabled=not to_queue, 
         data.start_worker()
         st.success(f"Queued {plural(len(records), 'run')} under experiment `{spec.sweep}`.")
         st.page_link("views/compare.py", label="Compare them", icon=":material/compare:")
+
+st.divider()
+st.subheader("Does allocation pay here?")
+st.caption("The allocation study for this form's model, task, targets, learning rate and run length: uniform LoRA at "
+           "rank r (U, the reference) against the zero-cost rank allocation at exactly U's parameters (A) and its "
+           "controls (R: A's ranks at random; T: shuffled across layers; I: inverted), and A and uniform LoRA at half "
+           "the budget (H, UH), every arm on the same seeds. The Results page then gives the verdict, paired by seed.")
+rank_col, seeds_col, max_col = st.columns(3)
+study_rank = int(rank_col.number_input("Uniform rank r", min_value=2, max_value=256, value=4, step=2, key="study_rank",
+                                       help="U's rank; an even number, so that uniform LoRA at half the budget exists"))
+study_seeds = int(seeds_col.number_input("Seeds", min_value=1, max_value=20, value=5, step=1, key="study_seeds"))
+study_max = int(max_col.number_input("Allocation's largest rank (0: 8 × r)", min_value=0, max_value=1024, value=0,
+                                     step=1, key="study_max_rank"))
+study_plan, study_error = (None, error) if error else checked_study(
+    StudyRequest(json.dumps(config, sort_keys=True), study_rank, study_seeds, study_max))
+if study_error:
+    st.error(study_error, icon=":material/error:")
+else:
+    n_study = len(expand(study_plan.spec))
+    st.markdown(f"**{plural(n_study, 'run')}**: budget **{study_plan.budget:,}** adapter parameters (half: "
+                f"{study_plan.half_budget:,}), allocation ranks up to {study_plan.max_rank}.")
+if st.button(f"Queue the study ({plural(len(expand(study_plan.spec)), 'run')})" if study_plan else "Queue the study",
+             disabled=study_plan is None, icon=":material/science:", key="launch_study"):
+    records = queue_sweep(data.store(), study_plan.spec)
+    data.start_worker()
+    st.success(f"Queued study `{study_plan.spec.sweep}`: {plural(len(records), 'run')}. Its verdict is on the Results page.")
+    st.page_link("views/results.py", label="Results", icon=":material/table_chart:")
 
 with st.expander("Command line equivalent"):
     st.code(command_line(RunConfig.from_dict(config), "data/runs/<id>"), language="bash")

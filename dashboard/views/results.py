@@ -8,6 +8,7 @@ from dashboard import data
 from dashboard.components import charts
 from dashboard.components.empty import stop_without_runs
 from dashboard.components.filters import run_filters
+from dashboard.components.study import study_section
 from dashboard.components.formatting import (field_label, format_difference, format_score, format_score_stats, plural,
                                              readable_fields, results_csv_frame, score_points)
 from heterolora_core.analysis import results
@@ -25,6 +26,7 @@ rows = data.list_runs()
 stop_without_runs(rows, "No runs yet. A sweep over seeds (Launch page, or `python -m heterolora_core sweep`) gives a "
                   "results table.", "Launch runs")
 
+study_section(rows)
 frame = data.runs_frame(rows)
 chosen = run_filters(frame, "results", expanded=True)
 kept = [r for r in rows if r.run_id in set(filter_runs(frame, chosen)["run_id"])]

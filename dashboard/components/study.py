@@ -1,0 +1,66 @@
+"""The Results page's "Does allocation pay here?" section: an allocation study's verdict
+(:mod:`heterolora_core.analysis.study`) and where its allocation put the ranks."""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import data
+from dashboard.components import charts
+from dashboard.components.formatting import format_difference, format_score_stats, plural
+from heterolora_core.analysis import allocation as alloc
+from heterolora_core.analysis.compare import mean_grid
+from heterolora_core.analysis.study import study_verdict
+from heterolora_core.records.store import StoredRun
+from heterolora_core.study import ARM_LABELS, STUDY_PREFIX, arm_of
+
+VERDICT_BOX = {"better": st.success, "worse": st.error, "noise": st.info}
+
+
+def study_ids(rows: list[StoredRun]) -> list[str]:
+    """The studies among ``rows``, newest first."""
+    newest: dict[str, float] = {}
+    for r in rows:
+        if r.sweep_id and r.sweep_id.startswith(STUDY_PREFIX):
+            newest[r.sweep_id] = max(newest.get(r.sweep_id, 0.0), r.created_at)
+    return sorted(newest, key=newest.get, reverse=True)
+
+
+def study_section(rows: list[StoredRun]) -> None:
+    """Draw the verdict of a chosen study (nothing when the store holds none)."""
+    ids = study_ids(rows)
+    if not ids:
+        return
+    st.subheader("Does allocation pay here?")
+    chosen = st.selectbox("Study", ids, key="results_study") if len(ids) > 1 else ids[0]
+    verdict = study_verdict(rows, chosen)
+    if verdict is None:
+        st.caption(f"Study `{chosen}`: no finished uniform LoRA run yet, so no budget and no verdict.")
+        return
+    head = verdict.comparison("A", "U")
+    VERDICT_BOX.get(head.verdict, st.info)(verdict.sentence)
+    comparisons = pd.DataFrame([{
+        "comparison": f"{c.arm} − {c.against}", "what": f"{ARM_LABELS[c.arm]} vs {ARM_LABELS[c.against]}",
+        "Δ (95% interval)": format_difference(*((c.difference.mean, *c.difference.ci95) if c.difference and c.difference.ci95
+                                                else ((c.difference.mean,) if c.difference else (None,)))),
+        "seeds": len(c.difference.seeds) if c.difference else 0, "verdict": c.verdict} for c in verdict.comparisons])
+    arms = pd.DataFrame([{"arm": a.arm, "what": a.label, "final score (mean ± std)":
+                          format_score_stats(a.mean, a.std, len(a.scores), with_n=False), "seeds": len(a.scores)}
+                         for a in verdict.arms.values()])
+    left, right = st.columns(2)
+    left.dataframe(comparisons, hide_index=True, key="study_comparisons")
+    right.dataframe(arms, hide_index=True, key="study_arms")
+    st.caption(f"Study `{chosen}`: uniform rank {verdict.rank}, {verdict.budget:,} adapter parameters "
+               f"({plural(sum(len(a.scores) for a in verdict.arms.values()), 'finished seed')} over the arms). "
+               "Differences are paired by seed; noise where the 95% interval holds 0.")
+    allocated = [r for r in rows if r.sweep_id == chosen and r.config is not None and r.summary.status == "done"
+                 and arm_of(r.config, verdict.rank, verdict.budget) == "A"]
+    maps = [view for r in allocated if (view := data.rank_view(r)) is not None]
+    if maps:
+        n_layers = max(data.allocation_view(r).n_layers for r in allocated)
+        lora = mean_grid([alloc.rank_grid(frame, "lora", n_layers) for frame, _ in maps])
+        st.plotly_chart(charts.allocation_heatmaps(lora, pd.DataFrame(index=lora.index),
+                                                   title=f"Where A's ranks went (mean over {plural(len(maps), 'seed')})",
+                                                   coloraxis=charts.rank_coloraxis(float(lora.max().max())),
+                                                   hover=charts.RANK_HOVER),
+                        key="study_ranks", config=charts.png_config(f"{chosen}-ranks"))
