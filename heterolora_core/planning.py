@@ -23,6 +23,7 @@ from heterolora_core.adapters.modules import head_parameter_count
 from heterolora_core.methods import registry
 from heterolora_core.search.proxies import compute_scores
 from heterolora_core.sweeps import PlannedRun, run_key
+from heterolora_core.tasks.registry import task_for
 from heterolora_core.training.data import TASKS, check_task_source, load_task, make_collator, tokenize_examples
 from heterolora_core.training.models import (check_model, load_classifier, load_config, load_tokenizer,
                                              meta_classifier)
@@ -46,15 +47,18 @@ class BudgetPlan:
     notes: tuple[str, ...] = ()
 
 
-def plan_budget(config: RunConfig, num_labels: int = 2) -> BudgetPlan:
-    """Exact trainable parameters of ``config``, from the model's config only (no weights).
+def plan_budget(config: RunConfig, num_labels: int | None = None) -> BudgetPlan:
+    """Exact trainable parameters of ``config``, from the model's config only (no weights); the
+    model is the task's (a classifier with ``num_labels`` outputs, default the task's, or a causal LM).
 
     The enabled count is the budget's; with equal module costs (true for every query/value/shortcut
     candidate) the parameter count is exact, otherwise it is the count of the cheapest modules
     that fit. ValueError when the budget enables nothing or the architecture is unsupported.
     """
     config = config.normalised()
-    meta = meta_classifier(config.model, num_labels=num_labels)
+    task = task_for(config)
+    meta = task.meta_model(config) if num_labels is None or not task.num_labels(config) else \
+        meta_classifier(config.model, num_labels=num_labels)
     planned = registry.load(config.mode).plan(config, meta)
     n_lora = sum(1 for g in planned.groups.values() if g == Group.LORA)
     unit = planned.lora_unit
@@ -75,11 +79,11 @@ def check_run(config: RunConfig) -> BudgetPlan:
     """Every check before a launch (see the module docstring); returns the run's budget plan."""
     config = config.normalised()
     config.validate()
-    check_task_source(config.task, train_file=config.train_file, dev_file=config.dev_file)
+    task = task_for(config)
+    task.check(config)
     check_model(config.model)
-    num_labels = TASKS[config.task].num_labels if config.task in TASKS else 2
     try:
-        plan = plan_budget(config, num_labels=num_labels)
+        plan = plan_budget(config)
         positions = _max_positions(config.model)
     except ValueError:
         raise
@@ -88,6 +92,7 @@ def check_run(config: RunConfig) -> BudgetPlan:
         raise ValueError(f"cannot plan a budget for model {config.model!r}: {first}") from None
     if positions is not None and config.max_length > positions:
         raise ValueError(f"max-length {config.max_length} exceeds the {positions} positions of model {config.model!r}")
+    task.check_lengths(config)
     return plan
 
 

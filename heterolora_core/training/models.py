@@ -127,3 +127,30 @@ def meta_classifier(name: str, num_labels: int = 2):
     config = load_config(name, num_labels=num_labels)
     with torch.device("meta"):
         return AutoModelForSequenceClassification.from_config(config, trust_remote_code=False)
+
+
+def load_causal_lm(name: str, torch_dtype=None):
+    """``AutoModelForCausalLM``: a decoder with its own LM head (the ``lm`` objective)."""
+    from transformers import AutoModelForCausalLM
+
+    config = load_config(name)
+    try:
+        return AutoModelForCausalLM.from_pretrained(resolve_model(name), config=config, trust_remote_code=False,
+                                                    dtype=torch_dtype)
+    except Exception as exc:  # an encoder-only model has no causal-LM class: say so in one line
+        raise ModelError(f"cannot load model {name!r} as a causal LM (--objective lm needs a decoder): "
+                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from exc
+
+
+def meta_causal_lm(name: str):
+    """The causal LM's module structure on the meta device (no memory, no weights): for shapes."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = load_config(name)
+    try:
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    except ValueError as exc:
+        raise ModelError(f"model {name!r} is not a causal LM (--objective lm needs a decoder): "
+                         f"{str(exc).strip().splitlines()[0]}") from None
