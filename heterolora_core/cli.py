@@ -143,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--run", required=True, help="the run folder")
     predict.add_argument("--text", required=True)
     predict.add_argument("--text-pair")
+    predict.add_argument("--max-new-tokens", type=int, default=64,
+                         help="causal-LM runs: generate at most this many tokens, greedily (default: 64)")
     return parser
 
 
@@ -243,7 +245,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from heterolora_core.inference import load_run_for_inference, predict
 
     loaded = load_run_for_inference(args.run)
-    print(json.dumps(predict(loaded, args.text, args.text_pair)))
+    print(json.dumps(predict(loaded, args.text, args.text_pair, args.max_new_tokens)))
     return 0
 
 

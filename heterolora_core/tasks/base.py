@@ -74,3 +74,11 @@ class Task(ABC):
     @abstractmethod
     def num_labels(self, config: RunConfig) -> int:
         """Outputs of the task head (0: no head, the LM's own)."""
+
+    @abstractmethod
+    def inference_model(self, config: RunConfig, summary):
+        """The base model of a finished run (its adapters are restored by the run's method)."""
+
+    @abstractmethod
+    def predict(self, loaded, text: str, text_pair: str | None, max_new_tokens: int) -> dict[str, Any]:
+        """One prediction with a loaded run (:class:`heterolora_core.inference.LoadedRun`)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from heterolora_core.tasks.base import PreparedTask, Task
 from heterolora_core.tasks.instructions import looks_like_sft_row
@@ -61,6 +62,25 @@ class ClassificationTask(Task):
 
     def meta_model(self, config: RunConfig):
         return meta_classifier(config.model, num_labels=self.num_labels(config))
+
+    def inference_model(self, config: RunConfig, summary):
+        return load_classifier(config.model, summary.num_labels or 2, "regression" if summary.is_regression else None)
+
+    def predict(self, loaded, text: str, text_pair: str | None, max_new_tokens: int) -> dict[str, Any]:
+        """``{"label": id, "label_name": name, "probabilities": [...]}``, or ``{"score": x}`` for regression."""
+        import torch
+
+        inputs = loaded.tokenizer(text, text_pair, truncation=True, max_length=loaded.config.max_length,
+                                  return_tensors="pt")
+        with torch.no_grad():
+            logits = loaded.model(**inputs).logits[0].float()
+        if loaded.is_regression:
+            return {"score": float(logits[0])}
+        probs = torch.softmax(logits, dim=-1)
+        label = int(probs.argmax())
+        names = loaded.label_names
+        name = names[label] if names and label < len(names) else str(label)
+        return {"label": label, "label_name": name, "probabilities": [round(float(p), 6) for p in probs]}
 
 
 def _is_sft_file(path: Path) -> bool:

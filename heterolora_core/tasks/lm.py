@@ -16,18 +16,23 @@ completion tokens' gradients. Both evaluate every candidate answer's log-likelih
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Sequence
+from typing import Any, Sequence
 
 from heterolora_core.tasks.base import PreparedTask, Task
 from heterolora_core.tasks.glue_prompts import GLUE_PROMPTS, glue_instruction
-from heterolora_core.tasks.instructions import CausalCollator, InstructionExample, encode, read_sft_file
+from heterolora_core.tasks.generation import generate
+from heterolora_core.tasks.instructions import CausalCollator, InstructionExample, encode, prompt_ids, read_sft_file
 from heterolora_core.tasks.lm_scoring import (CHOICE_ACCURACY, PERPLEXITY, EvalRows, lm_metrics,
                                               row_log_likelihoods)
-from heterolora_core.training.data import TASKS, DataError, check_task_source, ensure_pad_token, load_task
+from heterolora_core.training.data import TASKS, DataError, Example, check_task_source, ensure_pad_token, load_task
 from heterolora_core.training.metrics import compute_metrics
 from heterolora_core.training.models import load_causal_lm, load_tokenizer, meta_causal_lm
 from heterolora_core.training.run_config import RunConfig
 from heterolora_core.vocab import Objective
+
+
+#: The summary key that says whether a run's prompts were rendered with the chat template.
+CHAT_PROMPTS = "chat_prompts"
 
 
 class InstructionTask(Task):
@@ -47,6 +52,30 @@ class InstructionTask(Task):
         if model.config.pad_token_id is None:
             model.config.pad_token_id = prepared.tokenizer.pad_token_id
         return model
+
+    def inference_model(self, config: RunConfig, summary):
+        return load_causal_lm(config.model)
+
+    @abstractmethod
+    def prompt_example(self, text: str, text_pair: str | None, chat: bool) -> InstructionExample:
+        """``text`` (and ``text_pair``) as the prompt of an example (its answer a placeholder)."""
+
+    def predict(self, loaded, text: str, text_pair: str | None, max_new_tokens: int) -> dict[str, Any]:
+        """``{"completion": text, "new_tokens": n}``: the greedy completion of the prompt, at most
+        ``max_new_tokens`` tokens, stopping at EOS (GLUE as instructions adds ``label`` and
+        ``label_name``, the label word the model finds most likely)."""
+        tokenizer, config = loaded.tokenizer, loaded.config
+        chat = bool((loaded.summary.extra if loaded.summary is not None else {}).get(
+            CHAT_PROMPTS, getattr(tokenizer, "chat_template", None)))
+        example = self.prompt_example(text, text_pair, chat)
+        ids = prompt_ids(example, tokenizer)
+        if len(ids) > config.max_length:
+            raise ValueError(f"the prompt is {len(ids)} tokens, longer than the run's max-length {config.max_length}")
+        return {**generate(loaded.model, tokenizer, ids, max_new_tokens), **self.choose(loaded, example)}
+
+    def choose(self, loaded, example: InstructionExample) -> dict[str, Any]:
+        """Extra fields of a prediction (none by default)."""
+        return {}
 
     @abstractmethod
     def examples(self, config: RunConfig, tokenizer) -> tuple[list[InstructionExample], dict[str, list[InstructionExample]]]:
@@ -71,10 +100,11 @@ class InstructionTask(Task):
             return lm_metrics(eval_pred.predictions, rows, glue_metric)
 
         split = f"{next(iter(dev))}_" if len(dev) > 1 else ""
+        chat = all(e.chat for e in train) if train else bool(getattr(tokenizer, "chat_template", None))
         return PreparedTask(tokenizer, train_rows, rows.rows, CausalCollator(tokenizer.pad_token_id), metric,
                             f"eval_{split}{metric}", compute, preprocess_logits=row_log_likelihoods,
                             eval_batch_size=config.batch_size,
-                            summary=dict(num_labels=None, label_names=None, is_regression=False))
+                            summary={"num_labels": None, "label_names": None, "is_regression": False, CHAT_PROMPTS: chat})
 
     @abstractmethod
     def headline(self, dev: dict[str, Sequence[InstructionExample]]) -> str:
@@ -102,6 +132,11 @@ class SftTask(InstructionTask):
     def examples(self, config: RunConfig, tokenizer):
         train, dev = self._files(config)
         return train, {"dev": dev}
+
+    def prompt_example(self, text: str, text_pair: str | None, chat: bool) -> InstructionExample:
+        if text_pair is not None:
+            raise ValueError("an sft run takes one prompt: give --text only")
+        return InstructionExample((("user", text), ("assistant", "")), chat)
 
     def headline(self, dev) -> str:
         every = all(e.choices is not None for examples in dev.values() for e in examples)
@@ -134,3 +169,21 @@ class GlueInstructionTask(InstructionTask):
 
     def headline(self, dev) -> str:
         return TASKS[self.task].metric
+
+    def prompt_example(self, text: str, text_pair: str | None, chat: bool) -> InstructionExample:
+        if (text_pair is None) != (GLUE_PROMPTS[self.task].second is None):
+            raise ValueError(f"task {self.task} takes {'two texts: --text and --text-pair' if GLUE_PROMPTS[self.task].second else 'one text: --text only'}")
+        return glue_instruction(self.task, Example(text, text_pair, 0), chat)
+
+    def choose(self, loaded, example: InstructionExample) -> dict[str, Any]:
+        """The label whose word is the most likely answer."""
+        import torch
+
+        rows = [encode(example.with_answer(word), loaded.tokenizer, loaded.config.max_length, cut_prompt=True)
+                for word in example.candidates()]
+        batch = CausalCollator(loaded.tokenizer.pad_token_id)(rows)
+        with torch.no_grad():
+            scores = row_log_likelihoods(loaded.model(**batch).logits, batch["labels"])[:, 0]
+        label = int(scores.argmax())
+        names = TASKS[self.task].label_names
+        return {"label": label, "label_name": names[label] if names else str(label), "label_word": example.candidates()[label].strip()}
