@@ -31,10 +31,6 @@ from heterolora_core.training.run_config import RunConfig
 from heterolora_core.vocab import Objective
 
 
-#: The summary key that says whether a run's prompts were rendered with the chat template.
-CHAT_PROMPTS = "chat_prompts"
-
-
 class InstructionTask(Task):
     """What the two causal-LM tasks share: the model, the collator, the scoring."""
 
@@ -65,8 +61,9 @@ class InstructionTask(Task):
         ``max_new_tokens`` tokens, stopping at EOS (GLUE as instructions adds ``label`` and
         ``label_name``, the label word the model finds most likely)."""
         tokenizer, config = loaded.tokenizer, loaded.config
-        chat = bool((loaded.summary.extra if loaded.summary is not None else {}).get(
-            CHAT_PROMPTS, getattr(tokenizer, "chat_template", None)))
+        chat = getattr(loaded.summary, "chat_prompts", None)
+        if chat is None:  # a record without the field: the tokenizer decides, as in training
+            chat = bool(getattr(tokenizer, "chat_template", None))
         example = self.prompt_example(text, text_pair, chat)
         ids = prompt_ids(example, tokenizer)
         if len(ids) > config.max_length:
@@ -104,7 +101,7 @@ class InstructionTask(Task):
         return PreparedTask(tokenizer, train_rows, rows.rows, CausalCollator(tokenizer.pad_token_id), metric,
                             f"eval_{split}{metric}", compute, preprocess_logits=row_log_likelihoods,
                             eval_batch_size=config.batch_size,
-                            summary={"num_labels": None, "label_names": None, "is_regression": False, CHAT_PROMPTS: chat})
+                            summary={"num_labels": None, "label_names": None, "is_regression": False, "chat_prompts": chat})
 
     @abstractmethod
     def headline(self, dev: dict[str, Sequence[InstructionExample]]) -> str:
