@@ -36,13 +36,13 @@ def tiny_tokenizer(chat_template: bool = True) -> tf.PreTrainedTokenizerFast:
     return tokenizer
 
 
-def tiny_causal_lm(kind: str = "llama", layers: int = 2, hidden: int = 32, seed: int = 0):
-    """A random tiny causal LM of ``kind`` (llama or qwen2), eval mode, 64 positions; weights drawn
+def tiny_causal_lm(kind: str = "llama", layers: int = 2, hidden: int = 32, seed: int = 0, positions: int = 64):
+    """A random tiny causal LM of ``kind`` (llama or qwen2), eval mode, ``positions`` positions; weights drawn
     wider than transformers' default (std 0.2, not 0.02) so that its next-token distributions are
     far from uniform and per-token losses differ."""
     torch.manual_seed(seed)
     common = dict(vocab_size=VOCAB_SIZE, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
-                  num_key_value_heads=2, intermediate_size=2 * hidden, max_position_embeddings=64,
+                  num_key_value_heads=2, intermediate_size=2 * hidden, max_position_embeddings=positions,
                   pad_token_id=0, eos_token_id=3, bos_token_id=2, tie_word_embeddings=True,
                   initializer_range=0.2)
     config = tf.LlamaConfig(**common) if kind == "llama" else tf.Qwen2Config(**common)

@@ -42,6 +42,8 @@ from heterolora_core.training.data import DataError
 IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant")
 SFT_EXTENSIONS = (".jsonl", ".json")
+#: The largest SFT file read (the rows are held in memory, tokenised, twice: train and check).
+MAX_SFT_FILE_BYTES = 512 * 2**20
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,9 @@ def read_sft_file(path: str | Path) -> list[InstructionExample]:
                         f"got {path.suffix or 'no extension'!r}")
     if not path.is_file():
         raise DataError(f"data file {path} does not exist")
+    if path.stat().st_size > MAX_SFT_FILE_BYTES:
+        raise DataError(f"{path} is {path.stat().st_size / 2**20:,.0f} MiB; SFT files are read whole, "
+                        f"at most {MAX_SFT_FILE_BYTES // 2**20} MiB")
     examples = []
     try:
         with open(path, encoding="utf-8-sig") as fh:
