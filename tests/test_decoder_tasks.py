@@ -234,3 +234,17 @@ def test_a_tokenizer_without_a_chat_template_takes_prompt_completion_rows_only()
         encode(parse_row(ROWS[1], "f.jsonl:2"), plain, 64)
     assert encode(parse_row(ROWS[0], "f.jsonl:1"), plain, 64)["labels"][-2] == plain.convert_tokens_to_ids("blue")
     assert CHAT_TEMPLATE.startswith("{% for m in messages %}")
+
+
+def test_several_dev_splits_get_their_own_keys(tokenizer):
+    rows = EvalRows()
+    one = [glue_instruction("mnli", Example("the cat sat", "a cat sat", 0), chat=True)]
+    two = [glue_instruction("mnli", Example("the dog sat", "a cat sat", 2), chat=True)] * 2
+    rows.add("dev_matched", one, tokenizer, 64)
+    rows.add("dev_mismatched", two, tokenizer, 64)
+    assert len(rows.rows) == 3 * 3  # three label words per example
+    # matched: "yes" (label 0) most likely -> right; mismatched: "maybe" most likely -> both wrong
+    scores = np.array([[-1, 1], [-2, 1], [-3, 1]] + [[-3, 1], [-1, 1], [-2, 1]] * 2, float)
+    metrics = lm_metrics(scores, rows, lambda p, r: compute_metrics("mnli", p, r))
+    assert metrics["dev_matched_accuracy"] == 1.0 and metrics["dev_mismatched_accuracy"] == 0.0
+    assert metrics["dev_mismatched_completion_loss"] == pytest.approx(2.0)  # the true rows: "no", -2 each

@@ -89,3 +89,17 @@ def test_offline_the_decoder_is_one_line_saying_what_to_run(argv, cache, tmp_pat
     assert smollm2.FETCH_COMMAND in lines[0]
     assert _leftovers(cache) == []
     assert not (home / "runs").exists() or _leftovers(home / "runs") == []
+
+
+def test_a_complete_folder_fetched_meanwhile_is_kept(cache, tmp_path):
+    target = cache / "smollm2"
+    target.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors", "tokenizer.json", smollm2.SOURCE_FILE):
+        (target / name).write_text("theirs")
+    ours, scratch = tmp_path / "ours", tmp_path / "scratch"
+    ours.mkdir(), scratch.mkdir()
+    (ours / "config.json").write_text("ours")
+    smollm2._move_into_place(ours, target, scratch, replace=False)
+    assert (target / "config.json").read_text() == "theirs"
+    smollm2._move_into_place(ours, target, scratch, replace=True)  # --force: ours replaces theirs
+    assert (target / "config.json").read_text() == "ours" and (scratch / "previous" / "config.json").is_file()

