@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     score = sub.add_parser("score", help="print every candidate's proxy score without training")
     score.add_argument("--model", default=RunConfig.model)
     score.add_argument("--task", default="mrpc")
+    score.add_argument("--objective", default="classify", help="classify (a head) or lm (the causal LM's own loss)")
     score.add_argument("--train-file")
     score.add_argument("--dev-file")
     score.add_argument("--proxy", default=Proxy.GRAD_NORM.value, choices=[p.value for p in Proxy])
@@ -195,7 +196,7 @@ def cmd_score(args: argparse.Namespace) -> int:
                                 dev_file=args.dev_file, rank=args.rank, lora_targets=args.lora_targets,
                                 shortcuts=args.shortcuts, batches=args.batches, batch_size=args.batch_size,
                                 max_length=args.max_length, seed=args.seed, scoring=args.scoring,
-                                sketch_rank=args.sketch_rank)
+                                sketch_rank=args.sketch_rank, objective=args.objective)
     if args.json:
         print(json.dumps(scores, indent=1))
         return 0

@@ -156,3 +156,14 @@ def test_smollm2_trains_a_few_steps_and_generates(tmp_path, home, capsys):
     assert code == 0, err
     prediction = json.loads(printed.strip().splitlines()[-1])
     assert prediction["new_tokens"] >= 1 and "Paris" in prediction["completion"], prediction
+
+
+def test_score_ranks_a_causal_lms_candidates_from_the_answer_tokens(decoder, sft_files, capsys):
+    train, dev = sft_files
+    code, printed, err = _main(["score", "--model", decoder, "--task", "sft", "--objective", "lm", "--train-file",
+                                train, "--dev-file", dev, "--batches", 2, "--batch-size", 4, "--max-length", 32,
+                                "--lora-targets", "q,v,ffn_gate", "--json"], capsys)
+    assert code == 0, err
+    scores = json.loads(printed)
+    assert len(scores) == 2 * 3 + 2 * 4 - 1 and all(v >= 0 for v in scores.values())  # 2 layers: LoRA + shortcuts
+    assert any(v > 0 for k, v in scores.items() if ".lora." in k)
