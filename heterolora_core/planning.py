@@ -24,7 +24,7 @@ from heterolora_core.methods import registry
 from heterolora_core.search.proxies import compute_scores
 from heterolora_core.sweeps import PlannedRun, run_key
 from heterolora_core.tasks.registry import task_for
-from heterolora_core.training.data import TASKS, load_task
+from heterolora_core.training.data import load_task
 from heterolora_core.training.models import check_model, load_config, meta_classifier
 from heterolora_core.training.run_config import RunConfig
 from heterolora_core.vocab import DEFAULT_SKETCH_RANK, Group, Objective, Scoring
@@ -203,8 +203,7 @@ def run_size(config: RunConfig) -> RunSize:
     from heterolora_core.training.environment import resolve_device
 
     config = config.normalised()
-    num_labels = TASKS[config.task].num_labels if config.task in TASKS else 2
-    params = model_parameter_count(config.model, num_labels)
+    params = sum(p.numel() for p in task_for(config).meta_model(config).parameters())  # the task's model
     try:
         data = load_task(config.task, train_file=config.train_file, dev_file=config.dev_file)
     except (ValueError, OSError):  # no local GLUE files and no hub: the length stays unknown
