@@ -119,6 +119,7 @@ def test_glue_as_instructions_trains_and_predicts_a_label_word(decoder, home, ca
     summary = _train_and_predict(argv, home / "runs" / "mrpc", capsys,
                                  ["--text", "the cat sat", "--text-pair", "a cat sat"])
     assert summary["metric"] == "accuracy" and summary["best_score"] in {i / 6 for i in range(7)}
+    assert (summary["train_rows"], summary["dev_rows"]) == (8, 6)  # examples, not one row per label word
     last = [json.loads(ln) for ln in (home / "runs" / "mrpc" / "metrics.jsonl").read_text().splitlines()][-1]
     assert {"eval_accuracy", "eval_f1", "eval_perplexity", "eval_completion_loss"} <= set(last)
 

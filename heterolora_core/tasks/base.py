@@ -36,6 +36,7 @@ class PreparedTask:
     preprocess_logits: Callable | None = None
     eval_batch_size: int | None = None
     summary: dict[str, Any] = field(default_factory=dict)
+    dev_examples: int | None = None  # when evaluation rows are not examples (one row per candidate answer)
 
     @property
     def higher_is_better(self) -> bool:
@@ -43,6 +44,9 @@ class PreparedTask:
 
     @property
     def dev_rows(self) -> int | None:
+        """Dev examples evaluated (the primary split's; None for several splits of rows)."""
+        if self.dev_examples is not None:
+            return self.dev_examples
         return len(self.eval_dataset) if isinstance(self.eval_dataset, list) else None
 
 

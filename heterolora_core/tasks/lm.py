@@ -101,6 +101,7 @@ class InstructionTask(Task):
         return PreparedTask(tokenizer, train_rows, rows.rows, CausalCollator(tokenizer.pad_token_id), metric,
                             f"eval_{split}{metric}", compute, preprocess_logits=row_log_likelihoods,
                             eval_batch_size=config.batch_size,
+                            dev_examples=len(next(iter(dev.values()))[: config.dev_limit or None]),
                             summary={"num_labels": None, "label_names": None, "is_regression": False,
                                      "chat_prompts": chat})
 
