@@ -157,6 +157,14 @@ def test_smollm2_trains_a_few_steps_and_generates(tmp_path, home, capsys):
     assert code == 0, err
     prediction = json.loads(printed.strip().splitlines()[-1])
     assert prediction["new_tokens"] >= 1 and "Paris" in prediction["completion"], prediction
+    # sweeps name it too: each row's exact budget, 30 layers x (q 576->576 + v 576->192) at rank r
+    sweep = tmp_path / "sweep.json"
+    sweep.write_text(json.dumps({"sweep": "smol", "axes": {"rank": [4, 8]}, "base": {
+        "model": "smollm2", "objective": "lm", "task": "sft", "train_file": str(train), "dev_file": str(dev),
+        "mode": "lora", "shortcuts": False, "lora_targets": ["q", "v"], "max_length": 64}}))
+    code, printed, err = _main(["sweep", sweep, "--dry-run", "--home", home], capsys)
+    assert code == 0, err
+    assert f"{30 * 4 * (1152 + 768):,} trainable" in printed and f"{30 * 8 * (1152 + 768):,} trainable" in printed
 
 
 def test_score_ranks_a_causal_lms_candidates_from_the_answer_tokens(decoder, sft_files, capsys):
