@@ -75,6 +75,8 @@ def test_bad_sft_input_is_one_line_and_creates_nothing(decoder, sft_files, tmp_p
     assert "unknown objective 'generate'" in _refused(
         ["train", "--model", decoder, "--objective", "generate"], capsys, home)
     assert "needs both --train-file and --dev-file" in _refused(sft, capsys, home)
+    assert "is an encoder (bert); --objective lm needs a decoder" in _refused(
+        ["train", "--model", "embedded", "--task", "mrpc", "--objective", "lm"], capsys, home)
 
 
 def _train_and_predict(argv, out: Path, capsys, text_args) -> dict:

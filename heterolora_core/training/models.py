@@ -129,11 +129,25 @@ def meta_classifier(name: str, num_labels: int = 2):
         return AutoModelForSequenceClassification.from_config(config, trust_remote_code=False)
 
 
+#: Model types whose "causal LM" class is an encoder with an LM head, not a decoder: refused for ``lm``.
+ENCODER_TYPES = ("bert", "roberta")
+
+
+def decoder_config(name: str):
+    """The model's config, or ModelError when the model is an encoder (the ``lm`` objective needs a
+    decoder: Llama, Qwen2, Mistral, OPT families)."""
+    config = load_config(name)
+    if getattr(config, "model_type", None) in ENCODER_TYPES:
+        raise ModelError(f"model {name!r} is an encoder ({config.model_type}); --objective lm needs a decoder "
+                         f"(Llama, Qwen2, Mistral or OPT families, e.g. smollm2)")
+    return config
+
+
 def load_causal_lm(name: str, torch_dtype=None):
     """``AutoModelForCausalLM``: a decoder with its own LM head (the ``lm`` objective)."""
     from transformers import AutoModelForCausalLM
 
-    config = load_config(name)
+    config = decoder_config(name)
     try:
         return AutoModelForCausalLM.from_pretrained(resolve_model(name), config=config, trust_remote_code=False,
                                                     dtype=torch_dtype)
@@ -147,7 +161,7 @@ def meta_causal_lm(name: str):
     import torch
     from transformers import AutoModelForCausalLM
 
-    config = load_config(name)
+    config = decoder_config(name)
     try:
         with torch.device("meta"):
             return AutoModelForCausalLM.from_config(config, trust_remote_code=False)
