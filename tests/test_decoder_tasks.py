@@ -248,3 +248,19 @@ def test_several_dev_splits_get_their_own_keys(tokenizer):
     metrics = lm_metrics(scores, rows, lambda p, r: compute_metrics("mnli", p, r))
     assert metrics["dev_matched_accuracy"] == 1.0 and metrics["dev_mismatched_accuracy"] == 0.0
     assert metrics["dev_mismatched_completion_loss"] == pytest.approx(2.0)  # the true rows: "no", -2 each
+
+
+def test_every_glue_classification_task_has_instructions_with_one_word_per_label(tokenizer):
+    from heterolora_core.tasks import LM_GLUE_TASKS, check_objective
+    from heterolora_core.training.data import TASKS
+
+    assert set(LM_GLUE_TASKS) == set(GLUE_PROMPTS) == set(TASKS) - {"stsb"}
+    for task in LM_GLUE_TASKS:
+        words = GLUE_PROMPTS[task].label_words
+        assert len(words) == TASKS[task].num_labels and len(set(words)) == len(words)
+        pair = "b" if GLUE_PROMPTS[task].second else None
+        example = glue_instruction(task, Example("a", pair, len(words) - 1), chat=False)
+        assert example.choices == tuple(" " + w for w in words) and example.turns[0][1].endswith("Answer:")
+        check_objective(task, "lm")
+    with pytest.raises(ValueError, match="task stsb is regression"):
+        check_objective("stsb", "lm")
