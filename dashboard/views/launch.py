@@ -6,8 +6,9 @@ import streamlit as st
 
 from dashboard import data
 from dashboard.components.formatting import command_line, format_duration, format_lr, format_score, kind_label, plural
-from dashboard.components.forms import (FULL_RUN, OPTION_CHOICES, RUN_LENGTH_KEYS, SHORT_RUN, LaunchError, StudyRequest,
-                                        SweepRequest, check_launch, check_study, check_sweep, launch_config, parse_seeds,
+from dashboard.components.forms import (EMBEDDED_MODELS, FULL_RUN, OBJECTIVES, OPTION_CHOICES, RUN_LENGTH_KEYS, SHORT_RUN,
+                                        LaunchError, StudyRequest, SweepRequest, check_launch, check_study, check_sweep,
+                                        launch_config, parse_seeds,
                                         sweep_spec, task_names)
 from heterolora_core.methods import registry
 from heterolora_core.sweeps import FORM_AXES, expand, new_sweep_id, plan_sweep, proxy_sweep, queue_sweep, state_counts
@@ -103,9 +104,20 @@ st.caption("Configure a training run. The budget below updates as you change the
 settings, preview = st.columns([3, 2], gap="large")
 with settings:
     model = st.text_input("Model", value=SHORT_RUN["model"], key="model",
-                          help="`embedded` (MiniLM-L6, ships with the project), a Hugging Face id, or a local model folder")
+                          help="; ".join(f"`{name}`: {what}" for name, what in EMBEDDED_MODELS.items()) +
+                               "; or a Hugging Face id, or a local model folder (Llama, Qwen2, Mistral decoders too)")
     tasks = task_names()
-    task = st.selectbox("Task", tasks, index=tasks.index(SHORT_RUN["task"]), key="task")
+    task = st.selectbox("Task", tasks, index=tasks.index(SHORT_RUN["task"]), key="task",
+                        help="a GLUE task, or sft: instruction fine-tuning from your JSON-lines files (objective lm)")
+    objective = st.radio("Objective", OBJECTIVES, index=OBJECTIVES.index("lm" if task == "sft" else "classify"),
+                         horizontal=True, key="objective", help=FIELD_HELP["objective"])
+    data_files = {}
+    if task == "sft":
+        files_left, files_right = st.columns(2)
+        data_files = {"train_file": files_left.text_input("Training file (.jsonl)", key="train_file",
+                                                          help=FIELD_HELP["train_file"]).strip() or None,
+                      "dev_file": files_right.text_input("Dev file (.jsonl)", key="dev_file",
+                                                         help=FIELD_HELP["dev_file"]).strip() or None}
     modes = list(registry.names())
     mode = st.radio("Mode", modes, index=modes.index(SHORT_RUN["mode"]), format_func=lambda m: registry.info(m).label,
                     horizontal=True, key="mode", help="; ".join(f"{registry.info(m).label}: {registry.info(m).description}"
@@ -157,7 +169,8 @@ with settings:
         run_length["lr"] = c1.number_input("Learning rate", min_value=0.0, value=float(SHORT_RUN["lr"]), step=1e-4,
                                            format="%.1e", key="lr")
 
-fields = dict(model=model.strip(), task=task, mode=mode, proxy=proxy, ranking=ranking, lora_targets=lora_targets,
+fields = dict(model=model.strip(), task=task, objective=objective, **data_files, mode=mode, proxy=proxy, ranking=ranking,
+              lora_targets=lora_targets,
               shortcuts=shortcuts and method.shortcuts, rank=int(rank), seed=int(seed), enable_ratio=float(enable_ratio),
               match_uniform_rank=int(match_uniform_rank) if match_uniform_rank is not None else None,
               budget_params=int(budget_params) if budget_params is not None else None, **options, **run_length)
@@ -171,9 +184,10 @@ with preview:
     else:
         st.metric("Trainable adapter parameters", f"{plan['trainable_params']:,}")
         st.markdown(f"Matches **{plan['uniform_equivalent']}**")
+        head = (f"classification head: {plan['head_params']:,} parameters, trained in every configuration"
+                if config["objective"] == "classify" else "no task head: the causal LM's own loss on the answer tokens")
         st.caption(f"{plan['n_enabled']} of {plan['n_candidates']} candidate modules enabled "
-                   f"({plan['n_lora']} LoRA + {plan['n_shortcut']} shortcut candidates) · "
-                   f"classification head: {plan['head_params']:,} parameters, trained in every configuration")
+                   f"({plan['n_lora']} LoRA + {plan['n_shortcut']} shortcut candidates) · {head}")
         for note in plan["notes"]:
             st.caption(note)
         run_time(config, length == LENGTH_SHORT)
@@ -282,10 +296,12 @@ study_rank = int(rank_col.number_input("Uniform rank r", min_value=2, max_value=
 study_seeds = int(seeds_col.number_input("Seeds", min_value=1, max_value=20, value=5, step=1, key="study_seeds"))
 study_max = int(max_col.number_input("Allocation's largest rank (0: 8 × r)", min_value=0, max_value=1024, value=0,
                                      step=1, key="study_max_rank"))
-study_plan, study_error = (None, error) if error else checked_study(
+study_plan, study_error = (None, None) if error else checked_study(
     StudyRequest(json.dumps(config, sort_keys=True), study_rank, study_seeds, study_max))
-if study_error:
-    st.error(study_error, icon=":material/error:")
+if error:
+    st.caption("Correct the settings above (see the error there) to plan a study.")
+elif study_error:  # a warning: the run above may be fine when no study of this form's settings is
+    st.warning(f"No study of these settings: {study_error}", icon=":material/warning:")
 else:
     n_study = len(expand(study_plan.spec))
     st.markdown(f"**{plural(n_study, 'run')}**: budget **{study_plan.budget:,}** adapter parameters (half: "

@@ -13,7 +13,8 @@ A run's checkpoint folder (``<run>/adapters/``) holds
 ``rank_pattern`` / ``alpha_pattern`` give each one's rank and alpha, the task head is in
 ``modules_to_save``) and ``adapter_model.safetensors`` with PEFT's key layout
 (``base_model.model.<path>.lora_A.weight``, ``...lora_B.weight``, the head's weights), so stock
-``peft.PeftModel.from_pretrained(base_model, folder)`` reproduces the adapted model.
+``peft.PeftModel.from_pretrained(base_model, folder)`` reproduces the adapted model. A causal LM
+(``--objective lm``: no task head) exports with ``task_type`` CAUSAL_LM.
 """
 from __future__ import annotations
 
@@ -148,8 +149,11 @@ def export_peft(model: nn.Module, adapters: AdapterSet, out_dir: str | Path,
     alphas = {m.target_path: m.scaling * m.active_rank for m in enabled}
     head = head_module(model)
     head_name = next((name for name, mod in model.named_modules() if mod is head), None) if head is not None else None
+    # a causal LM (no task head, its own LM head) exports as PEFT's CAUSAL_LM, so that
+    # PeftModel.from_pretrained gives a PeftModelForCausalLM (generate included)
+    causal = head is None and callable(getattr(model, "can_generate", None)) and model.can_generate()
     config = LoraConfig(
-        r=enabled[0].active_rank, lora_alpha=alphas[paths[0]], lora_dropout=adapters.config.dropout,
+        task_type="CAUSAL_LM" if causal else None, r=enabled[0].active_rank, lora_alpha=alphas[paths[0]], lora_dropout=adapters.config.dropout,
         target_modules=paths, rank_pattern={m.target_path: m.active_rank for m in enabled}, alpha_pattern=alphas,
         modules_to_save=[head_name] if head_name else None, base_model_name_or_path=base_model_name_or_path)
     config.save_pretrained(str(out))

@@ -22,6 +22,7 @@ from heterolora_core.analysis.stats import describe, seed_scores
 from heterolora_core.methods import registry
 from heterolora_core.records.store import StoredRun
 from heterolora_core.training.run_config import RunConfig
+from heterolora_core.vocab import higher_is_better
 
 
 def jaccard(a: Iterable[str], b: Iterable[str]) -> float:
@@ -381,6 +382,14 @@ def curve_bands(curves: pd.DataFrame, group_of: Mapping[str, str]) -> pd.DataFra
     return out[CURVE_BAND_COLUMNS].sort_values(["group", "step"], kind="stable").reset_index(drop=True)
 
 
+def goodness(scores: pd.Series, metrics: pd.Series) -> pd.Series:
+    """Scores signed so that larger is better whatever the metric: a higher-is-better score as it
+    is, a loss or a perplexity negated (:func:`heterolora_core.vocab.higher_is_better`); for
+    sorting best first."""
+    sign = metrics.map(lambda m: 1.0 if higher_is_better(m) else -1.0).astype(float)
+    return pd.to_numeric(scores, errors="coerce") * sign
+
+
 COMPARE_COLUMNS = ["key", "runs", "n_seeds", "seeds", "best_mean", "best_std", "final_mean", "final_std",
                    "trainable_params", "search_seconds", "wall_seconds"]
 
@@ -414,5 +423,7 @@ def compare_table(rows: Sequence[StoredRun]) -> tuple[pd.DataFrame, dict[str, Ru
             **{name: getattr(configs[key], name) for name in differing},
         })
     frame = pd.DataFrame.from_records(records, columns=COMPARE_COLUMNS + differing)
-    frame = frame.sort_values("best_mean", ascending=False, na_position="last", kind="stable").reset_index(drop=True)
-    return frame, configs
+    metric = {key: next((m.summary.metric for m in members if m.summary.metric), None) for key, members in groups.items()}
+    frame = frame.assign(_goodness=goodness(frame["best_mean"], frame["key"].map(metric)))
+    frame = frame.sort_values("_goodness", ascending=False, na_position="last", kind="stable")
+    return frame.drop(columns="_goodness").reset_index(drop=True), configs

@@ -24,13 +24,14 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from heterolora_core.analysis.compare import config_key, differing_fields
+from heterolora_core.analysis.compare import config_key, differing_fields, goodness
 from heterolora_core.analysis.evidence import Evidence, evidence_of, is_short_run
 from heterolora_core.analysis.stats import describe, paired_difference, seed_scores
 from heterolora_core.methods import registry
 from heterolora_core.records.record import Status
 from heterolora_core.records.store import StoredRun
 from heterolora_core.training.run_config import RunConfig
+from heterolora_core.vocab import higher_is_better
 
 REFERENCE, OTHER_TASK, NO_COMMON_SEED = "reference", "other task", "no common seed"
 OTHER_EVIDENCE = "other device"
@@ -142,7 +143,7 @@ def _group_row(group: ConfigGroup, reference: ConfigGroup | None) -> dict:
         return {**row, "verdict": OTHER_TASK}
     if group.evidence != reference.evidence:  # both split by kind of evidence, and of two kinds
         return {**row, "verdict": OTHER_EVIDENCE}
-    diff = paired_difference(group.final, reference.final)
+    diff = paired_difference(group.final, reference.final, higher_is_better(group.metric))
     if diff is None:
         return {**row, "verdict": NO_COMMON_SEED}
     low, high = diff.ci95 if diff.ci95 else (None, None)
@@ -157,8 +158,9 @@ def results_table(groups: Sequence[ConfigGroup], reference: str | None = None) -
     ``verdict``: better / worse / noise / ``n/a (1 seed)``, or ``reference``, ``other task``,
     ``no common seed``), then one column per config field that differs between the groups.
 
-    Sorted by task, then mean final score, best first (groups without a score last). An unknown
-    ``reference`` key is no reference (no differences).
+    Sorted by task, then mean final score, best first in the metric's direction (a loss or a
+    perplexity: least first; groups without a score last). An unknown ``reference`` key is no
+    reference (no differences); a verdict reads the difference in the metric's direction.
     """
     by_key = {g.key: g for g in groups}
     ref = by_key.get(reference) if reference is not None else None
@@ -168,8 +170,9 @@ def results_table(groups: Sequence[ConfigGroup], reference: str | None = None) -
     numeric = ["final_mean", "final_std", "final_low", "final_high", "best_mean", "delta_mean", "delta_low",
                "delta_high", "trainable_params", "wall_seconds"]
     frame[numeric] = frame[numeric].apply(pd.to_numeric, errors="coerce")
-    frame = frame.sort_values(["task", "final_mean"], ascending=[True, False], na_position="last", kind="stable")
-    return frame.reset_index(drop=True)
+    frame["_goodness"] = goodness(frame["final_mean"], frame["metric"])
+    frame = frame.sort_values(["task", "_goodness"], ascending=[True, False], na_position="last", kind="stable")
+    return frame.drop(columns="_goodness").reset_index(drop=True)
 
 
 def default_reference(groups: Sequence[ConfigGroup]) -> str | None:
@@ -189,7 +192,8 @@ def default_reference(groups: Sequence[ConfigGroup]) -> str | None:
     evidence = _most_runs(scored, lambda g: g.evidence.text if g.evidence else "")
     scored = [g for g in scored if (g.evidence.text if g.evidence else "") == evidence]
     baselines = [g for g in scored if (m := registry.find(g.config.mode)) is not None and m.baseline]
-    return max(baselines or scored, key=lambda g: (len(g.final), describe(g.final.values()).mean)).key
+    sign = lambda g: 1.0 if higher_is_better(g.metric) else -1.0  # noqa: E731  the best in the metric's direction
+    return max(baselines or scored, key=lambda g: (len(g.final), sign(g) * describe(g.final.values()).mean)).key
 
 
 def _most_runs(groups: Sequence[ConfigGroup], value) -> str:

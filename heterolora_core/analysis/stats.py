@@ -81,19 +81,24 @@ class PairedDifference:
                 "verdict": self.verdict}
 
 
-def verdict(ci95: tuple[float, float] | None) -> str:
-    """noise when the interval holds 0; better / worse when it lies above / below; n/a without one."""
+def verdict(ci95: tuple[float, float] | None, higher_is_better: bool = True) -> str:
+    """noise when the interval of (row - reference) holds 0; otherwise better when it lies on the
+    metric's good side (above 0, or below 0 for a lower-is-better metric: a loss, a perplexity),
+    worse on the other; n/a without an interval."""
     if ci95 is None:
         return ONE_SEED
     low, high = ci95
-    return NOISE if low <= 0.0 <= high else (BETTER if low > 0 else WORSE)
+    if low <= 0.0 <= high:
+        return NOISE
+    return BETTER if (low > 0) == higher_is_better else WORSE
 
 
-def paired_difference(row: Mapping[int, float], reference: Mapping[int, float]) -> PairedDifference | None:
-    """Row minus reference over the seeds both have (same seed = same data order and init);
-    None when they share no seed."""
+def paired_difference(row: Mapping[int, float], reference: Mapping[int, float],
+                      higher_is_better: bool = True) -> PairedDifference | None:
+    """Row minus reference over the seeds both have (same seed = same data order and init), its
+    verdict read in the metric's direction; None when they share no seed."""
     seeds = tuple(sorted(set(row) & set(reference)))
     if not seeds:
         return None
     stats = describe([row[s] - reference[s] for s in seeds])
-    return PairedDifference(seeds, stats.mean, stats.ci95, verdict(stats.ci95))
+    return PairedDifference(seeds, stats.mean, stats.ci95, verdict(stats.ci95, higher_is_better))

@@ -5,11 +5,15 @@ Records store every headline metric as the evaluator returns it, a fraction (``b
 (accuracy 81.25, F1 88.10, Matthews 52.30), and so does everything a person reads here: the
 dashboard, the ``runs`` listing and the grid's tables. Differences of scores are in the same
 points. The dashboard's ``components/formatting.py``, the CLI and ``benchmarks/grid/report.py``
-format through these functions; nothing else multiplies by 100.
+format through these functions; nothing else multiplies by 100. A loss or a perplexity (the
+causal-LM objective's metrics, lower is better: :func:`heterolora_core.vocab.higher_is_better`) is
+not a fraction and is shown as it is (:func:`format_score`).
 """
 from __future__ import annotations
 
 import math
+
+from heterolora_core.vocab import higher_is_better
 
 #: A fraction times SCALE is the score in GLUE points.
 SCALE = 100.0
@@ -29,6 +33,22 @@ def format_points(value: object, digits: int = 2, missing: str = "–", signed: 
     if shown is None:
         return missing
     return f"{shown:+.{digits}f}" if signed else f"{shown:.{digits}f}"
+
+
+def in_points(metric: object) -> bool:
+    """Whether a metric's scores are shown in GLUE points (×100): every higher-is-better score
+    (accuracy, F1, correlations); a loss or a perplexity is shown as it is."""
+    return higher_is_better(metric)
+
+
+def format_score(value: object, metric: object, digits: int = 2, missing: str = "–") -> str:
+    """A headline score as a person reads it: in points for GLUE-like metrics (``0.79902`` ->
+    ``"79.90"``), as it is for a loss or perplexity (``5.123`` -> ``"5.12"``)."""
+    if in_points(metric):
+        return format_points(value, digits, missing)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return missing
+    return f"{float(value):.{digits}f}"
 
 
 def format_interval(ci: tuple[float, float] | list[float] | None, digits: int = 1, missing: str = "") -> str:

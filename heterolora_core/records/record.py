@@ -173,6 +173,7 @@ class RunSummary:
     adalora_target_params: int | None = None
     adalora_init_r: int | None = None
     adalora_schedule: dict[str, Any] | None = None
+    chat_prompts: bool | None = None  # causal-LM runs: prompts rendered with the chat template (predict does too)
     #: keys a reader does not know (newer or foreign writers); kept, not interpreted
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
     #: what a reader had to drop, one line each (not written back)
@@ -243,6 +244,7 @@ _FIELD_PARSERS = {
     "n_layers": _count, "device": _text, "peak_rss_mb": _number, "peak_gpu_mb": _number,
     "parallel_runs": _count, "adalora_initial_params": _count, "adalora_target_params": _count,
     "adalora_init_r": _count, "adalora_schedule": lambda v: v if isinstance(v, dict) else None,
+    "chat_prompts": lambda v: v if isinstance(v, bool) else None,
 }
 
 

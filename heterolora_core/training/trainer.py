@@ -16,9 +16,8 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch.utils.data import DataLoader
@@ -32,12 +31,11 @@ from heterolora_core.methods import registry
 from heterolora_core.methods.base import MethodContext, MethodRun
 from heterolora_core.records.home import runs_dir
 from heterolora_core.records.record import RunRecord, Status, new_run_id, process_identity
+from heterolora_core.tasks.base import PreparedTask
+from heterolora_core.tasks.registry import task_for
 from heterolora_core.training.callbacks import RecordCallback, use_readable_progress
-from heterolora_core.training.data import TaskData, load_task, make_collator, tokenize_examples
 from heterolora_core.training.environment import (CancelOnSignal, RunCancelled, environment_info, is_main_process,
                                                   mean_across_ranks, resolve_device, world_size)
-from heterolora_core.training.metrics import compute_metrics, headline_metric, logits_to_predictions
-from heterolora_core.training.models import load_classifier, load_tokenizer
 from heterolora_core.training.run_config import RunConfig
 
 TRAINER_SCRATCH = ".trainer"  # Trainer's output_dir inside the run folder (no checkpoints are written)
@@ -91,38 +89,6 @@ def claim_record(record: RunRecord, config: RunConfig) -> None:
     record.update_summary(status=Status.RUNNING, error=None, **me)
 
 
-@dataclass
-class TaskInputs:
-    """A run's data, tokenised: training rows, dev rows per split, and how they are scored."""
-
-    task: TaskData
-    tokenizer: Any
-    train_rows: list[dict[str, Any]]
-    dev_rows: dict[str, list[dict[str, Any]]]
-    metric_name: str
-    collator: Any
-
-    @property
-    def eval_dataset(self):
-        """One split's rows, or every split by name (MNLI: matched and mismatched)."""
-        return self.dev_rows[self.task.primary_split] if len(self.dev_rows) == 1 else self.dev_rows
-
-    @property
-    def metric_key(self) -> str:
-        split = f"{self.task.primary_split}_" if len(self.dev_rows) > 1 else ""
-        return f"eval_{split}{self.metric_name}"
-
-
-def load_inputs(config: RunConfig) -> TaskInputs:
-    task = load_task(config.task, train_file=config.train_file, dev_file=config.dev_file)
-    tokenizer = load_tokenizer(config.model)
-    train_rows = tokenize_examples(task.train, tokenizer, config.max_length, config.train_limit)
-    dev_rows = {split: tokenize_examples(rows, tokenizer, config.max_length, config.dev_limit)
-                for split, rows in task.dev.items()}
-    return TaskInputs(task, tokenizer, train_rows, dev_rows, headline_metric(config.task, task.is_regression),
-                      make_collator(tokenizer))
-
-
 def _train(config: RunConfig, record: RunRecord | None, progress: bool) -> None:
     hf_logging.set_verbosity_error()
     if not progress:  # --no-progress: no bar at all, also not transformers' weight loading
@@ -131,10 +97,10 @@ def _train(config: RunConfig, record: RunRecord | None, progress: bool) -> None:
     device = resolve_device(config.device)
     if config.bf16 and not (device.startswith("cuda") and torch.cuda.is_bf16_supported()):
         raise ValueError("--bf16 needs a CUDA device with bfloat16 support")
-    inputs = load_inputs(config)
+    task = task_for(config)
+    inputs = task.prepare(config)
     torch.manual_seed(config.seed)
-    model = load_classifier(config.model, inputs.task.num_labels,
-                            problem_type="regression" if inputs.task.is_regression else None)
+    model = task.load_model(config, inputs)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = inputs.tokenizer.pad_token_id
     steps_per_epoch = max(1, math.ceil(len(inputs.train_rows) / (config.batch_size * world_size())))
@@ -142,19 +108,20 @@ def _train(config: RunConfig, record: RunRecord | None, progress: bool) -> None:
     context = MethodContext(steps_per_epoch, total_steps, record, scoring_batches(inputs, config, model),
                             mean_across_ranks, _progress_bar("scoring") if progress else None)
     run = registry.load(config.mode).prepare(model, config, context)
-    for p in head_module(run.model).parameters():
+    head = head_module(run.model)  # None for a causal LM: its tied LM head stays frozen
+    for p in head.parameters() if head is not None else ():
         p.requires_grad_(True)
-    callback = RecordCallback(record, run, total_steps, started, inputs.metric_key)
-    trainer = Trainer(model=run.model, args=training_arguments(config, record, device, total_steps, progress),
+    callback = RecordCallback(record, run, total_steps, started, inputs.metric_key, inputs.higher_is_better)
+    trainer = Trainer(model=run.model, args=training_arguments(config, record, device, total_steps, progress,
+                                                               inputs.eval_batch_size),
                       train_dataset=inputs.train_rows, eval_dataset=inputs.eval_dataset, data_collator=inputs.collator,
-                      compute_metrics=metrics_function(config, inputs.task), callbacks=[callback, *run.callbacks()])
+                      compute_metrics=inputs.compute_metrics, preprocess_logits_for_metrics=inputs.preprocess_logits,
+                      callbacks=[callback, *run.callbacks()])
     use_readable_progress(trainer)
     if record is not None:
         record.update_summary(metric=inputs.metric_name, max_steps=total_steps, step=0, num_reallocations=0,
-                              planned_reallocations=run.planned_reallocations,
-                              num_labels=inputs.task.num_labels, label_names=inputs.task.label_names,
-                              is_regression=inputs.task.is_regression, train_rows=len(inputs.train_rows),
-                              dev_rows=len(inputs.eval_dataset) if isinstance(inputs.eval_dataset, list) else None,
+                              planned_reallocations=run.planned_reallocations, **inputs.summary,
+                              train_rows=len(inputs.train_rows), dev_rows=inputs.dev_rows,
                               trainable_params=run.trainable_params(), head_params=head_parameter_count(run.model))
     trainer.train()
     if callback.last_eval_step != trainer.state.global_step:  # always evaluate once at the end
@@ -179,12 +146,12 @@ def finish_record(record: RunRecord, run: MethodRun, callback: RecordCallback, s
 
 
 def training_arguments(config: RunConfig, record: RunRecord | None, device: str, total_steps: int,
-                       show_progress: bool) -> TrainingArguments:
+                       show_progress: bool, eval_batch_size: int | None = None) -> TrainingArguments:
     scratch = (record.path if record is not None else Path(os.environ.get("TMPDIR", "/tmp"))) / TRAINER_SCRATCH
     return TrainingArguments(
         output_dir=str(scratch), learning_rate=config.lr, weight_decay=0.01, lr_scheduler_type="constant",
         warmup_steps=0, per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=max(32, config.batch_size), num_train_epochs=config.epochs,
+        per_device_eval_batch_size=eval_batch_size or max(32, config.batch_size), num_train_epochs=config.epochs,
         max_steps=total_steps, eval_strategy="steps" if config.eval_every else "epoch", eval_steps=config.eval_every,
         logging_steps=config.logging_steps or max(1, min(10, total_steps // 8)), save_strategy="no", report_to=[],
         seed=config.seed, data_seed=config.seed, use_cpu=(device == "cpu"), bf16=config.bf16,
@@ -193,15 +160,7 @@ def training_arguments(config: RunConfig, record: RunRecord | None, device: str,
     )
 
 
-def metrics_function(config: RunConfig, task: TaskData) -> Callable:
-    def compute(eval_pred) -> dict[str, float]:
-        predictions = logits_to_predictions(eval_pred.predictions, task.is_regression)
-        return compute_metrics(config.task, predictions, eval_pred.label_ids, task.is_regression)
-
-    return compute
-
-
-def scoring_batches(inputs: TaskInputs, config: RunConfig, model) -> Callable[[int, int], list]:
+def scoring_batches(inputs: PreparedTask, config: RunConfig, model) -> Callable[[int, int], list]:
     """``(step, n)`` -> n shuffled training batches on the model's device, seeded by (seed, step):
     the scoring passes of proxies that need passes of their own."""
 
