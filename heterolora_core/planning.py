@@ -23,7 +23,8 @@ from heterolora_core.adapters.modules import head_parameter_count
 from heterolora_core.methods import registry
 from heterolora_core.search.proxies import compute_scores
 from heterolora_core.sweeps import PlannedRun, run_key
-from heterolora_core.training.data import TASKS, check_task_source, load_task, make_collator, tokenize_examples
+from heterolora_core.training.data import (TASKS, TaskData, check_task_source, load_task, make_collator,
+                                           tokenize_examples)
 from heterolora_core.training.models import (check_model, load_classifier, load_config, load_tokenizer,
                                              meta_classifier)
 from heterolora_core.training.run_config import RunConfig
@@ -142,18 +143,26 @@ def score_candidates(proxy: str, model: str, task: str, train_file: str | None =
     check_model(model)
     space = HeteroLoraConfig(rank=rank, lora_targets=tuple(lora_targets), shortcuts=shortcuts, init_seed=seed)
     data = load_task(task_id, train_file=train_file, dev_file=dev_file)
-    tokenizer = load_tokenizer(model)
-    rows = tokenize_examples(data.train, tokenizer, max_length, limit=batches * batch_size * 4)
+    chosen = calibration_batches(data, model, batches, batch_size, max_length, seed)
     torch.manual_seed(seed)
     classifier = load_classifier(model, data.num_labels, "regression" if data.is_regression else None)
     adapters = attach(classifier, space)
-    loader = DataLoader(rows, batch_size=batch_size, shuffle=True, collate_fn=make_collator(tokenizer),
-                        generator=torch.Generator().manual_seed(seed))
-    chosen = [b for _, b in zip(range(batches), loader)]
     scores = compute_scores(proxy, classifier, adapters, batches=chosen, seed=seed, scoring=scoring,
                             sketch_rank=sketch_rank,
                             progress=lambda items: tqdm(items, desc=f"scoring ({proxy})", leave=False))
     return scores, adapters.groups()
+
+
+def calibration_batches(data: TaskData, model: str, batches: int, batch_size: int, max_length: int,
+                        seed: int) -> list[dict[str, torch.Tensor]]:
+    """``batches`` shuffled training batches (seeded by ``seed``) drawn from the first
+    ``4 · batches · batch_size`` training rows, tokenised for ``model``: the data of ``score`` and
+    ``recommend`` (only those rows are tokenised, so a large task costs no more than a small one)."""
+    tokenizer = load_tokenizer(model)
+    rows = tokenize_examples(data.train, tokenizer, max_length, limit=batches * batch_size * 4)
+    loader = DataLoader(rows, batch_size=batch_size, shuffle=True, collate_fn=make_collator(tokenizer),
+                        generator=torch.Generator().manual_seed(seed))
+    return [b for _, b in zip(range(batches), loader)]
 
 
 @dataclass(frozen=True)
