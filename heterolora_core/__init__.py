@@ -43,6 +43,7 @@ _EXPORTS = {
     "check_run": "planning",
     "RunConfig": "training.run_config",
     "run_training": "training.trainer",
+    "HeteroLoraCallback": "training.hf_callback",
     "RunRecord": "records.record",
     "RunSummary": "records.record",
     "RunStore": "records.store",
