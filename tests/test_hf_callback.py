@@ -34,18 +34,22 @@ def selections(record: RunRecord) -> list[tuple[int, list[str]]]:
 
 
 @pytest.mark.slow
-def test_a_plain_trainer_with_the_callback_selects_what_our_trainer_selects(home, tmp_path):
+@pytest.mark.parametrize("mode, steps", [("dynamic", [0, 2, 4, 6, 8, 10, 12, 14]), ("static", [0])])
+def test_a_plain_trainer_with_the_callback_selects_what_our_trainer_selects(home, tmp_path, mode, steps):
+    """Dynamic: scored from the training steps' gradients (8 steps an epoch, every 1/4); static:
+    from extra batches of the Trainer's own data, drawn as our trainer draws them."""
+    search = {**SEARCH, "mode": mode}
     model_dir = save_tiny_bert(tmp_path / "bert", layers=2)
     data = write_rows(tmp_path / "train.jsonl")
     config = RunConfig(model=str(model_dir), train_file=data, dev_file=data, epochs=2, batch_size=8, max_length=16,
-                       device="cpu", dev_limit=8, eval_every=10_000, **SEARCH).normalised()  # no evaluation mid-run
+                       device="cpu", dev_limit=8, eval_every=10_000, **search).normalised()  # no evaluation mid-run
     ours = run_training(config, home / "runs" / "ours", progress=False)
 
     # the user's script: their model, data and TrainingArguments; the callback in five lines
     inputs = load_inputs(config)  # the same rows in the same order
     torch.manual_seed(config.seed)
     model = load_classifier(str(model_dir), 2)
-    cb = HeteroLoraCallback(model, out=home / "runs" / "callback", **SEARCH)
+    cb = HeteroLoraCallback(model, out=home / "runs" / "callback", **search)
     args = TrainingArguments(output_dir=str(tmp_path / "trainer"), learning_rate=config.lr, weight_decay=0.01,
                              lr_scheduler_type="constant", per_device_train_batch_size=8, num_train_epochs=2,
                              seed=3, data_seed=3, use_cpu=True, report_to=[], save_strategy="no", logging_steps=4,
@@ -54,15 +58,15 @@ def test_a_plain_trainer_with_the_callback_selects_what_our_trainer_selects(home
             callbacks=[cb]).train()
 
     theirs = RunRecord(home / "runs" / "callback")
-    assert [step for step, _ in selections(theirs)] == [0, 2, 4, 6, 8, 10, 12, 14]  # 8 steps an epoch, every 1/4
+    assert [step for step, _ in selections(theirs)] == steps
     assert selections(theirs) == selections(ours)
     for a, b in zip(theirs.reallocations(), ours.reallocations()):
         assert a.scores == pytest.approx(b.scores, rel=1e-4)
     listed = {row.run_id: row for row in RunStore(home).list_runs()}
     row = listed["callback"]
-    assert row.summary.status == Status.DONE and row.summary.num_reallocations == 8
+    assert row.summary.status == Status.DONE and row.summary.num_reallocations == len(steps)
     assert row.summary.trainable_params == ours.summary().trainable_params
-    assert row.config.mode == "dynamic" and theirs.config()["source"] == "callback"
+    assert row.config.mode == mode and theirs.config()["source"] == "callback"
     assert (theirs.path / "adapters" / "adapters.safetensors").is_file()
     assert any("loss" in line for line in theirs.metrics())
 
@@ -87,11 +91,10 @@ def _sft_dataset(n: int):
                               "completion": [f" {words[(i + 1) % 4]} {words[(i + 2) % 4]}" for i in range(n)]})
 
 
-@pytest.mark.slow
-def test_sft_trainer_on_a_tiny_llama_with_gradient_accumulation(home, tmp_path):
+def tiny_llama_lm(folder):
+    """A random tiny Llama language model (GQA: v is 32 -> 16) saved to ``folder``, and the
+    embedded model's tokenizer (its [SEP] as end of sequence)."""
     import transformers as tf
-    from peft import PeftModel
-    from trl import SFTConfig, SFTTrainer
 
     tokenizer = tf.AutoTokenizer.from_pretrained(embedded_model_path())
     tokenizer.eos_token = "[SEP]"
@@ -99,7 +102,47 @@ def test_sft_trainer_on_a_tiny_llama_with_gradient_accumulation(home, tmp_path):
     config = tf.LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                             num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64,
                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.sep_token_id)
-    tf.LlamaForCausalLM(config).save_pretrained(tmp_path / "llama")
+    tf.LlamaForCausalLM(config).save_pretrained(folder)
+    return tokenizer
+
+
+def sft_scores(folder, tokenizer, out, batch_size: int, accumulation: int, checkpointing: bool):
+    """Every reallocation's (step, scores) of a one-epoch dynamic search in SFTTrainer."""
+    import transformers as tf
+    from trl import SFTConfig, SFTTrainer
+
+    model = tf.LlamaForCausalLM.from_pretrained(folder)
+    cb = HeteroLoraCallback(model, out=out, mode="dynamic", rank=4, lora_targets=["q", "v"], shortcuts=False,
+                            realloc_every=0.5, score_window=1, seed=1)
+    args = SFTConfig(output_dir=str(out) + "-trainer", per_device_train_batch_size=batch_size,
+                     gradient_accumulation_steps=accumulation, gradient_checkpointing=checkpointing, num_train_epochs=1,
+                     max_length=32, learning_rate=1e-3, report_to=[], save_strategy="no", use_cpu=True,
+                     disable_tqdm=True, seed=1, bf16=False)
+    SFTTrainer(model=model, args=args, train_dataset=_sft_dataset(16), processing_class=tokenizer,
+               callbacks=[cb]).train()
+    return [(line.step, line.scores) for line in RunRecord(out).reallocations()]
+
+
+@pytest.mark.slow
+def test_accumulated_micro_batches_score_as_one_batch(home, tmp_path):
+    """Batch 2 x 2 accumulation steps scores as batch 4 does (one window per optimizer step), and
+    gradient checkpointing (TRL's default) changes nothing."""
+    tokenizer = tiny_llama_lm(tmp_path / "llama")
+    whole = sft_scores(tmp_path / "llama", tokenizer, home / "runs" / "b4", 4, 1, False)
+    accumulated = sft_scores(tmp_path / "llama", tokenizer, home / "runs" / "b2x2", 2, 2, False)
+    checkpointed = sft_scores(tmp_path / "llama", tokenizer, home / "runs" / "b2x2-gc", 2, 2, True)
+    assert [step for step, _ in whole] == [0, 2]  # 4 optimizer steps, every half epoch
+    for (s1, a), (s2, b), (s3, c) in zip(whole, accumulated, checkpointed):
+        assert s1 == s2 == s3 and a == pytest.approx(b, rel=1e-4) and a == pytest.approx(c, rel=1e-4)
+
+
+@pytest.mark.slow
+def test_sft_trainer_on_a_tiny_llama_with_gradient_accumulation(home, tmp_path):
+    import transformers as tf
+    from peft import PeftModel
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer = tiny_llama_lm(tmp_path / "llama")
     model = tf.LlamaForCausalLM.from_pretrained(tmp_path / "llama")
     cb = HeteroLoraCallback(model, out=home / "runs" / "sft", export=tmp_path / "peft", mode="rank_dynamic",
                             budget_params=2 * 2 * (64 + 48), rank=4, lora_targets=["q", "v"], shortcuts=False,
