@@ -13,11 +13,15 @@ enabled shortcut: the message names what would be lost).
 """
 from __future__ import annotations
 
+import io
+import tempfile
+import zipfile
 from pathlib import Path
 
 from heterolora_core.adapters.checkpoint import export_peft, load_checkpoint
 from heterolora_core.adapters.families import attach
-from heterolora_core.adapters.portable import lora_config_kwargs, peft_allocation, write_lora_config
+from heterolora_core.adapters.portable import (check_lora_config, lora_config_kwargs, peft_allocation, render,
+                                               write_lora_config)
 from heterolora_core.methods import registry
 from heterolora_core.methods.base import AdapterMethod, search_space
 from heterolora_core.records.record import RunRecord
@@ -39,13 +43,40 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "peft") -> Path:
     record, config = _readable_run(run_dir)
     if fmt == "peft":
         return _export_adapter(record, config, out)
+    kwargs, reference, allocation = _allocation_kwargs(record, config)
+    return write_lora_config(kwargs, reference, out, fmt, allocation)
+
+
+def allocation_text(run_dir: str | Path, fmt: str) -> str:
+    """The allocation of a run or recommendation as the text of ``fmt`` (json, axolotl), checked
+    on the model as :func:`export_run` checks it (for a download)."""
+    if fmt not in CONFIG_FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(CONFIG_FORMATS)}")
+    kwargs, reference, allocation = _allocation_kwargs(*_readable_run(run_dir))
+    check_lora_config(kwargs, reference, allocation)
+    return render(kwargs, fmt)
+
+
+def adapter_archive(run_dir: str | Path) -> bytes:
+    """The PEFT adapter folder of a finished run as the bytes of a zip file (for a download)."""
+    with tempfile.TemporaryDirectory(prefix="heterolora-export-") as scratch:
+        folder = export_run(run_dir, Path(scratch) / "adapter", "peft")
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            for path in sorted(folder.rglob("*")):
+                if path.is_file():
+                    archive.write(path, path.relative_to(folder).as_posix())
+        return buffer.getvalue()
+
+
+def _allocation_kwargs(record: RunRecord, config: RunConfig):
+    """(LoraConfig keywords, the architecture they were read from, the allocation) of a run."""
     num_labels = record.raw_summary().num_labels or 2
     structure = meta_classifier(config.model, num_labels=num_labels)
     adapters = attach(structure, search_space(config))
     allocation = peft_allocation(adapters, run_ranks(record, config))
     reference = meta_classifier(config.model, num_labels=num_labels)  # without our adapters: PEFT's view
-    kwargs = lora_config_kwargs(allocation, reference, base_model_name_or_path=config.model)
-    return write_lora_config(kwargs, reference, out, fmt, allocation)
+    return lora_config_kwargs(allocation, reference, base_model_name_or_path=config.model), reference, allocation
 
 
 def _readable_run(run_dir: str | Path) -> tuple[RunRecord, RunConfig]:
