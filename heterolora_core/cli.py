@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_config_arguments(train)
     train.add_argument("--out", help="run folder (default: $HETEROLORA_HOME/runs/<run-id>, HETEROLORA_HOME defaults to data/)")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.add_argument("--report-to", type=_csv_list, default=[],
+                       help="also log to these trackers (comma list of tensorboard, mlflow, wandb; the package must "
+                            "be installed; TensorBoard writes to <run>/tensorboard); default: none")
 
     score = sub.add_parser("score", help="print every candidate's proxy score without training")
     score.add_argument("--model", default=RunConfig.model)
@@ -187,7 +190,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         base, problem = read_json(Path(args.config))
         if base is None:
             raise ValueError(f"cannot read a run config from {args.config}: {problem}")
-    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config", "out", "no_progress")}
+    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config", "out", "no_progress", "report_to")}
     return RunConfig.from_dict({**base, **overrides}).normalised()
 
 
@@ -196,14 +199,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     from heterolora_core.training.environment import RunCancelled
     from heterolora_core.training.trainer import run_training
 
+    from heterolora_core.training.environment import check_report_to
+
     config = config_from_args(args)
+    check_report_to(args.report_to)  # a missing package is refused before anything is loaded
     if args.out and RunRecord(args.out).exists():  # refused before the heavy checks; run_training checks again
         status = RunRecord(args.out).raw_summary().status
         if status != Status.QUEUED:
             raise ValueError(f"{args.out} already holds a run ({status}); choose another --out")
     check_run(config)
     try:
-        record = run_training(config, args.out, progress=not args.no_progress)
+        record = run_training(config, args.out, progress=not args.no_progress, report_to=args.report_to)
     except RunCancelled as exc:
         print(f"cancelled: {exc}", file=sys.stderr)
         return EXIT_CANCELLED

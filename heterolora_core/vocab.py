@@ -74,6 +74,9 @@ DEFAULT_SKETCH_RANK = 32
 CONFIG_FORMATS = ("json", "axolotl")
 CONFIG_FILES = {"json": "lora_config.json", "axolotl": "axolotl_lora.yaml"}
 
+#: Experiment trackers ``train --report-to`` passes to the Trainer, and the package each needs.
+REPORT_TARGETS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
+
 
 class RankRule(StrEnum):
     """How the rank allocator turns gradient statistics into ranks (:mod:`heterolora_core.search.ranks`):

@@ -18,7 +18,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch.utils.data import DataLoader
@@ -34,8 +34,8 @@ from heterolora_core.records.home import runs_dir
 from heterolora_core.records.record import RunRecord, Status, new_run_id, process_identity
 from heterolora_core.training.callbacks import RecordCallback
 from heterolora_core.training.data import TaskData, load_task, make_collator, tokenize_examples
-from heterolora_core.training.environment import (CancelOnSignal, RunCancelled, environment_info, is_main_process,
-                                                  mean_across_ranks, resolve_device, world_size)
+from heterolora_core.training.environment import (CancelOnSignal, RunCancelled, check_report_to, environment_info,
+                                                  is_main_process, mean_across_ranks, resolve_device, world_size)
 from heterolora_core.training.metrics import compute_metrics, headline_metric, logits_to_predictions
 from heterolora_core.training.models import load_classifier, load_tokenizer
 from heterolora_core.training.run_config import RunConfig
@@ -43,15 +43,19 @@ from heterolora_core.training.run_config import RunConfig
 TRAINER_SCRATCH = ".trainer"  # Trainer's output_dir inside the run folder (no checkpoints are written)
 
 
-def run_training(config: RunConfig, out_dir: str | Path | None = None, progress: bool = True) -> RunRecord:
+def run_training(config: RunConfig, out_dir: str | Path | None = None, progress: bool = True,
+                 report_to: Sequence[str] = ()) -> RunRecord:
     """Train one run and keep its record up to date. Returns the record (status done); a failure
     or a cancel is recorded and raised.
 
     ``out_dir``: the run folder; a folder holding a ``queued`` record (made by the run store) is
     claimed; a folder holding any other record is refused. Default: ``$HETEROLORA_HOME/runs/<run-id>``.
+    ``report_to``: experiment trackers the Trainer also logs to (tensorboard, mlflow, wandb; none
+    unless asked), checked before the run starts; TensorBoard's event files go to ``<run>/tensorboard``.
     """
     config = config.normalised()
     config.validate()
+    report_to = check_report_to(report_to)
     main = is_main_process()
     if out_dir is None:
         if world_size() > 1:
@@ -62,7 +66,7 @@ def run_training(config: RunConfig, out_dir: str | Path | None = None, progress:
         claim_record(record, config)
     try:
         with CancelOnSignal():
-            _train(config, record if main else None, progress and main)
+            _train(config, record if main else None, progress and main, report_to)
         return record
     except (RunCancelled, KeyboardInterrupt) as exc:  # SIGTERM (dashboard's cancel) or Ctrl-C
         if main:
@@ -123,7 +127,7 @@ def load_inputs(config: RunConfig) -> TaskInputs:
                       make_collator(tokenizer))
 
 
-def _train(config: RunConfig, record: RunRecord | None, progress: bool) -> None:
+def _train(config: RunConfig, record: RunRecord | None, progress: bool, report_to: Sequence[str] = ()) -> None:
     hf_logging.set_verbosity_error()
     if not progress:  # --no-progress: no bar at all, also not transformers' weight loading
         hf_logging.disable_progress_bar()
@@ -145,9 +149,11 @@ def _train(config: RunConfig, record: RunRecord | None, progress: bool) -> None:
     for p in head_module(run.model).parameters():
         p.requires_grad_(True)
     callback = RecordCallback(record, run, total_steps, started, inputs.metric_key)
-    trainer = Trainer(model=run.model, args=training_arguments(config, record, device, total_steps, progress),
-                      train_dataset=inputs.train_rows, eval_dataset=inputs.eval_dataset, data_collator=inputs.collator,
-                      compute_metrics=metrics_function(config, inputs.task), callbacks=[callback, *run.callbacks()])
+    trackers = tracker_callbacks(report_to, record)
+    args = training_arguments(config, record, device, total_steps, progress, [n for n in report_to if n not in trackers])
+    trainer = Trainer(model=run.model, args=args, train_dataset=inputs.train_rows, eval_dataset=inputs.eval_dataset,
+                      data_collator=inputs.collator, compute_metrics=metrics_function(config, inputs.task),
+                      callbacks=[callback, *run.callbacks(), *trackers.values()])
     if record is not None:
         record.update_summary(metric=inputs.metric_name, max_steps=total_steps, step=0, num_reallocations=0,
                               planned_reallocations=run.planned_reallocations,
@@ -177,15 +183,26 @@ def finish_record(record: RunRecord, run: MethodRun, callback: RecordCallback, s
         trainable_params=run.trainable_params(), head_params=head_parameter_count(run.model), **run.summary_fields())
 
 
+def tracker_callbacks(report_to: Sequence[str], record: RunRecord | None) -> dict[str, Any]:
+    """Trackers that need a callback of our own: TensorBoard writes into the run folder
+    (``<run>/tensorboard``; the Trainer's default is its scratch folder, removed at the end)."""
+    if "tensorboard" not in report_to or record is None:
+        return {}
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    return {"tensorboard": TensorBoardCallback(SummaryWriter(log_dir=str(record.path / "tensorboard")))}
+
+
 def training_arguments(config: RunConfig, record: RunRecord | None, device: str, total_steps: int,
-                       show_progress: bool) -> TrainingArguments:
+                       show_progress: bool, report_to: Sequence[str] = ()) -> TrainingArguments:
     scratch = (record.path if record is not None else Path(os.environ.get("TMPDIR", "/tmp"))) / TRAINER_SCRATCH
     return TrainingArguments(
         output_dir=str(scratch), learning_rate=config.lr, weight_decay=0.01, lr_scheduler_type="constant",
         warmup_steps=0, per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=max(32, config.batch_size), num_train_epochs=config.epochs,
         max_steps=total_steps, eval_strategy="steps" if config.eval_every else "epoch", eval_steps=config.eval_every,
-        logging_steps=config.logging_steps or max(1, min(10, total_steps // 8)), save_strategy="no", report_to=[],
+        logging_steps=config.logging_steps or max(1, min(10, total_steps // 8)), save_strategy="no", report_to=list(report_to),
         seed=config.seed, data_seed=config.seed, use_cpu=(device == "cpu"), bf16=config.bf16,
         dataloader_num_workers=0, disable_tqdm=not show_progress, ddp_find_unused_parameters=True,
         remove_unused_columns=False, ddp_backend="gloo" if device == "cpu" and world_size() > 1 else None,
