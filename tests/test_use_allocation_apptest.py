@@ -49,3 +49,25 @@ def test_what_cannot_be_exported_says_why(home, tmp_path):
     assert not [b for b in at.get("download_button") if b.proto.label in LABELS]
     reasons = [c.value for c in at.caption if "would be lost" in c.value]
     assert len(reasons) == 3 and all("layer.1.shortcut.cross_attn" in r for r in reasons)
+
+
+def test_a_recommendation_is_drawn_and_offers_its_configuration(home, tmp_path):
+    import json
+
+    from heterolora_core.recommend import recommend
+    from heterolora_core.training.run_config import RunConfig
+
+    model_dir = save_tiny_bert(tmp_path / "bert", layers=3)
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"text": f"row {i} is {'good' if i % 2 else 'bad'}", "label": i % 2}) + "\n"
+                            for i in range(32)))
+    result = recommend(RunConfig(model=str(model_dir), mode="rank_static", train_file=str(rows), dev_file=str(rows),
+                                 lora_targets=["q", "v"], match_uniform_rank=2, rank=8, batch_size=8, max_length=16),
+                       batches=2, out_dir=home / "runs" / "recommended")
+    at = prepared("allocation", "allocation_run", "recommended", "allocation_use-prepare")
+    assert any("Rank per layer" in s.value for s in at.subheader)
+    heatmaps = json.loads(at.get("plotly_chart")[0].proto.spec)
+    lora_ranks = heatmaps["data"][0]["z"]  # layers x (q, v)
+    assert sorted(v for row in lora_ranks for v in row) == sorted(result.ranks.values())
+    assert [b.proto.label for b in at.get("download_button") if b.proto.label in LABELS] == LABELS[:2]
+    assert any("no trained weights" in c.value for c in at.caption)
