@@ -52,6 +52,7 @@ from heterolora_core.methods.callbacks import SearchCallback
 from heterolora_core.records.home import runs_dir
 from heterolora_core.records.record import RunRecord, Status, new_run_id, process_identity
 from heterolora_core.training.callbacks import RecordCallback
+from heterolora_core.training.data import CUSTOM_TASK
 from heterolora_core.training.environment import environment_info, is_main_process, mean_across_ranks
 from heterolora_core.training.run_config import RunConfig
 from heterolora_core.training.trainer import finish_record
@@ -72,7 +73,8 @@ def callback_config(model: torch.nn.Module, settings: dict[str, Any]) -> RunConf
         raise ValueError(f"unknown setting(s) {', '.join(unknown)}; use the names of train's options "
                          f"(mode, proxy, rank, enable_ratio, budget_params, lora_targets, shortcuts, realloc_every, ...)")
     name = str(getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__)
-    config = RunConfig.from_dict({**settings, "model": name}).normalised()
+    # the data is the Trainer's: the record names the task "custom" (own data), not a GLUE task
+    config = RunConfig.from_dict({**settings, "model": name, "task": CUSTOM_TASK}).normalised()
     config.validate()
     if not isinstance(registry.load(config.mode), AdapterMethod):
         raise ValueError(f"mode {config.mode} runs on PEFT's own modules; use PEFT directly for it")
