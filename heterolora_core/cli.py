@@ -84,14 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                      description="HeteroLoRA Studio engine: where should LoRA's trainable parameters go?")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", help="fine-tune with uniform LoRA, static or dynamic HeteroLoRA, AdaLoRA",
-                           description="Fine-tune and write a run record (config.json, summary.json, metrics.jsonl, reallocations.jsonl).")
-    _add_run_config_arguments(train)
-    train.add_argument("--out", help="run folder (default: $HETEROLORA_HOME/runs/<run-id>, HETEROLORA_HOME defaults to data/)")
-    train.add_argument("--no-progress", action="store_true", help="no progress bars")
-    train.add_argument("--report-to", type=_csv_list, default=[],
-                       help="also log to these trackers (comma list of tensorboard, mlflow, wandb; the package must "
-                            "be installed; TensorBoard writes to <run>/tensorboard); default: none")
+    _add_train_parser(sub)
 
     score = sub.add_parser("score", help="print every candidate's proxy score without training")
     score.add_argument("--model", default=RunConfig.model)
@@ -141,6 +134,17 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--text", required=True)
     predict.add_argument("--text-pair")
     return parser
+
+
+def _add_train_parser(sub) -> None:
+    train = sub.add_parser("train", help="fine-tune with uniform LoRA, static or dynamic HeteroLoRA, AdaLoRA",
+                           description="Fine-tune and write a run record (config.json, summary.json, metrics.jsonl, reallocations.jsonl).")
+    _add_run_config_arguments(train)
+    train.add_argument("--out", help="run folder (default: $HETEROLORA_HOME/runs/<run-id>, HETEROLORA_HOME defaults to data/)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.add_argument("--report-to", type=_csv_list, default=[],
+                       help="also log to these trackers (comma list of tensorboard, mlflow, wandb; the package must "
+                            "be installed; TensorBoard writes to <run>/tensorboard); default: none")
 
 
 def _add_recommend_parser(sub) -> None:

@@ -27,7 +27,7 @@ from heterolora_core.adapters.portable import (PeftAllocation, check_lora_config
                                                peft_allocation, write_lora_config)
 from heterolora_core.methods import registry
 from heterolora_core.methods.base import MethodContext
-from heterolora_core.methods.callbacks import write_reallocation
+from heterolora_core.methods.callbacks import SearchCallback, write_reallocation
 from heterolora_core.planning import calibration_batches, check_run
 from heterolora_core.records.home import runs_dir
 from heterolora_core.records.record import RunRecord, Status, new_run_id
@@ -108,7 +108,7 @@ def first_selection(model, config: RunConfig, batches: list, progress=None) -> t
     context = MethodContext(steps_per_epoch=1, total_steps=1, scoring_batches=lambda step, n: batches[:n],
                             progress=progress)
     run = registry.load(config.mode).prepare(model, config, context)
-    search = run.callbacks()[0]
+    search = next(cb for cb in run.callbacks() if isinstance(cb, SearchCallback))
     search.on_train_begin(None, None, None)
     return run.adapters, search.reallocator.history[-1]
 

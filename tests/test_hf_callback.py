@@ -171,3 +171,23 @@ def test_sft_trainer_on_a_tiny_llama_with_gradient_accumulation(home, tmp_path):
         fresh = tf.LlamaForCausalLM.from_pretrained(tmp_path / "llama").eval()
         theirs = PeftModel.from_pretrained(fresh, tmp_path / "peft").eval()(**inputs).logits
     assert (ours - theirs).abs().max().item() <= 1e-5
+
+
+def test_uniform_lora_runs_under_the_callback_and_partitioned_weights_are_refused(home, tmp_path):
+    from types import SimpleNamespace
+
+    from heterolora_core.training.hf_callback import _refuse_partitioned_weights
+
+    model_dir = save_tiny_bert(tmp_path / "bert", layers=1)
+    data = write_rows(tmp_path / "train.jsonl", n=16)
+    inputs = load_inputs(RunConfig(model=str(model_dir), train_file=data, dev_file=data, max_length=16).normalised())
+    model = load_classifier(str(model_dir), 2)
+    cb = HeteroLoraCallback(model, out=home / "runs" / "uniform", mode="lora", rank=2, shortcuts=False)
+    args = TrainingArguments(output_dir=str(tmp_path / "t"), per_device_train_batch_size=8, max_steps=2, use_cpu=True,
+                             report_to=[], save_strategy="no", remove_unused_columns=False, disable_tqdm=True)
+    Trainer(model=model, args=args, train_dataset=inputs.train_rows, data_collator=inputs.collator, callbacks=[cb]).train()
+    summary = RunRecord(home / "runs" / "uniform").summary()
+    assert cb.history == [] and summary.status == Status.DONE
+    assert summary.trainable_params == 2 * 2 * (32 + 32)  # q and v of one layer at rank 2
+    with pytest.raises(ValueError, match="does not support FSDP"):
+        _refuse_partitioned_weights(SimpleNamespace(fsdp="full_shard"))

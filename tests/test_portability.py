@@ -238,3 +238,22 @@ def test_cli_export_and_recommend_errors_are_one_line(tmp_path):
         assert len(lines) == 1 and lines[0].startswith("error: "), (args, done.stderr)
         assert "Traceback" not in done.stderr
     assert (tmp_path / "taken.json").read_text() == "{}"
+
+
+def test_cli_recommend_static_prints_the_table_and_writes_axolotl(tmp_path):
+    model_dir = save_tiny_bert(tmp_path / "bert", layers=2)
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"text": f"row {i} is {'good' if i % 2 else 'bad'}", "label": i % 2}) + "\n"
+                            for i in range(32)))
+    out = tmp_path / "lora.yaml"
+    done = run_cli("recommend", "--model", model_dir, "--train-file", rows, "--dev-file", rows, "--mode", "static",
+                   "--rank", "4", "--enable-ratio", "0.5", "--batches", "2", "--batch-size", "8", "--max-length", "16",
+                   "--format", "axolotl", "--out", out, "--record", tmp_path / "home" / "runs" / "rec",
+                   env=cli_env(tmp_path / "home"))
+    assert done.returncode == 0, done.stderr
+    table = done.stdout.splitlines()
+    assert table[0].split() == ["layer", "q", "v"] and [line.split()[0] for line in table[1:4]] == ["0", "1", "sum"]
+    assert sum(int(v) for v in table[3].split()[1:]) == 2 * 4  # half of 4 candidates on, at rank 4
+    assert "trainable 512 adapter parameters in 2 modules" in done.stdout  # 2 x 4 x (32 + 32)
+    snippet = yaml.safe_load(out.read_text())
+    assert sorted(snippet["lora_rank_pattern"].values()) == [4, 4] and len(snippet["lora_target_modules"]) == 2

@@ -120,11 +120,13 @@ class HeteroLoraCallback(TrainerCallback):
 
     @property
     def history(self):
-        """Every reallocation so far (step, scores, enabled set, ranks)."""
-        return self._search().reallocator.history
+        """Every reallocation so far (step, scores, enabled set, ranks); empty for uniform LoRA."""
+        search = self._search()
+        return search.reallocator.history if search is not None else []
 
-    def _search(self) -> SearchCallback:
-        return next(cb for cb in self.inner if isinstance(cb, SearchCallback))
+    def _search(self) -> SearchCallback | None:
+        """The method's search callback (None: uniform LoRA selects nothing)."""
+        return next((cb for cb in self.inner if isinstance(cb, SearchCallback)), None)
 
     def _create_record(self, out: str | Path | None) -> RunRecord:
         path = Path(out) if out is not None else runs_dir() / new_run_id(self.config.to_dict())
@@ -154,8 +156,9 @@ class HeteroLoraCallback(TrainerCallback):
         self._args, self._loader = args, kwargs.get("train_dataloader")
         steps_per_epoch = _steps_per_epoch(self._loader, args, state)
         search = self._search()
-        search.set_length(steps_per_epoch, state.max_steps)
-        self.run.planned_reallocations = 1 + (len(search.schedule) if search.schedule is not None else 0)
+        if search is not None:
+            search.set_length(steps_per_epoch, state.max_steps)
+            self.run.planned_reallocations = 1 + (len(search.schedule) if search.schedule is not None else 0)
         self.recorder = RecordCallback(self.record, self.run, state.max_steps, self.started,
                                        f"eval_{self.metric}" if self.metric else "")
         if self.record is not None:
