@@ -81,7 +81,10 @@ def recommend(config: RunConfig, batches: int = 8, out_dir: str | Path | None = 
     model, the budget, the PEFT keys on the model) runs before the record is written."""
     started = time.time()
     config = recommend_config(config, batches)
-    check_run(config)
+    plan = check_run(config)
+    if plan.trainable_params == 0:  # refused before the weights load
+        what = f"{config.budget_params:,} parameters" if config.budget_params else "the budget"
+        raise ValueError(f"the budget enables nothing: {what} cannot pay for rank 1 of any target")
     path = Path(out_dir) if out_dir is not None else runs_dir() / new_run_id(config.to_dict())
     if RunRecord(path).exists():
         raise ValueError(f"{path} already holds a run; choose another --record")

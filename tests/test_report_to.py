@@ -38,7 +38,7 @@ def test_cli_refuses_a_tracker_whose_package_is_missing(tmp_path):
 
 
 def test_tensorboard_curves_land_in_the_run_folder(tmp_path):
-    pytest.importorskip("tensorboard")
+    pytest.importorskip("tensorboard", reason="tensorboard is not a dependency; install it to run this test")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from heterolora_core.training.trainer import run_training
