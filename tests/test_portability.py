@@ -225,9 +225,12 @@ def test_export_refuses_what_it_cannot_carry(tmp_path):
 def test_cli_export_and_recommend_errors_are_one_line(tmp_path):
     env = cli_env(tmp_path / "home")
     (tmp_path / "taken.json").write_text("{}")
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps({"text": f"row {i}", "label": i % 2}) + "\n" for i in range(8)))
     checks = [
         ("recommend", "--out", str(tmp_path / "taken.json")),
         ("recommend", "--mode", "dynamic"),
+        ("recommend", "--budget-params", "5", "--task", "custom", "--train-file", str(tmp_path / "rows.jsonl"),
+         "--dev-file", str(tmp_path / "rows.jsonl")),
         ("export", "--run", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")),
         ("export", "--run", str(tmp_path), "--out", str(tmp_path / "o"), "--format", "onnx"),
     ]
@@ -238,6 +241,7 @@ def test_cli_export_and_recommend_errors_are_one_line(tmp_path):
         assert len(lines) == 1 and lines[0].startswith("error: "), (args, done.stderr)
         assert "Traceback" not in done.stderr
     assert (tmp_path / "taken.json").read_text() == "{}"
+    assert not (tmp_path / "home" / "runs").exists()  # nothing recorded for a refusal
 
 
 def test_cli_recommend_static_prints_the_table_and_writes_axolotl(tmp_path):
