@@ -12,8 +12,14 @@ The layout, one home per concept::
     records/      run folders, the run store and queue, the worker
     analysis/     pure pandas functions over records: allocation, comparison, statistics
     planning.py   the one check before a launch, the exact budget, scores without training
+    recommend.py  the zero-cost allocation as a peft.LoraConfig / axolotl snippet (``recommend``)
+    exporting.py  a finished run's allocation for other tools (``export``)
     cli.py        ``python -m heterolora_core``
     inference.py  a finished run's model, and predictions
+
+Into the user's own training: ``HeteroLoraCallback`` (training/hf_callback.py) runs the search in a
+``transformers.Trainer`` or TRL ``SFTTrainer``; ``adapters/portable.py`` turns an allocation into
+checked ``peft.LoraConfig`` keywords.
 
 Public API (imported lazily, so that light modules such as ``heterolora_core.records`` load
 without torch)::
@@ -45,6 +51,7 @@ _EXPORTS = {
     "check_run": "planning",
     "RunConfig": "training.run_config",
     "run_training": "training.trainer",
+    "HeteroLoraCallback": "training.hf_callback",
     "RunRecord": "records.record",
     "RunSummary": "records.record",
     "RunStore": "records.store",

@@ -1,4 +1,4 @@
-"""``python -m heterolora_core {train,score,runs,sweep,predict,fetch-model}``.
+"""``python -m heterolora_core {train,score,recommend,export,runs,sweep,study,predict,fetch-model}``.
 
 Bad input (unknown task, model, proxy or mode, rank < 1, a ratio outside (0, 1], a budget that
 enables nothing, missing GLUE files or columns, an unsupported architecture, a model folder
@@ -20,7 +20,7 @@ from heterolora_core.methods import registry
 from heterolora_core.records.record import RunRecord, Status, read_json
 from heterolora_core.records.worker import add_executor_arguments, launcher_from_args, worker_pid
 from heterolora_core.training.run_config import RunConfig
-from heterolora_core.vocab import DEFAULT_SKETCH_RANK, LORA_TARGETS, Proxy, Scoring
+from heterolora_core.vocab import CONFIG_FORMATS, DEFAULT_SKETCH_RANK, LORA_TARGETS, Proxy, Scoring
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -84,11 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                      description="HeteroLoRA Studio engine: where should LoRA's trainable parameters go?")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", help="fine-tune with uniform LoRA, static or dynamic HeteroLoRA, AdaLoRA",
-                           description="Fine-tune and write a run record (config.json, summary.json, metrics.jsonl, reallocations.jsonl).")
-    _add_run_config_arguments(train)
-    train.add_argument("--out", help="run folder (default: $HETEROLORA_HOME/runs/<run-id>, HETEROLORA_HOME defaults to data/)")
-    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_train_parser(sub)
 
     score = sub.add_parser("score", help="print every candidate's proxy score without training")
     score.add_argument("--model", default=RunConfig.model)
@@ -110,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--sketch-rank", type=int, default=DEFAULT_SKETCH_RANK, help="k of the scoring sketch")
     score.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    _add_recommend_parser(sub)
+    _add_export_parser(sub)
     _add_runs_parser(sub)
 
     sweep = sub.add_parser("sweep", help="queue the runs of a sweep file (YAML or JSON), resumably",
@@ -192,13 +190,65 @@ def _add_study_parser(sub) -> None:
     study.add_argument("--report", action="store_true", help="print the verdict of study --id's finished runs")
 
 
+def _add_train_parser(sub) -> None:
+    train = sub.add_parser("train", help="fine-tune with uniform LoRA, static or dynamic HeteroLoRA, AdaLoRA",
+                           description="Fine-tune and write a run record (config.json, summary.json, metrics.jsonl, reallocations.jsonl).")
+    _add_run_config_arguments(train)
+    train.add_argument("--out", help="run folder (default: $HETEROLORA_HOME/runs/<run-id>, HETEROLORA_HOME defaults to data/)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.add_argument("--report-to", type=_csv_list, default=[],
+                       help="also log to these trackers (comma list of tensorboard, mlflow, wandb; the package must "
+                            "be installed; TensorBoard writes to <run>/tensorboard); default: none")
+
+
+def _add_recommend_parser(sub) -> None:
+    rec = sub.add_parser("recommend", help="the zero-cost allocation without training, as a peft.LoraConfig",
+                         description="Score the LoRA targets on a few calibration batches, allocate the budget "
+                                     "(a rank per module) and write peft.LoraConfig keywords (or an axolotl "
+                                     "snippet); the recommendation is also kept as a record in the data home.")
+    S = argparse.SUPPRESS
+    rec.add_argument("--model", default=S, help="HF model id or local folder (default: embedded)")
+    rec.add_argument("--task", default=S, help="GLUE task name, or custom with --train-file/--dev-file")
+    rec.add_argument("--train-file", default=S)
+    rec.add_argument("--dev-file", default=S)
+    rec.add_argument("--lora-targets", type=_csv_list, default=S, help=f"subset of {','.join(LORA_TARGETS)} (default: q,v)")
+    rec.add_argument("--mode", default="rank_static", choices=["rank_static", "static"],
+                     help="rank_static: a rank per module (default); static: the proxy's top modules at --rank")
+    rec.add_argument("--budget-params", type=int, default=S, help="budget = exactly this many adapter parameters")
+    rec.add_argument("--match-uniform-rank", type=int, default=S, help="budget = uniform LoRA at this rank on the targets")
+    rec.add_argument("--enable-ratio", type=float, default=S, help="budget = this fraction of the candidates at --rank (default: 0.25)")
+    rec.add_argument("--rank", type=int, default=32, help="the largest rank of a module (static: every module's rank; default: 32)")
+    rec.add_argument("--rank-min", type=int, default=S, help="rank_static: the least rank of a module (default: 0, off)")
+    rec.add_argument("--rank-rule", default=S, help="rank_static: spectrum (default) or proportional (to the --proxy score)")
+    rec.add_argument("--proxy", default=S, help=f"one of {', '.join(p.value for p in Proxy)} (default: grad_norm)")
+    rec.add_argument("--alpha", type=float, default=S, help="LoRA alpha at --rank (default: 2*rank: alpha/r = 2 for every module)")
+    rec.add_argument("--batches", type=int, default=8, help="calibration batches (default: 8)")
+    rec.add_argument("--batch-size", type=int, default=S, help="(default: 16)")
+    rec.add_argument("--max-length", type=int, default=S, help="(default: 128)")
+    rec.add_argument("--seed", type=int, default=S)
+    rec.add_argument("--scoring", default=S, help="how gradient statistics are held: auto (default), sketch, exact")
+    rec.add_argument("--format", default="json", choices=list(CONFIG_FORMATS), help="format of --out (default: json)")
+    rec.add_argument("--out", help="write the configuration to this new file (the record keeps both formats anyway)")
+    rec.add_argument("--record", help="the record's folder (default: $HETEROLORA_HOME/runs/<id>)")
+    rec.add_argument("--quiet", action="store_true", help="no per-layer table")
+
+
+def _add_export_parser(sub) -> None:
+    exp = sub.add_parser("export", help="a finished run's allocation as a PEFT adapter or configuration files",
+                         description="peft: an adapter folder that peft.PeftModel.from_pretrained loads with the "
+                                     "run's weights; json / axolotl: the allocation as configuration (no weights).")
+    exp.add_argument("--run", required=True, help="the run folder (or a recommendation's)")
+    exp.add_argument("--out", required=True, help="a new folder (peft) or a new file (json, axolotl)")
+    exp.add_argument("--format", default="peft", choices=["peft", *CONFIG_FORMATS], help="(default: peft)")
+
+
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     base: dict = {}
     if getattr(args, "config", None):
         base, problem = read_json(Path(args.config))
         if base is None:
             raise ValueError(f"cannot read a run config from {args.config}: {problem}")
-    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config", "out", "no_progress")}
+    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config", "out", "no_progress", "report_to")}
     return RunConfig.from_dict({**base, **overrides}).normalised()
 
 
@@ -209,14 +259,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     from heterolora_core.training.environment import RunCancelled
     from heterolora_core.training.trainer import run_training
 
+    from heterolora_core.training.environment import check_report_to
+
     config = config_from_args(args)
+    check_report_to(args.report_to)  # a missing package is refused before anything is loaded
     if args.out and RunRecord(args.out).exists():  # refused before the heavy checks; run_training checks again
         status = RunRecord(args.out).raw_summary().status
         if status != Status.QUEUED:
             raise ValueError(f"{args.out} already holds a run ({status}); choose another --out")
     check_run(config)
     try:
-        record = run_training(config, args.out, progress=not args.no_progress)
+        record = run_training(config, args.out, progress=not args.no_progress, report_to=args.report_to)
     except RunCancelled as exc:
         print(f"cancelled: {exc}", file=sys.stderr)
         return EXIT_CANCELLED
@@ -261,6 +314,50 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not positive")
     return value
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from heterolora_core.recommend import recommend
+
+    if args.out and Path(args.out).exists():  # refused before any work
+        raise ValueError(f"{args.out} already exists; choose another --out")
+    fields = {k: v for k, v in vars(args).items()
+              if k not in ("command", "batches", "format", "out", "record", "quiet")}
+    result = recommend(RunConfig.from_dict({**RunConfig().to_dict(), **fields}), batches=args.batches,
+                       out_dir=args.record)
+    if not args.quiet:
+        print(format_allocation(result.ranks))
+    print(f"trainable {result.trainable_params:,} adapter parameters in {len(result.allocation.ranks)} modules "
+          f"(head aside); record {result.record.path}")
+    if args.out:
+        from heterolora_core.adapters.portable import write_lora_config
+        from heterolora_core.tasks.registry import task_for
+
+        reference = task_for(result.config).meta_model(result.config)  # the architecture PEFT will see
+        write_lora_config(result.kwargs, reference, args.out, args.format, result.allocation)
+        print(f"wrote {args.out} ({args.format})")
+    return 0
+
+
+def format_allocation(ranks: dict[str, int]) -> str:
+    """The per-layer table of an allocation: a row per layer, a column per LoRA kind, the ranks."""
+    from heterolora_core.recommend import per_layer_ranks
+
+    kinds, layers = per_layer_ranks(ranks)
+    lines = [f"{'layer':>5}  " + "  ".join(f"{k:>8}" for k in kinds)]
+    for layer, row in layers:
+        lines.append(f"{layer:>5}  " + "  ".join(f"{row.get(k, 0):>8}" for k in kinds))
+    totals = [sum(row.get(k, 0) for _, row in layers) for k in kinds]
+    lines.append(f"{'sum':>5}  " + "  ".join(f"{t:>8}" for t in totals))
+    return "\n".join(lines)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from heterolora_core.exporting import export_run
+
+    written = export_run(args.run, args.out, args.format)
+    print(f"wrote {written} ({args.format})")
+    return 0
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -455,7 +552,7 @@ def _print_verdict(store, study_id: str) -> int:
 
 
 COMMANDS = {"train": cmd_train, "score": cmd_score, "runs": cmd_runs, "sweep": cmd_sweep, "predict": cmd_predict,
-            "study": cmd_study, "fetch-model": cmd_fetch_model}
+            "study": cmd_study, "fetch-model": cmd_fetch_model, "recommend": cmd_recommend, "export": cmd_export}
 
 
 def _one_line(exc: BaseException) -> str:

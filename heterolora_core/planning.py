@@ -11,7 +11,7 @@ planned on a meta-device copy of the model (no weights, no memory), by the run's
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch.utils.data import DataLoader
@@ -150,19 +150,29 @@ def score_candidates(proxy: str, model: str, task: str, train_file: str | None =
     chosen_task = task_for(config)
     chosen_task.check(config)
     check_model(model)
-    chosen_task.check_lengths(config)
-    prepared = chosen_task.prepare(config)
+    chosen_task, prepared, chosen = calibration_batches(config, batches)
     torch.manual_seed(seed)
     network = chosen_task.load_model(config, prepared)
     adapters = attach(network, HeteroLoraConfig(rank=rank, lora_targets=tuple(lora_targets), shortcuts=shortcuts,
                                                 init_seed=seed))
-    loader = DataLoader(prepared.train_rows, batch_size=batch_size, shuffle=True, collate_fn=prepared.collator,
-                        generator=torch.Generator().manual_seed(seed))
-    chosen = [b for _, b in zip(range(batches), loader)]
     scores = compute_scores(proxy, network, adapters, batches=chosen, seed=seed, scoring=scoring,
                             sketch_rank=sketch_rank,
                             progress=lambda items: tqdm(items, desc=f"scoring ({proxy})", leave=False))
     return scores, adapters.groups()
+
+
+def calibration_batches(config: RunConfig, batches: int):
+    """(the task, its prepared data, ``batches`` shuffled training batches seeded by the config's
+    seed) for ``config``: the calibration data of ``score`` and ``recommend``, drawn from the first
+    ``4 · batches · batch_size`` training rows (only those are tokenised, so a large task costs no
+    more than a small one), through the config's task (classification or a causal LM's objective)."""
+    config = replace(config, train_limit=batches * config.batch_size * 4, dev_limit=1)
+    chosen_task = task_for(config)
+    chosen_task.check_lengths(config)
+    prepared = chosen_task.prepare(config)
+    loader = DataLoader(prepared.train_rows, batch_size=config.batch_size, shuffle=True, collate_fn=prepared.collator,
+                        generator=torch.Generator().manual_seed(config.seed))
+    return chosen_task, prepared, [b for _, b in zip(range(batches), loader)]
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,14 @@ class Scoring(StrEnum):
 #: k, the default (largest) width of the scoring sketch.
 DEFAULT_SKETCH_RANK = 32
 
+#: The file formats of an allocation for other tools (``recommend --format``, ``export --format``):
+#: ``peft.LoraConfig`` keywords as JSON, an axolotl YAML snippet; and the file name of each in a record.
+CONFIG_FORMATS = ("json", "axolotl")
+CONFIG_FILES = {"json": "lora_config.json", "axolotl": "axolotl_lora.yaml"}
+
+#: Experiment trackers ``train --report-to`` passes to the Trainer, and the package each needs.
+REPORT_TARGETS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
+
 
 class RankRule(StrEnum):
     """How the rank allocator turns gradient statistics into ranks (:mod:`heterolora_core.search.ranks`):

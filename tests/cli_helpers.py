@@ -96,3 +96,23 @@ def wait_for(predicate, timeout: float, what: str, poll: float = 0.05):
             return value
         time.sleep(poll)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def save_tiny_llama(folder: Path, layers: int = 2, hidden: int = 32, seed: int = 0) -> Path:
+    """A random tiny Llama classifier (grouped-query attention: 4 query heads, 2 key/value heads)
+    with the embedded model's tokenizer, as a model folder that ``--model`` accepts."""
+    import torch
+    import transformers as tf
+
+    from heterolora_core.training.models import embedded_model_path
+
+    torch.manual_seed(seed)
+    config = tf.LlamaConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+                            num_key_value_heads=2, intermediate_size=2 * hidden, max_position_embeddings=128,
+                            pad_token_id=0)
+    tf.LlamaForSequenceClassification(config).save_pretrained(folder)
+    source = embedded_model_path()
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (source / name).is_file():
+            shutil.copy(source / name, folder / name)
+    return folder

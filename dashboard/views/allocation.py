@@ -5,6 +5,7 @@ from dashboard import data
 from dashboard.components import charts
 from dashboard.components.empty import stop_without_runs
 from dashboard.components.formatting import frequency_csv_frame, rank_csv_frame
+from dashboard.components.use_allocation import use_allocation
 from heterolora_core.analysis import allocation as alloc
 from heterolora_core.methods import registry
 
@@ -31,6 +32,7 @@ facts = ([f"task {config.task}", f"model {config.model}"] if config else ["unrea
 if summary.trainable_params:
     facts.append(f"{summary.trainable_params:,} trainable parameters")
 st.caption(" · ".join(facts))
+use_allocation(row, "allocation_use")
 
 if view.n_reallocations == 0:
     st.info("This run has recorded no selection yet." + (" The first one appears when training starts."

@@ -8,6 +8,7 @@ from dashboard.components.empty import stop_without_runs
 from dashboard.components.filters import run_filters
 from dashboard.components.formatting import (command_line, format_duration, format_lr, plural, score_curves,
                                              score_points)
+from dashboard.components.use_allocation import use_allocation
 from heterolora_core.analysis.compare import RunFilter, curves_frame, experiments_table, filter_runs, sort_runs
 from heterolora_core.records.record import ACTIVE_STATUSES, STATUSES
 from heterolora_core.records.store import StoreError, StoredRun
@@ -193,3 +194,4 @@ with st.expander("Configuration and summary"):
     right.json(row.summary.to_dict(), expanded=False)
     if row.config is not None:
         st.code(command_line(row.config, f"{row.path}_rerun"), language="bash")
+use_allocation(row, "runs_use")

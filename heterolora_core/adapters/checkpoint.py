@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from heterolora_core.adapters.modules import AdapterSet, head_module
-from heterolora_core.vocab import Group
+from heterolora_core.adapters.portable import check_lora_config, lora_config_kwargs, peft_allocation
 
 WEIGHTS_FILE = "adapters.safetensors"
 ENABLED_FILE = "enabled.json"
@@ -129,41 +129,29 @@ def load_adapter_tensors(adapters: AdapterSet, tensors: dict[str, torch.Tensor])
 
 def export_peft(model: nn.Module, adapters: AdapterSet, out_dir: str | Path,
                 base_model_name_or_path: str | None = None) -> Path:
-    """Write the enabled LoRA modules (each at its active rank: ``rank_pattern`` / ``alpha_pattern``)
-    and the head of ``model`` as a PEFT adapter in ``out_dir``.
+    """Write the enabled LoRA modules (each at its active rank: ``rank_pattern`` / ``alpha_pattern``,
+    keyed and checked as :mod:`heterolora_core.adapters.portable` describes) and the head of
+    ``model`` as a PEFT adapter in ``out_dir``.
 
     Raises ValueError when an enabled shortcut is in the selection (PEFT has no such module) or
     when nothing LoRA is enabled.
     """
     from peft import LoraConfig  # PEFT pulls in transformers: only for an export
 
-    enabled = [adapters.module(n) for n in adapters.enabled()]
-    shortcuts = [m.name for m in enabled if m.group != Group.LORA]
-    if shortcuts:
-        raise ValueError(f"PEFT has no shortcut modules; disable {', '.join(shortcuts)} to export")
-    if not enabled:
-        raise ValueError("no LoRA module is enabled: nothing to export")
+    allocation = peft_allocation(adapters)
+    kwargs = lora_config_kwargs(allocation, model, base_model_name_or_path)
+    check_lora_config(kwargs, model, allocation)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = [m.target_path for m in enabled]
-    alphas = {m.target_path: m.scaling * m.active_rank for m in enabled}
-    head = head_module(model)
-    head_name = next((name for name, mod in model.named_modules() if mod is head), None) if head is not None else None
-    # a causal LM (no task head, its own LM head) exports as PEFT's CAUSAL_LM, so that
-    # PeftModel.from_pretrained gives a PeftModelForCausalLM (generate included)
-    causal = head is None and callable(getattr(model, "can_generate", None)) and model.can_generate()
-    config = LoraConfig(
-        task_type="CAUSAL_LM" if causal else None, r=enabled[0].active_rank, lora_alpha=alphas[paths[0]], lora_dropout=adapters.config.dropout,
-        target_modules=paths, rank_pattern={m.target_path: m.active_rank for m in enabled}, alpha_pattern=alphas,
-        modules_to_save=[head_name] if head_name else None, base_model_name_or_path=base_model_name_or_path)
-    config.save_pretrained(str(out))
+    LoraConfig(**kwargs).save_pretrained(str(out))
     tensors = {}
-    for m in enabled:  # the active components only: a rank-r_i module exports as a rank-r_i LoRA
-        r = m.active_rank
-        tensors[f"{_PEFT_PREFIX}{m.target_path}.lora_A.weight"] = m.lora_A.detach()[:r].cpu().contiguous()
-        tensors[f"{_PEFT_PREFIX}{m.target_path}.lora_B.weight"] = m.lora_B.detach()[:, :r].cpu().contiguous()
+    for path, r in allocation.ranks.items():  # the active components only: a rank-r_i module exports as rank r_i
+        m = adapters.module(allocation.candidates[path])
+        tensors[f"{_PEFT_PREFIX}{path}.lora_A.weight"] = m.lora_A.detach()[:r].cpu().contiguous()
+        tensors[f"{_PEFT_PREFIX}{path}.lora_B.weight"] = m.lora_B.detach()[:, :r].cpu().contiguous()
+    head = head_module(model)
     if head is not None:
         for key, value in head.state_dict().items():
-            tensors[f"{_PEFT_PREFIX}{head_name}.{key}"] = value.detach().cpu().contiguous()
+            tensors[f"{_PEFT_PREFIX}{kwargs['modules_to_save'][0]}.{key}"] = value.detach().cpu().contiguous()
     save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
     return out

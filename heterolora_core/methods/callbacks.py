@@ -71,6 +71,12 @@ class SearchCallback(TrainerCallback):
         self._window = None
         self._first_step_scoring = False
 
+    def set_length(self, steps_per_epoch: int, total_steps: int) -> None:
+        """Rebuild a dynamic search's schedule for a run's length, when it is known only as the
+        training starts (a callback in a user's own Trainer)."""
+        if self.schedule is not None:
+            self.schedule = ReallocationSchedule(int(steps_per_epoch), int(total_steps), self.schedule.fraction)
+
     def _reallocate(self, step: int) -> None:
         r = self.reallocator
         batches = self.scoring_batches(step, self.n_scoring_batches) if r.needs_batches(step) else None

@@ -3,18 +3,35 @@ records, and the signal that cancels it."""
 from __future__ import annotations
 
 import importlib.metadata as md
+import importlib.util
 import os
 import signal
 import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.distributed as dist
 
+from heterolora_core.vocab import REPORT_TARGETS
+
 RECORDED_PACKAGES = ("torch", "transformers", "datasets", "evaluate", "peft", "accelerate")
+
+
+def check_report_to(names: Sequence[str], installed: Callable[[str], object] = importlib.util.find_spec) -> list[str]:
+    """The trackers of ``--report-to``, each checked: a known name whose package is installed
+    (``installed(package)`` is truthy). ValueError with one line naming the first problem."""
+    out: list[str] = []
+    for name in names:
+        if name not in REPORT_TARGETS:
+            raise ValueError(f"unknown --report-to {name!r}; choose from {', '.join(REPORT_TARGETS)}")
+        if not installed(REPORT_TARGETS[name]):
+            raise ValueError(f"--report-to {name} needs the {REPORT_TARGETS[name]} package: pip install {REPORT_TARGETS[name]}")
+        if name not in out:
+            out.append(name)
+    return out
 
 
 class RunCancelled(Exception):

@@ -17,7 +17,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch.utils.data import DataLoader
@@ -34,22 +34,26 @@ from heterolora_core.records.record import RunRecord, Status, new_run_id, proces
 from heterolora_core.tasks.base import PreparedTask
 from heterolora_core.tasks.registry import task_for
 from heterolora_core.training.callbacks import RecordCallback, use_readable_progress
-from heterolora_core.training.environment import (CancelOnSignal, RunCancelled, environment_info, is_main_process,
-                                                  mean_across_ranks, resolve_device, world_size)
+from heterolora_core.training.environment import (CancelOnSignal, RunCancelled, check_report_to, environment_info,
+                                                  is_main_process, mean_across_ranks, resolve_device, world_size)
 from heterolora_core.training.run_config import RunConfig
 
 TRAINER_SCRATCH = ".trainer"  # Trainer's output_dir inside the run folder (no checkpoints are written)
 
 
-def run_training(config: RunConfig, out_dir: str | Path | None = None, progress: bool = True) -> RunRecord:
+def run_training(config: RunConfig, out_dir: str | Path | None = None, progress: bool = True,
+                 report_to: Sequence[str] = ()) -> RunRecord:
     """Train one run and keep its record up to date. Returns the record (status done); a failure
     or a cancel is recorded and raised.
 
     ``out_dir``: the run folder; a folder holding a ``queued`` record (made by the run store) is
     claimed; a folder holding any other record is refused. Default: ``$HETEROLORA_HOME/runs/<run-id>``.
+    ``report_to``: experiment trackers the Trainer also logs to (tensorboard, mlflow, wandb; none
+    unless asked), checked before the run starts; TensorBoard's event files go to ``<run>/tensorboard``.
     """
     config = config.normalised()
     config.validate()
+    report_to = check_report_to(report_to)
     main = is_main_process()
     if out_dir is None:
         if world_size() > 1:
@@ -60,7 +64,7 @@ def run_training(config: RunConfig, out_dir: str | Path | None = None, progress:
         claim_record(record, config)
     try:
         with CancelOnSignal():
-            _train(config, record if main else None, progress and main)
+            _train(config, record if main else None, progress and main, report_to)
         return record
     except (RunCancelled, KeyboardInterrupt) as exc:  # SIGTERM (dashboard's cancel) or Ctrl-C
         if main:
@@ -89,7 +93,7 @@ def claim_record(record: RunRecord, config: RunConfig) -> None:
     record.update_summary(status=Status.RUNNING, error=None, **me)
 
 
-def _train(config: RunConfig, record: RunRecord | None, progress: bool) -> None:
+def _train(config: RunConfig, record: RunRecord | None, progress: bool, report_to: Sequence[str] = ()) -> None:
     hf_logging.set_verbosity_error()
     if not progress:  # --no-progress: no bar at all, also not transformers' weight loading
         hf_logging.disable_progress_bar()
@@ -112,11 +116,13 @@ def _train(config: RunConfig, record: RunRecord | None, progress: bool) -> None:
     for p in head.parameters() if head is not None else ():
         p.requires_grad_(True)
     callback = RecordCallback(record, run, total_steps, started, inputs.metric_key, inputs.higher_is_better)
-    trainer = Trainer(model=run.model, args=training_arguments(config, record, device, total_steps, progress,
-                                                               inputs.eval_batch_size),
-                      train_dataset=inputs.train_rows, eval_dataset=inputs.eval_dataset, data_collator=inputs.collator,
-                      compute_metrics=inputs.compute_metrics, preprocess_logits_for_metrics=inputs.preprocess_logits,
-                      callbacks=[callback, *run.callbacks()])
+    trackers = tracker_callbacks(report_to, record)
+    args = training_arguments(config, record, device, total_steps, progress, inputs.eval_batch_size,
+                              [n for n in report_to if n not in trackers])
+    trainer = Trainer(model=run.model, args=args, train_dataset=inputs.train_rows, eval_dataset=inputs.eval_dataset,
+                      data_collator=inputs.collator, compute_metrics=inputs.compute_metrics,
+                      preprocess_logits_for_metrics=inputs.preprocess_logits,
+                      callbacks=[callback, *run.callbacks(), *trackers.values()])
     use_readable_progress(trainer)
     if record is not None:
         record.update_summary(metric=inputs.metric_name, max_steps=total_steps, step=0, num_reallocations=0,
@@ -145,15 +151,27 @@ def finish_record(record: RunRecord, run: MethodRun, callback: RecordCallback, s
         trainable_params=run.trainable_params(), head_params=head_parameter_count(run.model), **run.summary_fields())
 
 
+def tracker_callbacks(report_to: Sequence[str], record: RunRecord | None) -> dict[str, Any]:
+    """Trackers that need a callback of our own: TensorBoard writes into the run folder
+    (``<run>/tensorboard``; the Trainer's default is its scratch folder, removed at the end)."""
+    if "tensorboard" not in report_to or record is None:
+        return {}
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    return {"tensorboard": TensorBoardCallback(SummaryWriter(log_dir=str(record.path / "tensorboard")))}
+
+
 def training_arguments(config: RunConfig, record: RunRecord | None, device: str, total_steps: int,
-                       show_progress: bool, eval_batch_size: int | None = None) -> TrainingArguments:
+                       show_progress: bool, eval_batch_size: int | None = None,
+                       report_to: Sequence[str] = ()) -> TrainingArguments:
     scratch = (record.path if record is not None else Path(os.environ.get("TMPDIR", "/tmp"))) / TRAINER_SCRATCH
     return TrainingArguments(
         output_dir=str(scratch), learning_rate=config.lr, weight_decay=0.01, lr_scheduler_type="constant",
         warmup_steps=0, per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=eval_batch_size or max(32, config.batch_size), num_train_epochs=config.epochs,
         max_steps=total_steps, eval_strategy="steps" if config.eval_every else "epoch", eval_steps=config.eval_every,
-        logging_steps=config.logging_steps or max(1, min(10, total_steps // 8)), save_strategy="no", report_to=[],
+        logging_steps=config.logging_steps or max(1, min(10, total_steps // 8)), save_strategy="no", report_to=list(report_to),
         seed=config.seed, data_seed=config.seed, use_cpu=(device == "cpu"), bf16=config.bf16,
         dataloader_num_workers=0, disable_tqdm=not show_progress, ddp_find_unused_parameters=True,
         remove_unused_columns=False, ddp_backend="gloo" if device == "cpu" and world_size() > 1 else None,
