@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 
-from heterolora_core.adapters.checkpoint import load_checkpoint, load_head
+from heterolora_core.adapters.checkpoint import check_head, load_checkpoint, load_head
 from heterolora_core.methods import registry
 from heterolora_core.records.record import RunRecord
-from heterolora_core.training.models import load_classifier, load_tokenizer
+from heterolora_core.training.models import load_classifier, load_tokenizer, meta_classifier
 from heterolora_core.training.run_config import RunConfig
 
 
@@ -33,12 +33,20 @@ def load_run_for_inference(run_dir: str | Path) -> LoadedRun:
     config, problem = record.run_config()
     if config is None:
         raise ValueError(f"run {record.run_id} cannot be loaded: {problem}")
+    try:  # no size is trusted from a record: every one within the launch limits before anything is built
+        config.validate()
+    except ValueError as exc:
+        raise ValueError(f"run {record.run_id} cannot be loaded: config.json: {exc}") from None
     summary = record.raw_summary()
+    unusable = [p for p in summary.problems if p.startswith(("summary.json: num_labels ", "summary.json: is_regression "))]
+    if unusable:
+        raise ValueError(f"run {record.run_id} cannot be loaded: {unusable[0]}")
     if not (record.path / RunRecord.ADAPTERS).is_dir():
         raise ValueError(f"run {record.run_id} has no saved adapters (status {record.summary().status})")
     checkpoint = load_checkpoint(record.path / RunRecord.ADAPTERS)
     num_labels = summary.num_labels or 2
     is_regression = bool(summary.is_regression)
+    check_head(meta_classifier(config.model, num_labels), checkpoint)  # shapes only, before any weight loads
     model = load_classifier(config.model, num_labels, "regression" if is_regression else None)
     model = registry.load(config.mode).restore(model, config, checkpoint)
     load_head(model, checkpoint)

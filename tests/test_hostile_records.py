@@ -144,3 +144,149 @@ def test_reallocation_lines_past_any_model_are_dropped_name_by_name():
     assert len(too_many) == 2049 and ReallocationLine.from_dict({"scores": too_many, "enabled": []}) is not None
     wider = {f"x{i}": 1.0 for i in range(512 * 11 + 1)}  # more names than any model's candidates: not a line
     assert ReallocationLine.from_dict({"scores": wider, "enabled": []}) is None
+
+
+# -- items 6 and 9: a data file cannot exhaust memory, block, or end in a traceback ---------------
+
+def _jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def data_files(tmp_path):
+    """A good dev file and a factory of train files."""
+    dev = _jsonl(tmp_path / "dev.jsonl", [{"text": "a", "label": 0}, {"text": "b", "label": 1}])
+    return tmp_path, dev
+
+
+@pytest.mark.parametrize("case", ["label", "label-csv", "names", "long-text", "long-line", "nested", "directory",
+                                  "fifo"])
+def test_a_data_file_is_refused_with_one_line_naming_it(data_files, case):
+    from heterolora_core.training.data import DataError, check_task_source
+
+    tmp, dev = data_files
+    good = [{"text": "a", "label": 0}, {"text": "b", "label": 1}]
+    train = tmp / "train.jsonl"
+    if case == "label":
+        _jsonl(train, good + [{"text": "c", "label": 3_000_000}])
+        expected = f"label 3000000 at {train}:3; labels must be 0..N-1 with N ≤ 10,000"
+    elif case == "label-csv":
+        train = tmp / "train.csv"
+        train.write_text("text,label\na,0\nb,1\nc,1000000000000\n")
+        dev = tmp / "dev.csv"
+        dev.write_text("text,label\na,0\nb,1\n")
+        expected = f"label 1000000000000 at {train}:4; labels must be 0..N-1 with N ≤ 10,000"
+    elif case == "names":
+        _jsonl(train, [{"text": "t", "label": f"class {i}"} for i in range(10_001)])
+        dev = _jsonl(tmp / "dev.jsonl", [{"text": "t", "label": "class 0"}])
+        expected = "the label column has 10,001 class names; at most 10,000"
+    elif case == "long-text":
+        _jsonl(train, [good[0], {"text": "x" * 1_000_001, "label": 1}])
+        expected = f"{train}:2: 'text' has 1,000,001 characters; at most 1,000,000"
+    elif case == "long-line":  # the issue's 100 MB line, scaled down: past the line bound, never parsed whole
+        _jsonl(train, [good[0], good[1], '{"text": "' + "y" * 16_000_001 + '", "label": 0}'])
+        expected = f"{train}:3: line longer than 16,000,000 characters; a text may have at most 1,000,000"
+    elif case == "nested":
+        _jsonl(train, [good[0], '{"text": "n", "label": ' + "[" * 100_000 + "]" * 100_000 + "}"])
+        expected = f"{train}:2: JSON nested too deeply; expected one flat object per line"
+    elif case == "directory":
+        train.mkdir()
+        expected = f"data file {train} is a directory"
+    else:
+        os.mkfifo(train)  # never opened: opening a FIFO for reading would block until a writer comes
+        expected = f"data file {train} is not a regular file"
+    with pytest.raises(DataError) as caught:
+        check_task_source("custom", train_file=train, dev_file=dev)
+    assert str(caught.value) == expected
+
+
+def bounded_cli(*args: str, home: Path, limit: int = 4 * 2**30, timeout: float = 240) -> subprocess.CompletedProcess:
+    """``python -m heterolora_core ARGS`` under an address-space bound (torch alone maps ~2.2 GiB)."""
+    code = (f"import resource, sys; resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}))\n"
+            "from heterolora_core.cli import main\nsys.exit(main(sys.argv[1:]))")
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, env=cli_env(home), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["label", "fifo", "nested"])
+def test_train_refuses_a_hostile_data_file_in_one_line(data_files, case):
+    """Before: the 3,000,000-class head (4.6 GB) ran out of memory, a FIFO "did not exist", deep
+    nesting was a RecursionError with exit 1. Now each is one line and exit 2, nothing written."""
+    tmp, dev = data_files
+    train = tmp / "train.jsonl"
+    if case == "label":
+        _jsonl(train, [{"text": "a", "label": 0}, {"text": "b", "label": 1}, {"text": "c", "label": 3_000_000}])
+    elif case == "fifo":
+        os.mkfifo(train)
+    else:
+        _jsonl(train, [{"text": "a", "label": 0}, '{"text": "n", "label": ' + "[" * 100_000 + "]" * 100_000 + "}"])
+    result = bounded_cli("train", "--train-file", str(train), "--dev-file", str(dev), "--out", str(tmp / "out"),
+                         "--max-steps", "1", "--no-progress", home=tmp / "home")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
+    assert {"label": "labels must be 0..N-1 with N ≤ 10,000", "fifo": "is not a regular file",
+            "nested": "JSON nested too deeply"}[case] in result.stderr
+    assert not (tmp / "out").exists()
+
+
+# -- items 6 and 9: predict trusts no size from a record -------------------------------------------
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished uniform-LoRA run on a tiny random BERT (2 layers, hidden 32), written by hand:
+    config, summary (2 labels) and the adapters and head as the engine saves them."""
+    from cli_helpers import save_tiny_bert
+    from heterolora_core.adapters.checkpoint import adapter_tensors, save_checkpoint
+    from heterolora_core.adapters.families import attach
+    from heterolora_core.methods.base import search_space
+    from heterolora_core.records.record import RunRecord
+    from heterolora_core.training.models import load_classifier
+    from heterolora_core.training.run_config import RunConfig
+
+    import transformers as tf
+
+    root = tmp_path_factory.mktemp("predict")
+    model_dir = save_tiny_bert(root / "tiny")
+    # a base model, as a pretrained encoder is: no classifier saved, the run's head is its own
+    tf.BertModel(tf.BertConfig.from_pretrained(model_dir)).save_pretrained(model_dir)
+    config = RunConfig(model=str(model_dir), mode="lora", rank=4, max_length=32)
+    record = RunRecord.create(root / "run", config.to_dict(), status="done", num_labels=2)
+    model = load_classifier(str(model_dir), 2)
+    adapters = attach(model, search_space(config))
+    save_checkpoint(record.path / "adapters", model, adapter_tensors(adapters), enabled=adapters.names())
+    return record.path
+
+
+def _copy_run(source: Path, target: Path) -> Path:
+    import shutil
+
+    shutil.copytree(source, target)
+    return target
+
+
+@pytest.mark.slow
+def test_predict_trusts_no_size_from_a_record(finished_run, tmp_path):
+    """A record's rank of 200,000, num_labels of 10^9 and a num_labels that does not match the
+    saved head: each one line and exit 2 before anything is built from it (under a 4 GiB bound);
+    the untouched run still predicts."""
+    rank = _copy_run(finished_run, tmp_path / "rank")
+    config = json.loads((rank / "config.json").read_text())
+    (rank / "config.json").write_text(json.dumps({**config, "rank": 200_000}))
+    labels = _copy_run(finished_run, tmp_path / "labels")
+    summary = json.loads((labels / "summary.json").read_text())
+    (labels / "summary.json").write_text(json.dumps({**summary, "num_labels": 10**9}))
+    head = _copy_run(finished_run, tmp_path / "head")
+    (head / "summary.json").write_text(json.dumps({**summary, "num_labels": 3}))
+    expected = {
+        rank: "error: run rank cannot be loaded: config.json: rank must be at most 4,096 (got 200,000)",
+        labels: "error: run labels cannot be loaded: summary.json: num_labels has an unusable value 1000000000",
+        head: "error: the run's saved head does not fit its model: head.weight has shape (2, 32), the "
+              "model's is (3, 32) (num_labels in summary.json changed?)",
+    }
+    for folder, line in expected.items():
+        result = bounded_cli("predict", "--run", str(folder), "--text", "a cat", home=tmp_path / "home")
+        assert (result.returncode, result.stderr) == (2, line + "\n"), result.stderr[-2000:]
+    result = bounded_cli("predict", "--run", str(finished_run), "--text", "a cat", home=tmp_path / "home")
+    assert result.returncode == 0 and len(json.loads(result.stdout)["probabilities"]) == 2, result.stderr[-2000:]
