@@ -196,6 +196,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     """Every run the data home's store indexes (CLI runs, queued runs, benchmark records), newest
     first; a damaged record is listed with what is wrong with it. Scores print in GLUE points
     (×100); ``--json`` keeps the records' fractions."""
+    from heterolora_core.analysis.text import terminal_text
     from heterolora_core.analysis.units import format_points
     from heterolora_core.records.store import RunStore
 
@@ -217,16 +218,16 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print(f"no runs under {store.home}")
         return 0
     print(f"{'run':<48} {'status':<9} {'task':<6} {'mode':<8} {'proxy':<10} {'best':>7} {'trainable':>10} {'wall s':>8}")
-    for r in rows:
+    for r in rows:  # record text with its control characters escaped: a record cannot drive the terminal
         best = format_points(r["best"], missing="-")
         trainable = f"{r['trainable']:,}" if r["trainable"] is not None else "-"
         wall = f"{r['wall_s']:.0f}" if r["wall_s"] is not None else "-"
-        print(f"{r['run']:<48} {r['status']:<9} {str(r['task']):<6} {str(r['mode']):<8} {str(r['proxy']):<10} "
-              f"{best:>7} {trainable:>10} {wall:>8}")
+        run, status, task, mode, proxy = (terminal_text(r[k]) for k in ("run", "status", "task", "mode", "proxy"))
+        print(f"{run:<48} {status:<9} {task:<6} {mode:<8} {proxy:<10} {best:>7} {trainable:>10} {wall:>8}")
         if r["problem"]:
-            print(f"    damaged record: {r['problem']}")
+            print(f"    damaged record: {terminal_text(r['problem'])}")
         elif r["error"] and r["status"] == Status.FAILED:
-            print(f"    {r['error']}")
+            print(f"    {terminal_text(r['error'])}")
     return 0
 
 
@@ -295,8 +296,11 @@ COMMANDS = {"train": cmd_train, "score": cmd_score, "runs": cmd_runs, "sweep": c
 
 
 def _one_line(exc: BaseException) -> str:
+    """The first line of an error, its control characters escaped (it may quote a record or a file)."""
+    from heterolora_core.analysis.text import terminal_text
+
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return terminal_text(text.splitlines()[0] if text else type(exc).__name__)
 
 
 def main(argv: list[str] | None = None) -> int:

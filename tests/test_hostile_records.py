@@ -290,3 +290,126 @@ def test_predict_trusts_no_size_from_a_record(finished_run, tmp_path):
         assert (result.returncode, result.stderr) == (2, line + "\n"), result.stderr[-2000:]
     result = bounded_cli("predict", "--run", str(finished_run), "--text", "a cat", home=tmp_path / "home")
     assert result.returncode == 0 and len(json.loads(result.stdout)["probabilities"]) == 2, result.stderr[-2000:]
+
+
+# -- item 8: text from records is shown as text everywhere ------------------------------------------
+
+PIXEL = "http://127.0.0.1:{port}/{what}.png"
+
+
+def hostile_text(what: str, port: int = 9) -> str:
+    """A Markdown image, an HTML link and Streamlit's colour syntax pointing at ``127.0.0.1:port``."""
+    url = PIXEL.format(port=port, what=what)
+    return f"![{what}]({url}) <a href='{url}'>{what}</a> <img src='{url}'> :red[{what}] ${what}$"
+
+
+def write_hostile_runs(make_run, port: int = 9) -> dict[str, str]:
+    """A failed run whose folder name, task, model and error are hostile, and a finished one with a
+    hostile task (its label reaches legends, titles and hovers); returns their ids."""
+    failed_id, done_id = "![folder](folder.png) <b>bold", "hostile-done"  # a folder name holds no "/"
+    for run_id, status in ((failed_id, "failed"), (done_id, "done")):
+        record = make_run(run_id, n_reallocations=3, status=status, best_score=0.8, final_score=0.8)
+        config = json.loads((record.path / "config.json").read_text())
+        config.update(task=hostile_text("task", port), model=hostile_text("model", port))
+        (record.path / "config.json").write_text(json.dumps(config))
+        if status == "failed":
+            record.update_summary(error=hostile_text("error", port))
+    return {"failed": failed_id, "done": done_id}
+
+
+def _nodes(node):
+    yield node
+    children = getattr(node, "children", None)
+    for child in (children.values() if isinstance(children, dict) else []):
+        yield from _nodes(child)
+
+
+def rendered_texts(at) -> tuple[list[str], list[str]]:
+    """(every Markdown text the page renders (bodies, labels, help), rendered to HTML as CommonMark
+    does, every Plotly figure's JSON)."""
+    from markdown_it import MarkdownIt
+
+    md = MarkdownIt("commonmark")
+    html, figures = [], []
+    for node in _nodes(at._tree):
+        proto = getattr(node, "proto", None)
+        if proto is None or not hasattr(proto, "DESCRIPTOR"):
+            continue
+        fields = proto.DESCRIPTOR.fields_by_name
+        if "spec" in fields and getattr(node, "type", "") == "plotly_chart":
+            figures.append(proto.spec)
+        # bodies of the elements that render Markdown (st.json and st.code have bodies shown as text)
+        markdown_fields = ("body", "label", "help") if proto.DESCRIPTOR.name in ("Markdown", "Alert", "Toast") else (
+            "label", "help")
+        for name in markdown_fields:
+            if name in fields and isinstance(getattr(proto, name), str) and getattr(proto, name):
+                html.append(md.render(getattr(proto, name)))
+    return html, figures
+
+
+def assert_shown_as_text(at) -> None:
+    html, figures = rendered_texts(at)
+    assert html
+    for out in html:
+        assert "<img" not in out and "<a " not in out, out
+    for spec in figures:
+        assert "<a href" not in spec and "<img" not in spec and "<b>bold" not in spec, spec[:2000]
+
+
+@pytest.mark.slow
+def test_record_text_renders_as_text_on_every_page(make_run, home, monkeypatch):
+    """Under AppTest: every Markdown body, label and help of the Runs, Allocation, Compare and
+    Results pages with hostile records selected renders (as CommonMark) with no image and no link,
+    and no figure carries an HTML tag from a record; the record's text is still shown, literally."""
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("HETEROLORA_DASHBOARD_WORKER", "0")
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    ids = write_hostile_runs(make_run)
+    app = str(REPO / "dashboard" / "app.py")
+    pages = [("runs", "selected_run", ids["failed"]), ("allocation", "allocation_run", ids["failed"]),
+             ("compare", "compare_runs", [ids["failed"], ids["done"]]), ("results", None, None)]
+    shown, figures = [], 0
+    for page, key, value in pages:
+        at = AppTest.from_file(app, default_timeout=120).run()
+        at.switch_page(f"views/{page}.py").run()
+        if key == "compare_runs":
+            at.multiselect(key=key).set_value(value).run()
+        elif key:
+            at.selectbox(key=key).set_value(value).run()
+        assert not at.exception, (page, [e.message for e in at.exception])
+        assert_shown_as_text(at)
+        shown += rendered_texts(at)[0]
+        figures += len(rendered_texts(at)[1])
+    assert figures >= 6  # curves, heatmaps, timelines, matrices, the forest plot: every one was checked
+    # the text itself is on the page, as written (HTML-escaped by the renderer)
+    for field in ("task", "model", "error"):
+        literal = f"![{field}](http://127.0.0.1:9/{field}.png) &lt;a href='http://127.0.0.1:9/{field}.png'&gt;"
+        assert any(literal in out for out in shown), field
+
+
+def test_the_three_text_helpers_by_hand():
+    from markdown_it import MarkdownIt
+
+    from heterolora_core.analysis.text import markdown_text, plotly_text, terminal_text
+
+    text = hostile_text("x") + "\nnext line \\ `code` *em*"
+    rendered = MarkdownIt("commonmark").render(markdown_text(text))
+    assert rendered == "<p>" + (text.replace("\n", " ").replace("&", "&amp;").replace("<", "&lt;")
+                                .replace(">", "&gt;").replace('"', "&quot;")) + "</p>\n"
+    assert plotly_text("<a href='h'>a & b</a>\nc") == "&lt;a href='h'&gt;a &amp; b&lt;/a&gt; c"
+    assert terminal_text("ok\x1b[2J\rFORGED\u202eevil\n") == "ok\\x1b[2J\\rFORGED\\u202eevil\\n"
+    assert terminal_text("plain · ünïcode") == "plain · ünïcode"
+
+
+def test_runs_prints_no_terminal_control_codes(home, make_run):
+    """``runs`` used to print a record's escape sequences and carriage returns as they were."""
+    record = make_run("evil\x1b]0;title\x07run", status="failed")  # config text fields refuse control codes
+    record.update_summary(error="boom\r20990101-000000-mrpc-dynamic done  99.99  (forged)\x1b[31m")
+    result = run_cli("runs", "--home", str(home), env=cli_env(home), timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert not any(c in result.stdout for c in "\x1b\r\x07"), repr(result.stdout)
+    assert "evil\\x1b]0;title\\x07run" in result.stdout
+    assert "    boom\\r20990101-000000-mrpc-dynamic done  99.99  (forged)\\x1b[31m\n" in result.stdout

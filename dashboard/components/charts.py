@@ -16,6 +16,7 @@ from plotly.subplots import make_subplots
 
 from dashboard.components.formatting import GROUP_TITLES, kind_label
 from heterolora_core.analysis.allocation import RankTimeline, Timeline
+from heterolora_core.analysis.text import plotly_text
 
 FREQUENCY_COLORAXIS = dict(cmin=0.0, cmax=1.0, colorscale="Viridis", colorbar=dict(title=dict(text="enable<br>frequency"), tickformat=".0%"))
 ON_OFF_COLORSCALE = [[0.0, "#e8eaf0"], [0.5, "#e8eaf0"], [0.5, "#2a6fdb"], [1.0, "#2a6fdb"]]
@@ -28,7 +29,7 @@ def png_config(filename: str) -> dict:
 
 
 def _kind_labels(columns) -> list[str]:
-    return [kind_label(c) for c in columns]
+    return [plotly_text(kind_label(c)) for c in columns]
 
 
 FREQUENCY_HOVER = "layer %{y} · %{x}<br>enabled in %{z:.0%} of reallocations"
@@ -44,6 +45,7 @@ def rank_coloraxis(max_rank: float) -> dict:
 def _heatmap(grid: pd.DataFrame, name: str, hover: str = FREQUENCY_HOVER) -> go.Heatmap:
     """One layers x kinds heatmap trace on the figure's shared colour axis (``z`` rows = layers)."""
     z = grid.to_numpy(dtype=float)
+    name = plotly_text(name)  # a run's label: record text, shown as text
     return go.Heatmap(
         z=np.where(np.isnan(z), None, z),
         x=_kind_labels(grid.columns),
@@ -110,8 +112,9 @@ def compare_heatmaps(grids: Mapping[str, tuple[pd.DataFrame, pd.DataFrame]], col
 
 
 def _wrap(label: str, width: int = 28) -> str:
-    """Break a long label at its `` · `` separators for narrow subplot titles."""
-    parts, lines, line = label.split(" · "), [], ""
+    """Break a long label at its `` · `` separators for narrow subplot titles (the label is
+    record text: escaped for Plotly first, :func:`~heterolora_core.analysis.text.plotly_text`)."""
+    parts, lines, line = plotly_text(label).split(" · "), [], ""
     for part in parts:
         candidate = f"{line} · {part}" if line else part
         if len(candidate) > width and line:
@@ -138,7 +141,7 @@ def timeline_figure(tl: Timeline) -> go.Figure:
     x = [str(s) for s in tl.steps]
     if len(set(x)) != len(x):
         x = [f"#{j} · {s}" for j, s in enumerate(tl.steps)]
-    y = list(tl.enabled.index)
+    y = [plotly_text(name) for name in tl.enabled.index]
     # a cell that was never scored still needs a value to be drawn: 0 (shown as "no score")
     drawable = np.where(np.isnan(scores), np.float32(0.0), scores)
     fig = go.Figure()
@@ -177,7 +180,7 @@ def score_distribution_figure(summary: pd.DataFrame, log_scale: bool = False) ->
     for group, part in summary.groupby("group", sort=False):
         fig.add_trace(go.Box(
             name=group,
-            x=[kind_label(k) for k in part["kind"]],
+            x=[plotly_text(kind_label(k)) for k in part["kind"]],
             q1=part["q1"].tolist(), median=part["median"].tolist(), q3=part["q3"].tolist(),
             lowerfence=part["lowerfence"].tolist(), upperfence=part["upperfence"].tolist(), mean=part["mean"].tolist(),
             marker_color=GROUP_COLORS.get(group),
@@ -192,7 +195,7 @@ def curves_figure(curves: pd.DataFrame, y_title: str) -> go.Figure:
     """Overlaid lines, one per run; ``curves`` is :func:`heterolora_core.analysis.compare.curves_frame`."""
     fig = go.Figure()
     for run, part in curves.groupby("run", sort=False):
-        fig.add_trace(go.Scatter(x=part["step"].to_numpy(), y=part["value"].to_numpy(), name=str(run),
+        fig.add_trace(go.Scatter(x=part["step"].to_numpy(), y=part["value"].to_numpy(), name=plotly_text(run),
                                  mode="lines+markers" if len(part) < 60 else "lines"))
     fig.update_layout(height=320, margin=dict(l=10, r=10, t=30, b=40), legend=dict(orientation="h", y=-0.25),
                       xaxis_title="step", yaxis_title=y_title, showlegend=True)
@@ -220,7 +223,7 @@ def rank_timeline_figure(rt: RankTimeline) -> go.Figure:
     n_modules, n_realloc = rt.ranks.shape
     top = int(rt.ranks.to_numpy().max()) if rt.ranks.size else 1
     fig = go.Figure(go.Heatmap(
-        z=rt.ranks.to_numpy(dtype=np.int32), x=x, y=list(rt.ranks.index), coloraxis="coloraxis",
+        z=rt.ranks.to_numpy(dtype=np.int32), x=x, y=[plotly_text(n) for n in rt.ranks.index], coloraxis="coloraxis",
         xgap=1 if n_realloc <= 40 else 0, ygap=1 if n_modules <= 60 else 0,
         hovertemplate="%{y}<br>step %{x}: rank %{z}<extra></extra>"))
     fig.update_layout(
@@ -245,7 +248,7 @@ def forest_figure(rows: pd.DataFrame, reference: str) -> go.Figure:
         delta, low, high = (part[c].to_numpy(dtype=float) for c in ("delta", "low", "high"))
         # plain lists: a handful of rows, and the numbers stay readable in the page (tests, exports)
         fig.add_trace(go.Scatter(
-            x=delta.tolist(), y=part["configuration"].tolist(), mode="markers", name=str(verdict),
+            x=delta.tolist(), y=[plotly_text(c) for c in part["configuration"]], mode="markers", name=str(verdict),
             marker=dict(size=10, color=VERDICT_COLORS.get(verdict, "#34495e")),
             error_x=dict(type="data", symmetric=False, array=np.nan_to_num(high - delta).tolist(),
                          arrayminus=np.nan_to_num(delta - low).tolist(), thickness=1.5, width=4),

@@ -13,7 +13,7 @@ from typing import Any
 from heterolora_core.planning import BudgetPlan, RowBudget, check_run, sweep_budgets
 from heterolora_core.sweeps import PlannedRun, SweepSpec, expand, form_sweep, read_sweep
 from heterolora_core.training.data import TASKS
-from heterolora_core.training.run_config import RunConfig
+from heterolora_core.training.run_config import LIMITS, RunConfig
 from heterolora_core.vocab import RankInit, RankRule
 
 #: The default run of the Launch page: the embedded model on MRPC, dynamic HeteroLoRA with the
@@ -82,6 +82,8 @@ def parse_seeds(text: str) -> list[int]:
         raise LaunchError("give at least one seed")
     if any(s < 0 for s in seeds):
         raise LaunchError("seeds must be ≥ 0")
+    if (largest := max(seeds)) > LIMITS["seed"]:
+        raise LaunchError(f"seeds must be at most {LIMITS['seed']:,} (got {largest:,})")
     return seeds
 
 

@@ -6,6 +6,7 @@ from dashboard.components import charts
 from dashboard.components.empty import stop_without_runs
 from dashboard.components.formatting import frequency_csv_frame, rank_csv_frame
 from heterolora_core.analysis import allocation as alloc
+from heterolora_core.analysis.text import markdown_text
 from heterolora_core.methods import registry
 
 
@@ -24,7 +25,8 @@ config, summary = row.config, row.summary
 method = registry.find(config.mode) if config else None
 view = data.allocation_view(row)
 
-facts = ([f"task {config.task}", f"model {config.model}"] if config else ["unreadable config"]) + [
+facts = ([f"task {markdown_text(config.task)}", f"model {markdown_text(config.model)}"] if config
+         else ["unreadable config"]) + [
     f"{view.n_layers} layers", f"{view.n_reallocations} reallocation{'s' if view.n_reallocations != 1 else ''}",
     f"status {summary.status}"]
 if summary.trainable_params:

@@ -8,6 +8,7 @@ from dashboard import data
 from dashboard.components.formatting import command_line, format_duration, format_lr, format_score, kind_label
 from dashboard.components.forms import (FULL_RUN, OPTION_CHOICES, RUN_LENGTH_KEYS, SHORT_RUN, LaunchError, SweepRequest,
                                         check_launch, check_sweep, launch_config, parse_seeds, sweep_spec, task_names)
+from heterolora_core.analysis.text import markdown_text
 from heterolora_core.methods import registry
 from heterolora_core.sweeps import FORM_AXES, expand, new_sweep_id, plan_sweep, proxy_sweep, queue_sweep, state_counts
 from heterolora_core.training.run_config import RunConfig
@@ -187,14 +188,18 @@ with preview:
     elif not sweep_proxies:
         sweep_error = "choose at least one proxy"
     if sweep_error and not error:
-        st.error(sweep_error, icon=":material/error:")
+        st.error(markdown_text(sweep_error), icon=":material/error:")
     n_sweep = len(sweep_proxies) * len(sweep_seeds)
     if st.button(f"Launch proxy sweep ({n_sweep} runs)", disabled=bool(error or sweep_error), icon=":material/stacks:", key="launch_sweep"):
-        sweep = proxy_sweep(config, sweep_proxies, sweep_seeds)
-        records = queue_sweep(data.store(), sweep)
-        data.start_worker()
-        st.success(f"Queued sweep `{sweep.sweep}`: {len(records)} runs.")
-        st.page_link("views/compare.py", label="Compare them", icon=":material/compare:")
+        try:
+            sweep = proxy_sweep(config, sweep_proxies, sweep_seeds)
+            records = queue_sweep(data.store(), sweep)
+        except ValueError as exc:  # whatever the engine refuses: one line, nothing queued
+            st.error(markdown_text(str(exc).strip().splitlines()[0]), icon=":material/error:")
+        else:
+            data.start_worker()
+            st.success(f"Queued sweep `{sweep.sweep}`: {len(records)} runs.")
+            st.page_link("views/compare.py", label="Compare them", icon=":material/compare:")
 
 st.divider()
 st.subheader("Sweep")
@@ -235,7 +240,7 @@ if budgets is not None:
     except ValueError as exc:  # e.g. a finished record with other settings in one of its folders
         sweep_error = str(exc).strip().splitlines()[0]
 if sweep_error:
-    st.error(sweep_error, icon=":material/error:")
+    st.error(markdown_text(sweep_error), icon=":material/error:")
 elif planned:
     counts = state_counts(planned)
     to_queue = counts["todo"] + counts["rerun"]
@@ -254,7 +259,7 @@ if st.button(f"Queue sweep ({to_queue} runs)", disabled=not to_queue, icon=":mat
     try:
         records = queue_sweep(data.store(), spec)
     except ValueError as exc:
-        st.error(str(exc).strip().splitlines()[0], icon=":material/error:")
+        st.error(markdown_text(str(exc).strip().splitlines()[0]), icon=":material/error:")
     else:
         data.start_worker()
         st.success(f"Queued {len(records)} runs under experiment `{spec.sweep}`.")

@@ -12,6 +12,7 @@ from dashboard.components.formatting import (field_label, format_difference, for
                                              group_labels, readable_fields, results_csv_frame, score_points)
 from heterolora_core.analysis import results
 from heterolora_core.analysis.compare import filter_runs
+from heterolora_core.analysis.text import markdown_text
 from heterolora_core.analysis.units import format_interval
 
 st.title("Results")
@@ -92,7 +93,7 @@ score_col.metric("Final-epoch score", format_score_stats(row["final_mean"], row[
                  help=f"95% interval {format_interval((row['final_low'], row['final_high']), missing='–')}; "
                       f"best epoch {format_score(row['best_mean'])}")
 ref_col.metric("Reference", format_score_stats(ref_row["final_mean"], ref_row["final_std"], int(ref_row["n_seeds"])),
-               help=labels[reference])
+               help=markdown_text(labels[reference]))
 delta_col.metric("Δ vs reference (95% interval)",
                  format_difference(row["delta_mean"], row["delta_low"], row["delta_high"]),
                  help=f"paired over {int(row['delta_seeds'])} seed(s)")
