@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -307,7 +308,7 @@ def write_hostile_runs(make_run, port: int = 9) -> dict[str, str]:
     """A failed run whose folder name, task, model and error are hostile, and a finished one with a
     hostile task (its label reaches legends, titles and hovers); returns their ids."""
     failed_id, done_id = "![folder](folder.png) <b>bold", "hostile-done"  # a folder name holds no "/"
-    for run_id, status in ((failed_id, "failed"), (done_id, "done")):
+    for run_id, status in ((done_id, "done"), (failed_id, "failed")):  # the failed one newest: pages open on it
         record = make_run(run_id, n_reallocations=3, status=status, best_score=0.8, final_score=0.8)
         config = json.loads((record.path / "config.json").read_text())
         config.update(task=hostile_text("task", port), model=hostile_text("model", port))
@@ -352,6 +353,8 @@ def assert_shown_as_text(at) -> None:
     assert html
     for out in html:
         assert "<img" not in out and "<a " not in out, out
+        # GitHub-flavoured Markdown (Streamlit's) also links bare URLs, escaped or not
+        assert not re.search(r"(?i)https?://|www\.|@[a-z0-9]", out), out
     for spec in figures:
         assert "<a href" not in spec and "<img" not in spec and "<b>bold" not in spec, spec[:2000]
 
@@ -387,7 +390,86 @@ def test_record_text_renders_as_text_on_every_page(make_run, home, monkeypatch):
     # the text itself is on the page, as written (HTML-escaped by the renderer)
     for field in ("task", "model", "error"):
         literal = f"![{field}](http://127.0.0.1:9/{field}.png) &lt;a href='http://127.0.0.1:9/{field}.png'&gt;"
-        assert any(literal in out for out in shown), field
+        assert any(literal in out.replace("\u2060", "") for out in shown), field  # word joiners aside
+
+
+class PixelServer:
+    """An HTTP server on 127.0.0.1 that answers every GET with a 1x1 GIF and remembers its paths:
+    a request here is a record's URL the browser fetched."""
+
+    GIF = bytes.fromhex("47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b")
+
+    def __enter__(self) -> "PixelServer":
+        import http.server
+        import threading
+
+        requests = self.requests = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (the standard library's name)
+                requests.append(self.path)
+                self.send_response(200)
+                self.send_header("Content-Type", "image/gif")
+                self.end_headers()
+                self.wfile.write(PixelServer.GIF)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+JS_LINKS_AND_IMAGES = """(port) => Array.from(document.querySelectorAll('img, a, image')).filter(e => {
+  const u = e.getAttribute('src') || e.getAttribute('href') || e.getAttribute('xlink:href') || '';
+  return u.includes('127.0.0.1:' + port) || u.includes('folder.png');
+}).map(e => e.outerHTML.slice(0, 200) + ' IN ' + (e.closest('[data-testid]')?.outerHTML || '').slice(0, 500))"""
+
+
+@pytest.mark.slow
+def test_a_hostile_record_fetches_nothing_in_a_real_browser(make_run, home):
+    """Debian's Chromium on the real app: the Runs, Allocation and Compare pages open on records
+    whose folder name, task, model and error are Markdown images and HTML links to a local server.
+    Before, the browser fetched them (a tracking pixel) and Plotly drew the links; now no request
+    reaches the server, no image or link with those URLs is in the page, and the text is shown."""
+    pytest.importorskip("playwright.sync_api")
+    from playwright.sync_api import sync_playwright
+
+    from heterolora_testing.server import JS_PLOTS_DRAWN, StreamlitServer, chromium_path, launch_chromium
+
+    if chromium_path() is None:
+        pytest.skip("Debian's Chromium is not installed")
+    offline = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+               "HETEROLORA_DASHBOARD_WORKER": "0"}
+    with PixelServer() as pixels:
+        write_hostile_runs(make_run, port=pixels.port)
+        with StreamlitServer(home, env=offline) as server, sync_playwright() as pw:
+            browser = launch_chromium(pw)
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                page.set_default_timeout(90_000)
+                for name, plots in (("runs", 2), ("allocation", 3), ("compare", 4)):
+                    page.goto(f"{server.url}/{name}")
+                    page.wait_for_selector(f'h1:has-text("{name.capitalize()}")')
+                    page.wait_for_function(JS_PLOTS_DRAWN, arg=plots)
+                    page.wait_for_timeout(500)  # an image would be requested by now
+                    assert pixels.requests == [], (name, pixels.requests)
+                    assert page.evaluate(JS_LINKS_AND_IMAGES, pixels.port) == [], name
+                # the Allocation page's caption shows the record's task as it was written
+                page.goto(f"{server.url}/allocation")
+                page.wait_for_selector('h1:has-text("Allocation")')
+                page.wait_for_function("(text) => document.body.innerText.replace(/\\u2060/g, '').includes(text)",
+                                       arg=f"task ![task](http://127.0.0.1:{pixels.port}/task.png) <a href=")
+                assert pixels.requests == []
+            finally:
+                browser.close()
 
 
 def test_the_three_text_helpers_by_hand():
@@ -395,10 +477,11 @@ def test_the_three_text_helpers_by_hand():
 
     from heterolora_core.analysis.text import markdown_text, plotly_text, terminal_text
 
-    text = hostile_text("x") + "\nnext line \\ `code` *em*"
+    text = hostile_text("x") + "\nnext line \\ `code` *em* www.example.org mail@example.org"
     rendered = MarkdownIt("commonmark").render(markdown_text(text))
-    assert rendered == "<p>" + (text.replace("\n", " ").replace("&", "&amp;").replace("<", "&lt;")
-                                .replace(">", "&gt;").replace('"', "&quot;")) + "</p>\n"
+    assert rendered.replace("\u2060", "") == "<p>" + (text.replace("\n", " ").replace("&", "&amp;").replace(
+        "<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")) + "</p>\n"
+    assert not re.search(r"(?i)https?://|www\.|@[a-z0-9]", rendered)  # nothing GFM would link
     assert plotly_text("<a href='h'>a & b</a>\nc") == "&lt;a href='h'&gt;a &amp; b&lt;/a&gt; c"
     assert terminal_text("ok\x1b[2J\rFORGED\u202eevil\n") == "ok\\x1b[2J\\rFORGED\\u202eevil\\n"
     assert terminal_text("plain · ünïcode") == "plain · ünïcode"
@@ -413,3 +496,25 @@ def test_runs_prints_no_terminal_control_codes(home, make_run):
     assert not any(c in result.stdout for c in "\x1b\r\x07"), repr(result.stdout)
     assert "evil\\x1b]0;title\\x07run" in result.stdout
     assert "    boom\\r20990101-000000-mrpc-dynamic done  99.99  (forged)\\x1b[31m\n" in result.stdout
+
+
+# -- item 9: a proxy sweep's seed past the limit on the Launch page ----------------------------------
+
+@pytest.mark.slow
+def test_a_proxy_sweep_seed_past_the_limit_is_one_line_on_the_launch_page(home, monkeypatch):
+    """Before: seeds of 99999999999999999999 passed the form and the click raised an uncaught
+    ValueError. Now the form says why, the button is off, and nothing is queued."""
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from heterolora_core.records.store import RunStore
+
+    monkeypatch.setenv("HETEROLORA_DASHBOARD_WORKER", "0")
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    at = AppTest.from_file(str(REPO / "dashboard" / "app.py"), default_timeout=120).run()
+    at.text_input(key="sweep_seeds").set_value("0, 99999999999999999999").run()
+    shown = [e.value.replace("\\", "") for e in at.error]  # Markdown-escaped on the page
+    assert "seeds must be at most 2,147,483,647 (got 99,999,999,999,999,999,999)" in shown, shown
+    assert at.button(key="launch_sweep").disabled and not at.exception
+    assert RunStore(home).list_runs() == []

@@ -18,14 +18,19 @@ _TERMINAL_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u20
 #: syntax (links, images, emphasis, code, HTML, Streamlit's ``:color[...]`` and ``$math$``) needs some.
 _MARKDOWN_PUNCTUATION = re.compile(r"[!-/:-@\[-`{-~]")
 _LINE_BREAKS = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
+#: Where GitHub-flavoured Markdown finds a bare link in text, escapes or not (``http://``, ``www.``,
+#: ``name@host``): an invisible word joiner (U+2060) goes between the parts.
+_AUTOLINK_JOINTS = re.compile(r"(?i)(?<=:)(?=//)|(?<=\bwww)(?=\.)|(?<=@)")
+WORD_JOINER = "\u2060"
 
 
 def markdown_text(value: object) -> str:
     """``value`` as literal text inside Markdown (``st.markdown``, ``st.caption``, ``st.error``, a
     widget's label or help): every ASCII punctuation character backslash-escaped, line breaks and
-    other control characters as one space. ``"![x](http://h/p.png)"`` -> ``"\\!\\[x\\]\\(http\\:\\/\\/h\\/p\\.png\\)"``,
-    shown as it was written."""
-    text = _LINE_BREAKS.sub(" ", str(value))
+    other control characters as one space, and a :data:`WORD_JOINER` inside every bare link GFM
+    would find (``http:⁠//``, ``www⁠.``, ``@⁠host``). ``"![x](http://h/p.png)"`` is shown as written,
+    neither an image nor a link."""
+    text = _AUTOLINK_JOINTS.sub(WORD_JOINER, _LINE_BREAKS.sub(" ", str(value)))
     return _MARKDOWN_PUNCTUATION.sub(lambda match: "\\" + match.group(0), text)
 
 
