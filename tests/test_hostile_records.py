@@ -518,3 +518,13 @@ def test_a_proxy_sweep_seed_past_the_limit_is_one_line_on_the_launch_page(home, 
     assert "seeds must be at most 2,147,483,647 (got 99,999,999,999,999,999,999)" in shown, shown
     assert at.button(key="launch_sweep").disabled and not at.exception
     assert RunStore(home).list_runs() == []
+
+
+def test_the_worker_log_escapes_a_run_ids_control_codes(home):
+    """The worker's log (printed by ``sweep --wait`` and a foreground worker) names run folders."""
+    from heterolora_core.records.worker import Worker
+
+    lines: list[str] = []
+    Worker(home, slots=1, idle_exit=None, log=lines.append).log("starting evil\x1b[2J\rrun in slot 0")
+    assert len(lines) == 1 and "\x1b" not in lines[0] and "\r" not in lines[0]
+    assert lines[0].endswith(": starting evil\\x1b[2J\\rrun in slot 0")
