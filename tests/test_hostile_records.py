@@ -528,3 +528,20 @@ def test_the_worker_log_escapes_a_run_ids_control_codes(home):
     Worker(home, slots=1, idle_exit=None, log=lines.append).log("starting evil\x1b[2J\rrun in slot 0")
     assert len(lines) == 1 and "\x1b" not in lines[0] and "\r" not in lines[0]
     assert lines[0].endswith(": starting evil\\x1b[2J\\rrun in slot 0")
+
+
+def test_a_fifo_in_a_record_hangs_no_reader(home, make_run):
+    """A FIFO where a record's summary, metrics or reallocations belong used to block every reader
+    (``runs``, the store, the pages) for ever; now it is a damaged record, listed as such."""
+    make_run("healthy")
+    record = make_run("piped", n_reallocations=2)
+    for name in ("summary.json", "metrics.jsonl", "reallocations.jsonl"):
+        (record.path / name).unlink()
+        os.mkfifo(record.path / name)
+    listed = run_cli("runs", "--home", str(home), env=cli_env(home), timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    assert "damaged record: summary.json is unreadable (not a regular file)" in listed.stdout
+    code = ("import sys; from heterolora_core.records.record import RunRecord; r = RunRecord(sys.argv[1]); "
+            "print(len(r.metrics()), len(r.reallocations()), r.raw_summary().status)")
+    result = run_bounded(code, str(record.path), timeout=60)
+    assert result.stdout.split() == ["0", "0", "failed"], result.stderr[-2000:]

@@ -22,9 +22,11 @@ Torch-free: the dashboard, the store and the ``runs`` listing use it.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
 import os
+import stat
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -98,18 +100,35 @@ def file_stamp(path: Path) -> tuple[int, int]:
         return 0, -1
 
 
+def open_regular(path: Path):
+    """``path`` opened for binary reading; OSError when it is not a regular file. Opened without
+    blocking, so a FIFO or device put where a record file belongs never hangs a reader."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def read_json(path: Path) -> tuple[dict[str, Any] | None, str | None]:
-    """(the JSON object in ``path``, None), or (None, why not) when it is missing, too large,
-    undecodable, not JSON, or not an object."""
+    """(the JSON object in ``path``, None), or (None, why not) when it is missing, not a regular
+    file, too large, undecodable, not JSON, or not an object."""
     try:
         if path.is_symlink():
             return None, f"{path.name} is a symbolic link"
-        if path.stat().st_size > MAX_JSON_BYTES:
-            return None, f"{path.name} is larger than {MAX_JSON_BYTES // 2**20} MiB"
-        data = json.loads(path.read_bytes().decode("utf-8"))
+        with open_regular(path) as fh:
+            if os.fstat(fh.fileno()).st_size > MAX_JSON_BYTES:
+                return None, f"{path.name} is larger than {MAX_JSON_BYTES // 2**20} MiB"
+            data = json.loads(fh.read(MAX_JSON_BYTES + 1).decode("utf-8"))
     except FileNotFoundError:
         return None, f"{path.name} is missing"
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+    except OSError as exc:
+        return None, f"{path.name} is unreadable ({exc.strerror or exc})"
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         return None, f"{path.name} is unreadable ({type(exc).__name__})"
     if not isinstance(data, dict):
         return None, f"{path.name} holds {type(data).__name__}, not an object"
@@ -120,7 +139,7 @@ def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
     """The JSON objects of a JSON-lines file, line by line; a torn, undecodable or non-object line
     is skipped (bytes are decoded per line, so random bytes cost only their own line)."""
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:
             for raw in _bounded_lines(fh, MAX_JSONL_LINE_BYTES):
                 try:
                     obj = json.loads(raw.decode("utf-8"))
