@@ -34,7 +34,7 @@ if summary.trainable_params:
 st.caption(" · ".join(facts))
 
 if view.every > 1:
-    st.caption(f"A long record: every {view.every}th of its {view.recorded:,} reallocations is drawn (and counted below).")
+    st.caption(f"A long record: one reallocation in {view.every} of its {view.recorded:,} is drawn (and counted below).")
 if view.n_reallocations == 0:
     st.info("This run has recorded no selection yet." + (" The first one appears when training starts."
                                                          if summary.active else ""))
