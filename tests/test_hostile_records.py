@@ -161,8 +161,8 @@ def data_files(tmp_path):
     return tmp_path, dev
 
 
-@pytest.mark.parametrize("case", ["label", "label-csv", "names", "long-text", "long-line", "nested", "directory",
-                                  "fifo"])
+@pytest.mark.parametrize("case", ["label", "label-csv", "digits", "names", "long-text", "long-line", "nested",
+                                  "directory", "fifo"])
 def test_a_data_file_is_refused_with_one_line_naming_it(data_files, case):
     from heterolora_core.training.data import DataError, check_task_source
 
@@ -178,6 +178,12 @@ def test_a_data_file_is_refused_with_one_line_naming_it(data_files, case):
         dev = tmp / "dev.csv"
         dev.write_text("text,label\na,0\nb,1\n")
         expected = f"label 1000000000000 at {train}:4; labels must be 0..N-1 with N ≤ 10,000"
+    elif case == "digits":  # past Python's 4,300-digit int limit: was a bare ValueError quoting it all
+        train = tmp / "train.csv"
+        train.write_text("text,label\na,0\nb,1\nc," + "1" * 5000 + "\n")
+        dev = tmp / "dev.csv"
+        dev.write_text("text,label\na,0\nb,1\n")
+        expected = f"{train}:4: label '{'1' * 56}... is not finite"
     elif case == "names":
         _jsonl(train, [{"text": "t", "label": f"class {i}"} for i in range(10_001)])
         dev = _jsonl(tmp / "dev.jsonl", [{"text": "t", "label": "class 0"}])

@@ -459,7 +459,10 @@ def _as_number(value: Any) -> int | float | None:
     if isinstance(value, str):
         text = value.strip()
         if _INT_RE.fullmatch(text):
-            return int(text)
+            try:
+                return int(text)
+            except ValueError:  # past Python's 4,300 digits: a number all the same (inf, refused below)
+                return float(text)
         if _FLOAT_RE.fullmatch(text):
             return float(text)
     return None
@@ -475,16 +478,16 @@ def _infer_labels(labels: list[tuple[Path, int, Any]]):
         if len(names) > MAX_CLASSES:
             raise DataError(f"the label column has {len(names):,} class names; at most {MAX_CLASSES:,}")
         if len(names) < 2:
-            raise DataError(f"the label column has a single class {names[0]!r}; classification needs two or more")
+            raise DataError(f"the label column has a single class {_excerpt(names[0])}; classification needs two or more")
         ids = {name: i for i, name in enumerate(names)}
         return (lambda raw: ids[str(raw)]), names, False, len(names)
     for (path, line_no, raw), n in zip(labels, numbers):
         if not math.isfinite(n):
-            raise DataError(f"{path}:{line_no}: label {raw!r} is not finite")
+            raise DataError(f"{path}:{line_no}: label {_excerpt(raw)} is not finite")
     if all(float(n).is_integer() for n in numbers):
         for (path, line_no, raw), n in zip(labels, numbers):
             if n < 0:
-                raise DataError(f"{path}:{line_no}: integer label {raw!r} is negative; class ids start at 0")
+                raise DataError(f"{path}:{line_no}: integer label {_excerpt(raw)} is negative; class ids start at 0")
             if n >= MAX_CLASSES:
                 raise DataError(f"label {_excerpt(raw).strip(chr(39))} at {path}:{line_no}; labels must be "
                                 f"0..N-1 with N ≤ {MAX_CLASSES:,}")
