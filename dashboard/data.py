@@ -26,7 +26,8 @@ from heterolora_core.analysis.labels import Label, short_labels
 from heterolora_core.analysis.results import is_short, run_evidence
 from heterolora_core.records import worker
 from heterolora_core.records.home import data_home
-from heterolora_core.records.record import ReallocationLine, RunRecord, file_stamp, iter_jsonl, metrics_line
+from heterolora_core.records.record import (ReallocationLine, RunRecord, Thinned, file_stamp, read_metrics,
+                                            read_reallocations)
 from heterolora_core.records.store import RunStore, StoredRun
 
 #: Set to ``0`` to keep the app from starting a worker (tests that drive the store themselves).
@@ -123,13 +124,13 @@ def _runs_frame(home: str, signature: int, _rows: list[StoredRun]) -> pd.DataFra
 
 
 @st.cache_data(max_entries=128, show_spinner=False)
-def _read_reallocations(path: str, stamp: tuple[int, int]) -> list[ReallocationLine]:
-    return [line for line in map(ReallocationLine.from_dict, iter_jsonl(Path(path))) if line is not None]
+def _read_reallocations(path: str, stamp: tuple[int, int]) -> Thinned:
+    return read_reallocations(Path(path))  # bounded by what a model can have, whatever the file claims
 
 
 @st.cache_data(max_entries=128, show_spinner=False)
 def _read_metrics(path: str, stamp: tuple[int, int]) -> list[dict[str, float]]:
-    return [line for line in map(metrics_line, iter_jsonl(Path(path))) if line is not None]
+    return read_metrics(Path(path)).lines
 
 
 def has_reallocations(row: StoredRun) -> bool:
@@ -140,7 +141,7 @@ def has_reallocations(row: StoredRun) -> bool:
 def reallocations(row: StoredRun) -> list[ReallocationLine]:
     """The run's reallocation lines (cached until the file changes)."""
     path = row.path / RunRecord.REALLOCATIONS
-    return _read_reallocations(str(path), file_stamp(path))
+    return _read_reallocations(str(path), file_stamp(path)).lines
 
 
 def metrics(row: StoredRun) -> list[dict[str, float]]:
@@ -158,14 +159,16 @@ class AllocationView(NamedTuple):
     timeline: alloc.Timeline  # modules x reallocations: enabled 0/1, scores
     score_summary: pd.DataFrame  # per (group, kind): n, quartiles, fences, mean of the proxy scores
     n_layers: int
-    n_reallocations: int
+    n_reallocations: int  # the lines drawn: every ``every``-th of the record's ``recorded`` (a huge record is thinned)
+    recorded: int
+    every: int
     churn: dict  # set_churn: changes, mean_swapped, ever_enabled, set_size
     drift: dict  # score_drift: on_median, off_median, on_over_off
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def _allocation_view(path: str, stamp: tuple[int, int], layers_hint: int | None) -> AllocationView:
-    reallocs = _read_reallocations(path, stamp)
+    reallocs, recorded, every = _read_reallocations(path, stamp)
     frequency = alloc.enable_frequency(reallocs)
     n_layers = alloc.n_layers_of(frequency["module"], layers_hint)
     return AllocationView(
@@ -176,6 +179,8 @@ def _allocation_view(path: str, stamp: tuple[int, int], layers_hint: int | None)
         score_summary=alloc.score_summary(alloc.score_distribution(reallocs)),
         n_layers=n_layers,
         n_reallocations=len(reallocs),
+        recorded=recorded,
+        every=every,
         churn=alloc.set_churn(reallocs),
         drift=alloc.score_drift(reallocs),
     )
@@ -196,7 +201,7 @@ def rank_view(row: StoredRun) -> tuple[pd.DataFrame, alloc.RankTimeline] | None:
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def _rank_view(path: str, stamp: tuple[int, int]) -> tuple[pd.DataFrame, alloc.RankTimeline] | None:
-    reallocs = _read_reallocations(path, stamp)
+    reallocs = _read_reallocations(path, stamp).lines
     if not alloc.has_ranks(reallocs):
         return None
     return alloc.rank_frame(reallocs), alloc.rank_timeline(reallocs)

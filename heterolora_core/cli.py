@@ -408,11 +408,14 @@ def _listing_row(run, row: dict) -> dict:
 
 
 def _runs_lines(rows: list[dict]) -> str:
-    """The ``runs`` table: columns as wide as their widest cell, so long ids keep them aligned."""
+    """The ``runs`` table: columns as wide as their widest cell, so long ids keep them aligned; record
+    text with its control characters escaped (a record cannot drive the terminal)."""
+    from heterolora_core.analysis.text import terminal_text
     from heterolora_core.analysis.units import format_score
 
-    cells = [[r["run"], r["status"] + (" (short)" if r["short_run"] else ""), str(r["task"]), str(r["mode"]),
-              str(r["proxy"]), format_score(r["best"], r["metric"], missing="-"),
+    cells = [[terminal_text(r["run"]), terminal_text(r["status"]) + (" (short)" if r["short_run"] else ""),
+              *(terminal_text(str(r[k])) for k in ("task", "mode", "proxy")),
+              format_score(r["best"], r["metric"], missing="-"),
               f"{r['trainable']:,}" if r["trainable"] is not None else "-",
               f"{r['wall_s']:.0f}" if r["wall_s"] is not None else "-"] for r in rows]
     widths = [max(len(name), *(len(c[i]) for c in cells)) for i, (name, _) in enumerate(_RUNS_COLUMNS)]
@@ -421,9 +424,9 @@ def _runs_lines(rows: list[dict]) -> str:
     for r, c in zip(rows, cells):
         out.append(line(c).rstrip())
         if r["problem"]:
-            out.append(f"    damaged record: {r['problem']}")
+            out.append(f"    damaged record: {terminal_text(r['problem'])}")
         elif r["error"] and r["status"] == Status.FAILED:
-            out.append(f"    {r['error']}")
+            out.append(f"    {terminal_text(r['error'])}")
     return "\n".join(out)
 
 
@@ -556,8 +559,11 @@ COMMANDS = {"train": cmd_train, "score": cmd_score, "runs": cmd_runs, "sweep": c
 
 
 def _one_line(exc: BaseException) -> str:
+    """The first line of an error, its control characters escaped (it may quote a record or a file)."""
+    from heterolora_core.analysis.text import terminal_text
+
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return terminal_text(text.splitlines()[0] if text else type(exc).__name__)
 
 
 def main(argv: list[str] | None = None) -> int:

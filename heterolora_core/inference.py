@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from heterolora_core.adapters.checkpoint import load_checkpoint, load_head
+from heterolora_core.adapters.checkpoint import check_head, load_checkpoint, load_head
 from heterolora_core.methods import registry
 from heterolora_core.records.record import RunRecord
 from heterolora_core.tasks.base import Task
 from heterolora_core.tasks.registry import task_for
-from heterolora_core.training.models import load_tokenizer
+from heterolora_core.training.models import load_tokenizer, meta_classifier
 from heterolora_core.training.run_config import RunConfig
 
 #: The most tokens ``predict`` generates for a causal-LM run (``--max-new-tokens`` is checked against it).
@@ -42,11 +42,20 @@ def load_run_for_inference(run_dir: str | Path) -> LoadedRun:
     config, problem = record.run_config()
     if config is None:
         raise ValueError(f"run {record.run_id} cannot be loaded: {problem}")
+    try:  # no size is trusted from a record: every one within the launch limits before anything is built
+        config.validate()
+    except ValueError as exc:
+        raise ValueError(f"run {record.run_id} cannot be loaded: config.json: {exc}") from None
     summary = record.raw_summary()
+    unusable = [p for p in summary.problems if p.startswith(("summary.json: num_labels ", "summary.json: is_regression "))]
+    if unusable:
+        raise ValueError(f"run {record.run_id} cannot be loaded: {unusable[0]}")
     if not (record.path / RunRecord.ADAPTERS).is_dir():
         raise ValueError(f"run {record.run_id} has no saved adapters (status {record.summary().status})")
     checkpoint = load_checkpoint(record.path / RunRecord.ADAPTERS)
     task = task_for(config)
+    if task.num_labels(config):  # a classifier: its saved head must fit, shapes only, before any weight loads
+        check_head(meta_classifier(config.model, summary.num_labels or 2), checkpoint)
     model = task.inference_model(config, summary)
     model = registry.load(config.mode).restore(model, config, checkpoint)
     load_head(model, checkpoint)

@@ -16,6 +16,7 @@ from plotly.subplots import make_subplots
 
 from dashboard.components.formatting import GROUP_TITLES, kind_label
 from heterolora_core.analysis.allocation import RankTimeline, Timeline
+from heterolora_core.analysis.text import plotly_text
 
 FREQUENCY_COLORAXIS = dict(cmin=0.0, cmax=1.0, colorscale="Viridis",
                            colorbar=dict(title=dict(text="enable frequency", side="right"), tickformat=".0%", nticks=5))
@@ -29,7 +30,7 @@ def png_config(filename: str) -> dict:
 
 
 def _kind_labels(columns) -> list[str]:
-    return [kind_label(c) for c in columns]
+    return [plotly_text(kind_label(c)) for c in columns]
 
 
 FREQUENCY_HOVER = "layer %{y} · %{x}<br>enabled in %{z:.0%} of reallocations"
@@ -45,6 +46,7 @@ def rank_coloraxis(max_rank: float) -> dict:
 def _heatmap(grid: pd.DataFrame, name: str, hover: str = FREQUENCY_HOVER) -> go.Heatmap:
     """One layers x kinds heatmap trace on the figure's shared colour axis (``z`` rows = layers)."""
     z = grid.to_numpy(dtype=float)
+    name = plotly_text(name)  # a run's label: record text, shown as text
     return go.Heatmap(
         z=np.where(np.isnan(z), None, z),
         x=_kind_labels(grid.columns),
@@ -91,8 +93,9 @@ def allocation_heatmaps(lora: pd.DataFrame, shortcut: pd.DataFrame, title: str =
 
 
 def wrap(label: str, width: int = 28) -> str:
-    """Break a long label at its `` · `` separators for narrow subplot titles."""
-    parts, lines, line = label.split(" · "), [], ""
+    """Break a long label at its `` · `` separators for narrow subplot titles (the label is
+    record text: escaped for Plotly first, :func:`~heterolora_core.analysis.text.plotly_text`)."""
+    parts, lines, line = plotly_text(label).split(" · "), [], ""
     for part in parts:
         candidate = f"{line} · {part}" if line else part
         if len(candidate) > width and line:
@@ -120,7 +123,7 @@ def timeline_figure(tl: Timeline, scored: bool = True) -> go.Figure:
     x = [str(s) for s in tl.steps]
     if len(set(x)) != len(x):
         x = [f"#{j} · {s}" for j, s in enumerate(tl.steps)]
-    y = list(tl.enabled.index)
+    y = [plotly_text(name) for name in tl.enabled.index]
     # a cell that was never scored still needs a value to be drawn: 0 (shown as "no score")
     drawable = np.where(np.isnan(scores), np.float32(0.0), scores)
     fig = go.Figure()
@@ -159,7 +162,7 @@ def score_distribution_figure(summary: pd.DataFrame, log_scale: bool = False) ->
     for group, part in summary.groupby("group", sort=False):
         fig.add_trace(go.Box(
             name=group,
-            x=[kind_label(k) for k in part["kind"]],
+            x=[plotly_text(kind_label(k)) for k in part["kind"]],
             q1=part["q1"].tolist(), median=part["median"].tolist(), q3=part["q3"].tolist(),
             lowerfence=part["lowerfence"].tolist(), upperfence=part["upperfence"].tolist(), mean=part["mean"].tolist(),
             marker_color=GROUP_COLORS.get(group),
@@ -174,7 +177,7 @@ def curves_figure(curves: pd.DataFrame, y_title: str) -> go.Figure:
     """Overlaid lines, one per run; ``curves`` is :func:`heterolora_core.analysis.compare.curves_frame`."""
     fig = go.Figure()
     for run, part in curves.groupby("run", sort=False):
-        fig.add_trace(go.Scatter(x=part["step"].to_numpy(), y=part["value"].to_numpy(), name=str(run),
+        fig.add_trace(go.Scatter(x=part["step"].to_numpy(), y=part["value"].to_numpy(), name=plotly_text(run),
                                  mode="lines+markers" if len(part) < 60 else "lines"))
     fig.update_layout(height=320, margin=dict(l=10, r=10, t=30, b=40), legend=dict(orientation="h", y=-0.25),
                       xaxis_title="step", yaxis_title=y_title, showlegend=True)
@@ -193,7 +196,7 @@ def band_figure(bands: pd.DataFrame, y_title: str) -> go.Figure:
             fig.add_trace(go.Scatter(x=steps + steps[::-1], y=part["high"].tolist() + part["low"].tolist()[::-1],
                                      fill="toself", fillcolor=color, opacity=0.18, line=dict(width=0),
                                      hoverinfo="skip", showlegend=False, legendgroup=str(group)))
-        fig.add_trace(go.Scatter(x=steps, y=part["mean"].tolist(), name=str(group), legendgroup=str(group),
+        fig.add_trace(go.Scatter(x=steps, y=part["mean"].tolist(), name=plotly_text(group), legendgroup=str(group),
                                  line=dict(color=color), mode="lines+markers" if len(part) < 60 else "lines",
                                  customdata=part["n"].tolist(),
                                  hovertemplate="%{fullData.name}<br>step %{x}: %{y:.3f} (mean of %{customdata})<extra></extra>"))
@@ -227,7 +230,7 @@ def rank_timeline_figure(rt: RankTimeline) -> go.Figure:
     n_modules, n_realloc = rt.ranks.shape
     top = int(rt.ranks.to_numpy().max()) if rt.ranks.size else 1
     fig = go.Figure(go.Heatmap(
-        z=rt.ranks.to_numpy(dtype=np.int32), x=x, y=list(rt.ranks.index), coloraxis="coloraxis",
+        z=rt.ranks.to_numpy(dtype=np.int32), x=x, y=[plotly_text(n) for n in rt.ranks.index], coloraxis="coloraxis",
         xgap=1 if n_realloc <= 40 else 0, ygap=1 if n_modules <= 60 else 0,
         hovertemplate="%{y}<br>step %{x}: rank %{z}<extra></extra>"))
     fig.update_layout(
@@ -248,12 +251,12 @@ def forest_figure(rows: pd.DataFrame, reference: str, hover: list[str] | None = 
     line at 0. ``rows`` has columns ``configuration, delta, low, high, verdict`` (points; ``low`` /
     ``high`` NaN with one seed); ``hover``, one per row, the configurations' full descriptions."""
     fig = go.Figure()
-    rows = rows.assign(_hover=hover if hover is not None else rows["configuration"].tolist())
+    rows = rows.assign(_hover=[plotly_text(h) for h in (hover if hover is not None else rows["configuration"].tolist())])
     for verdict, part in rows.groupby("verdict", sort=False):
         delta, low, high = (part[c].to_numpy(dtype=float) for c in ("delta", "low", "high"))
         # plain lists: a handful of rows, and the numbers stay readable in the page (tests, exports)
         fig.add_trace(go.Scatter(
-            x=delta.tolist(), y=part["configuration"].tolist(), mode="markers", name=str(verdict),
+            x=delta.tolist(), y=[plotly_text(c) for c in part["configuration"]], mode="markers", name=str(verdict),
             marker=dict(size=10, color=VERDICT_COLORS.get(verdict, "#34495e")),
             error_x=dict(type="data", symmetric=False, array=np.nan_to_num(high - delta).tolist(),
                          arrayminus=np.nan_to_num(delta - low).tolist(), thickness=1.5, width=4),
@@ -264,7 +267,7 @@ def forest_figure(rows: pd.DataFrame, reference: str, hover: list[str] | None = 
     fig.add_vline(x=0.0, line_width=1, line_dash="dash", line_color="#555")
     fig.update_layout(
         height=int(max(240, 28 * len(rows) + 110)), margin=dict(l=10, r=10, t=40, b=40),
-        title=dict(text=f"Δ vs {reference} (points, paired by seed, 95% interval)", font=dict(size=13)),
+        title=dict(text=f"Δ vs {plotly_text(reference)} (points, paired by seed, 95% interval)", font=dict(size=13)),
         xaxis=dict(title="difference in points", zeroline=False),
         yaxis=dict(autorange="reversed", type="category"), legend=dict(orientation="h", y=-0.18),
     )

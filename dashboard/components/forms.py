@@ -15,7 +15,7 @@ from heterolora_core.sweeps import PlannedRun, SweepSpec, expand, form_sweep, re
 from heterolora_core.study import StudyPlan, study_spec
 from heterolora_core.tasks import SFT_TASK
 from heterolora_core.training.data import TASKS
-from heterolora_core.training.run_config import RunConfig
+from heterolora_core.training.run_config import LIMITS, RunConfig
 from heterolora_core.training.smollm2 import SMOLLM2
 from heterolora_core.vocab import Objective, RankInit, RankRule
 
@@ -93,6 +93,8 @@ def parse_seeds(text: str) -> list[int]:
         raise LaunchError("give at least one seed")
     if any(s < 0 for s in seeds):
         raise LaunchError("seeds must be ≥ 0")
+    if (largest := max(seeds)) > LIMITS["seed"]:
+        raise LaunchError(f"seeds must be at most {LIMITS['seed']:,} (got {largest:,})")
     return seeds
 
 

@@ -7,6 +7,7 @@ from dashboard.components.empty import stop_without_runs
 from dashboard.components.formatting import frequency_csv_frame, rank_csv_frame
 from dashboard.components.use_allocation import use_allocation
 from heterolora_core.analysis import allocation as alloc
+from heterolora_core.analysis.text import markdown_text
 from heterolora_core.methods import registry
 
 
@@ -26,7 +27,8 @@ config, summary = row.config, row.summary
 method = registry.find(config.mode) if config else None
 view = data.allocation_view(row)
 
-facts = ([f"task {config.task}", f"model {config.model}"] if config else ["unreadable config"]) + [
+facts = ([f"task {markdown_text(config.task)}", f"model {markdown_text(config.model)}"] if config
+         else ["unreadable config"]) + [
     f"{view.n_layers} layers", f"{view.n_reallocations} reallocation{'s' if view.n_reallocations != 1 else ''}",
     f"status {summary.status}"]
 if summary.trainable_params:
@@ -34,6 +36,8 @@ if summary.trainable_params:
 st.caption(" · ".join(facts))
 use_allocation(row, "allocation_use")
 
+if view.every > 1:
+    st.caption(f"A long record: one reallocation in {view.every} of its {view.recorded:,} is drawn (and counted below).")
 if view.n_reallocations == 0:
     st.info("This run has recorded no selection yet." + (" The first one appears when training starts."
                                                          if summary.active else ""))

@@ -10,6 +10,7 @@ from dashboard.components.forms import (EMBEDDED_MODELS, FULL_RUN, OBJECTIVES, O
                                         LaunchError, StudyRequest, SweepRequest, check_launch, check_study, check_sweep,
                                         launch_config, parse_seeds,
                                         sweep_spec, task_names)
+from heterolora_core.analysis.text import markdown_text
 from heterolora_core.methods import registry
 from heterolora_core.sweeps import FORM_AXES, expand, new_sweep_id, plan_sweep, proxy_sweep, queue_sweep, state_counts
 from heterolora_core.training.run_config import RunConfig
@@ -211,14 +212,18 @@ with preview:
     elif not sweep_proxies:
         sweep_error = "choose at least one proxy"
     if sweep_error and not error:
-        st.error(sweep_error, icon=":material/error:")
+        st.error(markdown_text(sweep_error), icon=":material/error:")
     n_sweep = len(sweep_proxies) * len(sweep_seeds)
     if st.button(f"Launch proxy sweep ({plural(n_sweep, 'run')})", disabled=bool(error or sweep_error), icon=":material/stacks:", key="launch_sweep"):
-        sweep = proxy_sweep(config, sweep_proxies, sweep_seeds)
-        records = queue_sweep(data.store(), sweep)
-        data.start_worker()
-        st.success(f"Queued sweep `{sweep.sweep}`: {plural(len(records), 'run')}.")
-        st.page_link("views/compare.py", label="Compare them", icon=":material/compare:")
+        try:
+            sweep = proxy_sweep(config, sweep_proxies, sweep_seeds)
+            records = queue_sweep(data.store(), sweep)
+        except ValueError as exc:  # whatever the engine refuses: one line, nothing queued
+            st.error(markdown_text(str(exc).strip().splitlines()[0]), icon=":material/error:")
+        else:
+            data.start_worker()
+            st.success(f"Queued sweep `{sweep.sweep}`: {plural(len(records), 'run')}.")
+            st.page_link("views/compare.py", label="Compare them", icon=":material/compare:")
 
 st.divider()
 st.subheader("Sweep")
@@ -259,7 +264,7 @@ if budgets is not None:
     except ValueError as exc:  # e.g. a finished record with other settings in one of its folders
         sweep_error = str(exc).strip().splitlines()[0]
 if sweep_error:
-    st.error(sweep_error, icon=":material/error:")
+    st.error(markdown_text(sweep_error), icon=":material/error:")
 elif planned:
     counts = state_counts(planned)
     to_queue = counts["todo"] + counts["rerun"]
@@ -278,7 +283,7 @@ if st.button(f"Queue sweep ({plural(to_queue, 'run')})", disabled=not to_queue, 
     try:
         records = queue_sweep(data.store(), spec)
     except ValueError as exc:
-        st.error(str(exc).strip().splitlines()[0], icon=":material/error:")
+        st.error(markdown_text(str(exc).strip().splitlines()[0]), icon=":material/error:")
     else:
         data.start_worker()
         st.success(f"Queued {plural(len(records), 'run')} under experiment `{spec.sweep}`.")

@@ -15,6 +15,7 @@ from heterolora_core.analysis import results
 from heterolora_core.analysis.compare import filter_runs
 from heterolora_core.analysis.evidence import SHORT_RUN
 from heterolora_core.analysis.labels import short_labels
+from heterolora_core.analysis.text import markdown_text
 from heterolora_core.analysis.units import format_interval
 
 st.title("Results")
@@ -136,7 +137,7 @@ score_col.metric("Final-epoch score", format_score_stats(row["final_mean"], row[
                  help=f"95% interval {format_interval((row['final_low'], row['final_high']), missing='–')}; "
                       f"best epoch {format_score(row['best_mean'])}")
 ref_col.metric("Reference", format_score_stats(ref_row["final_mean"], ref_row["final_std"], int(ref_row["n_seeds"])),
-               help=full_labels[reference])
+               help=markdown_text(full_labels[reference]))
 delta_col.metric("Δ vs reference (95% interval)",
                  format_difference(row["delta_mean"], row["delta_low"], row["delta_high"]),
                  help=f"paired over {int(row['delta_seeds'])} seed(s)")

@@ -10,6 +10,7 @@ from dashboard.components.formatting import (command_line, format_duration, form
                                              score_points)
 from dashboard.components.use_allocation import use_allocation
 from heterolora_core.analysis.compare import RunFilter, curves_frame, experiments_table, filter_runs, sort_runs
+from heterolora_core.analysis.text import markdown_text
 from heterolora_core.records.record import ACTIVE_STATUSES, STATUSES
 from heterolora_core.records.store import StoreError, StoredRun
 
@@ -152,9 +153,9 @@ run_id = st.selectbox("Run", choices, key="selected_run",
 row = row_by_id[run_id]
 status = row.status
 store = data.store()
-st.caption(f"Status: **{status}** · {plain.get(run_id, run_id)}")
+st.caption(f"Status: **{markdown_text(status)}** · {markdown_text(plain.get(run_id, run_id))}")
 if row.problem:
-    st.warning(f"This record is damaged: {row.problem}", icon=":material/warning:")
+    st.warning(f"This record is damaged: {markdown_text(row.problem)}", icon=":material/warning:")
 
 cancel_col, rerun_col, delete_col, _ = st.columns([1, 1, 1, 3])
 if cancel_col.button("Cancel", disabled=status not in ACTIVE_STATUSES, icon=":material/stop:", key="cancel"):
@@ -164,20 +165,20 @@ if rerun_col.button("Rerun", icon=":material/replay:", key="rerun", disabled=row
                     help="queue a new run with the same configuration"):
     new = store.rerun(run_id)
     data.start_worker()
-    st.toast(f"Queued {new.run_id}")
+    st.toast(f"Queued {markdown_text(new.run_id)}")
     st.rerun()
 if delete_col.button("Delete…", icon=":material/delete:", key="delete", disabled=row.is_link,
                      help="a run folder that is a symbolic link is never deleted" if row.is_link else None):
     st.session_state["confirm_delete"] = run_id
 if st.session_state.get("confirm_delete") == run_id:
-    st.warning(f"Delete run `{run_id}` and its folder `{row.path}`? This cannot be undone."
+    st.warning(f"Delete run {markdown_text(run_id)} and its folder {markdown_text(row.path)}? This cannot be undone."
                + (" The run is active and will be cancelled first." if status in ACTIVE_STATUSES else ""))
     yes_col, no_col, _ = st.columns([1, 1, 4])
     if yes_col.button("Yes, delete", type="primary", key="confirm_delete_yes"):
         try:
             store.delete(run_id)
         except StoreError as exc:
-            st.error(str(exc))
+            st.error(markdown_text(exc))
         st.session_state.pop("confirm_delete", None)
         st.rerun()
     if no_col.button("Keep it", key="confirm_delete_no"):
@@ -185,7 +186,7 @@ if st.session_state.get("confirm_delete") == run_id:
         st.rerun()
 
 if row.summary.error and status in ("failed", "cancelled"):
-    st.error(f"{status}: {row.summary.error}")
+    st.error(f"{status}: {markdown_text(row.summary.error)}")
 if status != "running":
     run_curves([row], "selected", {run_id: choice_names[run_id].short if run_id in choice_names else run_id})
 with st.expander("Configuration and summary"):

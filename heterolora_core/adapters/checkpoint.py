@@ -100,7 +100,29 @@ def _read_ranks(folder: Path) -> dict[str, int] | None:
     return ranks
 
 
+def check_head(model: nn.Module, checkpoint: Checkpoint) -> None:
+    """ValueError with one line when the saved head does not fit ``model``'s (a tensor missing,
+    extra or of another shape: a record whose ``num_labels`` does not match its saved head).
+    ``model`` may live on the meta device: only shapes are compared."""
+    head = head_module(model)
+    if head is None:
+        return
+    wanted = head.state_dict()
+    for key, value in wanted.items():
+        saved = checkpoint.head.get(key)
+        if saved is None:
+            raise ValueError(f"the run's saved head lacks {key}")
+        if tuple(saved.shape) != tuple(value.shape):
+            raise ValueError(f"the run's saved head does not fit its model: head.{key} has shape {tuple(saved.shape)}, "
+                             f"the model's is {tuple(value.shape)} (num_labels in summary.json changed?)")
+    extra = sorted(set(checkpoint.head) - set(wanted))
+    if extra:
+        raise ValueError(f"the run's saved head has {extra[0]}, which its model lacks")
+
+
 def load_head(model: nn.Module, checkpoint: Checkpoint) -> None:
+    """Copy the saved head into ``model``'s (:func:`check_head` first)."""
+    check_head(model, checkpoint)
     head = head_module(model)
     if head is not None:
         head.load_state_dict(checkpoint.head)

@@ -18,8 +18,7 @@ import numpy as np
 import pandas as pd
 
 from heterolora_core.methods import registry
-
-from heterolora_core.records.record import ReallocationLine
+from heterolora_core.records.record import MAX_LAYERS, ReallocationLine
 from heterolora_core.vocab import Group, ModuleName, kind_order, module_sort_key
 
 MODULE_COLUMNS = ["module", "layer", "group", "kind"]
@@ -50,9 +49,11 @@ def all_modules(reallocations: Sequence[ReallocationLine]) -> list[str]:
 
 def n_layers_of(names: Iterable[str], stated: object = None) -> int:
     """The model's layer count: one more than the highest layer index among ``names``, or
-    ``stated`` (a record's ``n_layers``) when larger."""
-    highest = max((p.layer for p in map(ModuleName.parse, names) if p is not None), default=-1)
-    stated = stated if isinstance(stated, int) and not isinstance(stated, bool) else 0
+    ``stated`` (a record's ``n_layers``) when larger; never more than
+    :data:`~heterolora_core.records.record.MAX_LAYERS` (what a record claims past it is not a model)."""
+    highest = max((p.layer for p in map(ModuleName.parse, names) if p is not None and p.layer < MAX_LAYERS),
+                  default=-1)
+    stated = stated if isinstance(stated, int) and not isinstance(stated, bool) and stated <= MAX_LAYERS else 0
     return max(highest + 1, stated)
 
 
@@ -92,12 +93,11 @@ def frequency_grid(frequency: pd.DataFrame, group: str, n_layers: int | None = N
     ``frequency`` is an :func:`enable_frequency` frame. Returns a frame indexed by layer
     ``0 .. n_layers-1`` (every layer gets a row, even one without candidates of this group) with one
     column per kind of ``group`` present, canonical order; NaN where a layer has no such candidate
-    (``cross_ffn`` in layer 0).
+    (``cross_ffn`` in layer 0). At most :data:`~heterolora_core.records.record.MAX_LAYERS` rows.
     """
-    part = frequency[frequency["group"] == group]
-    kinds = kinds_present(frequency, group)
-    if n_layers is None:
-        n_layers = n_layers_of(frequency["module"])
+    part = frequency[(frequency["group"] == group) & (frequency["layer"] < MAX_LAYERS)]
+    kinds = kinds_present(part, group)
+    n_layers = min(n_layers_of(frequency["module"]) if n_layers is None else int(n_layers), MAX_LAYERS)
     grid = part.pivot_table(index="layer", columns="kind", values="frequency", aggfunc="mean", dropna=False)
     grid = grid.reindex(index=range(n_layers), columns=kinds)
     grid.index.name = "layer"

@@ -22,20 +22,24 @@ Torch-free: the dashboard, the store and the ``runs`` listing use it.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
 import os
+import stat
 import time
 import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 from heterolora_core.methods import registry
 from heterolora_core.records.home import runs_dir
 from heterolora_core.records.processes import process_alive, process_started_at, this_host
-from heterolora_core.training.run_config import RunConfig
+from heterolora_core.training.data import MAX_CLASSES
+from heterolora_core.training.run_config import LIMITS, RunConfig
+from heterolora_core.vocab import KINDS, ModuleName
 
 
 class Status(StrEnum):
@@ -50,6 +54,25 @@ STATUSES = tuple(s.value for s in Status)
 ACTIVE_STATUSES = (Status.QUEUED.value, Status.RUNNING.value)
 #: Largest file a reader opens whole (a summary or config is a few kB; anything larger is not ours).
 MAX_JSON_BYTES = 4 * 2**20
+
+# What a record can make a reader build, whatever it claims: the bounds below are checked as a
+# record is parsed, before anything sized by it is allocated (a grid of a record's n_layers rows,
+# a timeline of its modules x reallocations). A value past a bound is dropped and named in the
+# summary's problems; a reallocation line naming more than a model can have is skipped.
+#: Layers of the largest model a record can describe (the deepest models published have ~130).
+MAX_LAYERS = 512
+#: Candidates a reallocation line can name: every LoRA target and shortcut kind in every layer.
+MAX_CANDIDATES = MAX_LAYERS * sum(len(kinds) for kinds in KINDS.values())
+#: Longest module name kept from a reallocation line (``layer.511.shortcut.cross_attn`` is 28).
+MAX_NAME_CHARS = 200
+#: Cells (reallocation lines x distinct modules) a reader keeps from one reallocations file; a
+#: longer record is thinned evenly (every k-th line, the last one always kept: :func:`read_reallocations`).
+MAX_TIMELINE_CELLS = 500_000
+#: Lines a reader keeps from one metrics file (thinned evenly beyond it, the last one kept).
+MAX_METRICS_LINES = 200_000
+#: Longest JSON-lines line a reader parses; a longer one is skipped without being held in memory
+#: (a reallocation line of MAX_CANDIDATES scores, enabled and ranks is ~0.5 MB).
+MAX_JSONL_LINE_BYTES = 4 * 2**20
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,18 +100,35 @@ def file_stamp(path: Path) -> tuple[int, int]:
         return 0, -1
 
 
+def open_regular(path: Path):
+    """``path`` opened for binary reading; OSError when it is not a regular file. Opened without
+    blocking, so a FIFO or device put where a record file belongs never hangs a reader."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def read_json(path: Path) -> tuple[dict[str, Any] | None, str | None]:
-    """(the JSON object in ``path``, None), or (None, why not) when it is missing, too large,
-    undecodable, not JSON, or not an object."""
+    """(the JSON object in ``path``, None), or (None, why not) when it is missing, not a regular
+    file, too large, undecodable, not JSON, or not an object."""
     try:
         if path.is_symlink():
             return None, f"{path.name} is a symbolic link"
-        if path.stat().st_size > MAX_JSON_BYTES:
-            return None, f"{path.name} is larger than {MAX_JSON_BYTES // 2**20} MiB"
-        data = json.loads(path.read_bytes().decode("utf-8"))
+        with open_regular(path) as fh:
+            if os.fstat(fh.fileno()).st_size > MAX_JSON_BYTES:
+                return None, f"{path.name} is larger than {MAX_JSON_BYTES // 2**20} MiB"
+            data = json.loads(fh.read(MAX_JSON_BYTES + 1).decode("utf-8"))
     except FileNotFoundError:
         return None, f"{path.name} is missing"
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+    except OSError as exc:
+        return None, f"{path.name} is unreadable ({exc.strerror or exc})"
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         return None, f"{path.name} is unreadable ({type(exc).__name__})"
     if not isinstance(data, dict):
         return None, f"{path.name} holds {type(data).__name__}, not an object"
@@ -99,8 +139,8 @@ def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
     """The JSON objects of a JSON-lines file, line by line; a torn, undecodable or non-object line
     is skipped (bytes are decoded per line, so random bytes cost only their own line)."""
     try:
-        with open(path, "rb") as fh:
-            for raw in fh:
+        with open_regular(path) as fh:
+            for raw in _bounded_lines(fh, MAX_JSONL_LINE_BYTES):
                 try:
                     obj = json.loads(raw.decode("utf-8"))
                 except (UnicodeDecodeError, ValueError, RecursionError):
@@ -109,6 +149,17 @@ def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
                     yield obj
     except OSError:
         return
+
+
+def _bounded_lines(fh, limit: int) -> Iterator[bytes]:
+    """The lines of a binary file, each at most ``limit`` bytes; a longer line is read past in
+    chunks of ``limit`` bytes and skipped (never held whole)."""
+    while raw := fh.readline(limit + 1):
+        if len(raw) > limit and not raw.endswith(b"\n"):
+            while raw and not raw.endswith(b"\n"):
+                raw = fh.readline(limit + 1)
+            continue
+        yield raw
 
 
 def _number(value: Any) -> float | None:
@@ -227,8 +278,18 @@ def _count(value: Any) -> int | None:
     return n if n is not None and n >= 0 else None
 
 
+def _count_to(limit: int):
+    """A parser of whole numbers 0..``limit`` (a size read from a record: larger is unusable)."""
+    return lambda value: n if (n := _count(value)) is not None and n <= limit else None
+
+
 def _string_list(value: Any) -> list[str] | None:
     return list(value) if isinstance(value, list) and all(isinstance(v, str) for v in value) else None
+
+
+def _label_names(value: Any) -> list[str] | None:
+    names = _string_list(value)
+    return names if names is not None and len(names) <= MAX_CLASSES else None
 
 
 _FIELD_PARSERS = {
@@ -239,9 +300,9 @@ _FIELD_PARSERS = {
     "step": _count, "max_steps": _count, "eta_seconds": _number, "metric": _text, "best_score": _number,
     "final_score": _number, "trainable_params": _count, "head_params": _count, "num_reallocations": _count,
     "planned_reallocations": _count, "wall_seconds": _number, "search_seconds": _number,
-    "train_seconds": _number, "process_seconds": _number, "num_labels": _count, "label_names": _string_list,
+    "train_seconds": _number, "process_seconds": _number, "num_labels": _count_to(MAX_CLASSES), "label_names": _label_names,
     "is_regression": lambda v: v if isinstance(v, bool) else None, "train_rows": _count, "dev_rows": _count,
-    "n_layers": _count, "device": _text, "peak_rss_mb": _number, "peak_gpu_mb": _number,
+    "n_layers": _count_to(MAX_LAYERS), "device": _text, "peak_rss_mb": _number, "peak_gpu_mb": _number,
     "parallel_runs": _count, "adalora_initial_params": _count, "adalora_target_params": _count,
     "adalora_init_r": _count, "adalora_schedule": lambda v: v if isinstance(v, dict) else None,
     "chat_prompts": lambda v: v if isinstance(v, bool) else None,
@@ -266,18 +327,23 @@ class ReallocationLine:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ReallocationLine | None":
-        """The line, or None when its step, scores or enabled set is not of the right shape
-        (non-numeric scores are dropped one by one)."""
+        """The line, or None when its step, scores or enabled set is not of the right shape or names
+        more than :data:`MAX_CANDIDATES` modules (non-numeric scores, ranks outside 0..the rank
+        limit and names a model cannot have (a layer past :data:`MAX_LAYERS`, an unknown kind, a
+        name longer than :data:`MAX_NAME_CHARS`) are dropped one by one)."""
         step = _count(data.get("step", 0))
-        scores, enabled = data.get("scores") or {}, data.get("enabled") or []
+        scores, enabled, ranks = data.get("scores") or {}, data.get("enabled") or [], data.get("ranks")
         if step is None or not isinstance(scores, dict) or _string_list(enabled) is None:
             return None
-        clean = {str(k): float(v) for k, v in scores.items() if _number(v) is not None}
-        ranks = data.get("ranks")
+        if max(len(scores), len(enabled), len(ranks) if isinstance(ranks, dict) else 0) > MAX_CANDIDATES:
+            return None
+        clean = {str(k): float(v) for k, v in scores.items() if _number(v) is not None and _possible_name(str(k))}
         if ranks is not None:
-            ranks = {str(k): int(v) for k, v in ranks.items() if _count(v) is not None} if isinstance(ranks, dict) else None
+            rank_of = _count_to(LIMITS["rank"])
+            ranks = {str(k): int(v) for k, v in ranks.items() if rank_of(v) is not None and _possible_name(str(k))
+                     } if isinstance(ranks, dict) else None
         extra = {k: v for k, v in data.items() if k not in ("step", "scores", "enabled", "ranks")}
-        return cls(step, clean, list(enabled), ranks, extra)
+        return cls(step, clean, [n for n in enabled if _possible_name(n)], ranks, extra)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"step": self.step, "scores": self.scores, "enabled": self.enabled}
@@ -286,10 +352,79 @@ class ReallocationLine:
         return {**out, **self.extra}
 
 
+def _possible_name(name: str) -> bool:
+    """False for a module name no model can have: longer than :data:`MAX_NAME_CHARS`, or a
+    candidate name (``layer.{i}.{group}.{kind}``) past :data:`MAX_LAYERS` or of an unknown kind.
+    Other names are kept (a reader shows them as they are and the analysis skips them)."""
+    if len(name) > MAX_NAME_CHARS:
+        return False
+    parsed = ModuleName.parse(name)
+    return parsed is None or (parsed.layer < MAX_LAYERS and parsed.kind in KINDS[parsed.group])
+
+
 def metrics_line(data: dict[str, Any]) -> dict[str, float] | None:
     """A ``metrics.jsonl`` line with its numeric values only; None without any."""
     clean = {str(k): float(v) for k, v in data.items() if _number(v) is not None}
     return clean or None
+
+
+class Thinned(NamedTuple):
+    """What a bounded reader kept of a JSON-lines file: ``lines`` (in file order), ``recorded``
+    (every sound line the file holds) and ``every`` (1: all kept; k: every k-th line, the last one
+    always kept)."""
+
+    lines: list
+    recorded: int
+    every: int
+
+
+def thin_evenly(items: Iterable[Any], too_many: Callable[[int], bool]) -> Thinned:
+    """Keep every k-th item of ``items`` (and the last), k the smallest power of two for which
+    ``too_many(len(kept))`` is False; one pass, memory bounded by what is kept. ``too_many`` may
+    change its answer as items are read (a budget of cells over the modules seen so far)."""
+    kept: list[tuple[int, Any]] = []
+    every, count, last = 1, 0, None
+    for item in items:
+        last = (count, item)
+        if count % every == 0:
+            kept.append(last)
+            while len(kept) > 1 and too_many(len(kept)):
+                every *= 2
+                kept = [(i, x) for i, x in kept if i % every == 0]
+        count += 1
+    if last is not None and kept[-1][0] != last[0]:
+        kept.append(last)
+    return Thinned([x for _, x in kept], count, every)
+
+
+def read_reallocations(path: Path) -> Thinned:
+    """The sound lines of a ``reallocations.jsonl`` (:class:`ReallocationLine`), bounded: at most
+    :data:`MAX_CANDIDATES` distinct module names over the file (later new names are dropped) and
+    at most :data:`MAX_TIMELINE_CELLS` lines x names (a longer record is thinned evenly)."""
+    names: set[str] = set()
+
+    def lines() -> Iterator[ReallocationLine]:
+        for line in map(ReallocationLine.from_dict, iter_jsonl(path)):
+            if line is None:
+                continue
+            new = (set(line.scores) | set(line.enabled)) - names
+            if len(names) + len(new) > MAX_CANDIDATES:
+                room = MAX_CANDIDATES - len(names)
+                allowed = names | set(sorted(new)[:max(room, 0)])
+                line = ReallocationLine(line.step, {k: v for k, v in line.scores.items() if k in allowed},
+                                        [n for n in line.enabled if n in allowed], line.ranks, line.extra)
+                new = allowed - names
+            names.update(new)
+            yield line
+
+    return thin_evenly(lines(), lambda kept: kept * max(1, len(names)) > MAX_TIMELINE_CELLS)
+
+
+def read_metrics(path: Path) -> Thinned:
+    """The numeric lines of a ``metrics.jsonl`` (:func:`metrics_line`), at most
+    :data:`MAX_METRICS_LINES` (a longer file is thinned evenly, the last line kept)."""
+    lines = (line for line in map(metrics_line, iter_jsonl(path)) if line is not None)
+    return thin_evenly(lines, lambda kept: kept > MAX_METRICS_LINES)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -418,11 +553,12 @@ class RunRecord:
         return effective_summary(self.raw_summary())
 
     def metrics(self) -> list[dict[str, float]]:
-        return [line for line in map(metrics_line, iter_jsonl(self.path / self.METRICS)) if line is not None]
+        """The metrics lines (bounded: :func:`read_metrics`)."""
+        return read_metrics(self.path / self.METRICS).lines
 
     def reallocations(self) -> list[ReallocationLine]:
-        return [line for line in map(ReallocationLine.from_dict, iter_jsonl(self.path / self.REALLOCATIONS))
-                if line is not None]
+        """The reallocation lines (bounded: :func:`read_reallocations`)."""
+        return read_reallocations(self.path / self.REALLOCATIONS).lines
 
     def mark_failed_if_dead(self) -> bool:
         """Persist ``failed`` for a running run whose process is gone. Returns True if it did."""

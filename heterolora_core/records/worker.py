@@ -216,7 +216,10 @@ class Worker:
         self._log = log
 
     def log(self, message: str) -> None:
-        text = f"{time.strftime('%Y-%m-%d %H:%M:%S')} worker {os.getpid()}: {message}"
+        """One line of the worker's log (control characters of the run ids it names escaped)."""
+        from heterolora_core.analysis.text import terminal_text
+
+        text = f"{time.strftime('%Y-%m-%d %H:%M:%S')} worker {os.getpid()}: {terminal_text(message)}"
         (self._log or (lambda m: print(m, flush=True)))(text)
 
     @property

@@ -62,6 +62,14 @@ HUB_DATASET = "nyu-mll/glue"
 CUSTOM_TASK = "custom"
 CUSTOM_EXTENSIONS = (".csv", ".jsonl", ".json")
 TEXT_COL, PAIR_COL, LABEL_COL = "text", "text_pair", "label"
+#: Most classes a classification task may have (the head is hidden x classes; a record's
+#: ``num_labels`` is bounded by it too).
+MAX_CLASSES = 10_000
+#: Longest text (characters) a data row may hold: the longest input a run can ask for is
+#: 131,072 tokens (``max_length``), a few characters each; longer text never reaches a tokenizer.
+MAX_TEXT_CHARS = 1_000_000
+#: Longest line of a JSON-lines data file (characters: two texts of MAX_TEXT_CHARS, escaped, and a label).
+MAX_DATA_LINE_CHARS = 16 * MAX_TEXT_CHARS
 
 
 class DataError(ValueError):
@@ -285,13 +293,14 @@ def _user_file_columns(path: Path) -> list[str]:
     if path.suffix.lower() not in CUSTOM_EXTENSIONS:
         raise DataError(f"{path}: unsupported extension {path.suffix or '(none)'!r}; "
                         f"use {', '.join(CUSTOM_EXTENSIONS)}")
-    if not path.is_file():
-        raise DataError(f"data file {path} does not exist")
+    if not path.is_file():  # never opened: a FIFO would block the reader
+        raise DataError(f"data file {path} " + ("is a directory" if path.is_dir() else
+                                                "is not a regular file" if path.exists() else "does not exist"))
     with _reading(path) as fh:
         if path.suffix.lower() == ".csv":
             columns = next(csv.reader(fh), None)
         else:
-            first = next(((i, ln) for i, ln in enumerate(fh, start=1) if ln.strip()), None)
+            first = next(((i, ln) for i, ln in _json_lines(fh, path) if ln.strip()), None)
             columns = list(_json_object(first[1], path, first[0])) if first is not None else None
     if not columns:
         raise DataError(f"{path} is empty")
@@ -302,12 +311,26 @@ def _user_file_columns(path: Path) -> list[str]:
     return columns
 
 
+def _json_lines(fh, path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a JSON-lines file; DataError at a line longer than
+    :data:`MAX_DATA_LINE_CHARS` characters, before it is read whole."""
+    line_no = 0
+    while line := fh.readline(MAX_DATA_LINE_CHARS + 1):
+        line_no += 1
+        if len(line) > MAX_DATA_LINE_CHARS:
+            raise DataError(f"{path}:{line_no}: line longer than {MAX_DATA_LINE_CHARS:,} characters; "
+                            f"a text may have at most {MAX_TEXT_CHARS:,}")
+        yield line_no, line
+
+
 def _json_object(line: str, path: Path, line_no: int) -> dict[str, Any]:
     try:
         obj = json.loads(line)
     except ValueError as exc:
         raise DataError(f"{path}:{line_no}: not valid JSON ({exc}); expected JSON lines, "
                         f"one object per line") from None
+    except RecursionError:
+        raise DataError(f"{path}:{line_no}: JSON nested too deeply; expected one flat object per line") from None
     if not isinstance(obj, dict):
         raise DataError(f"{path}:{line_no}: expected a JSON object per line, got {type(obj).__name__}")
     return obj
@@ -430,13 +453,16 @@ def _read_user_rows(path: Path) -> list[tuple[Path, int, dict[str, Any]]]:
     with _reading(path) as fh:
         if path.suffix.lower() == ".csv":
             reader = csv.DictReader(fh)
-            for row in reader:
-                if None in row or None in row.values():
-                    raise DataError(f"{path}:{reader.line_num}: row does not have the header's "
-                                    f"{len(reader.fieldnames)} columns")
-                rows.append((path, reader.line_num, row))
+            try:
+                for row in reader:
+                    if None in row or None in row.values():
+                        raise DataError(f"{path}:{reader.line_num}: row does not have the header's "
+                                        f"{len(reader.fieldnames)} columns")
+                    rows.append((path, reader.line_num, row))
+            except csv.Error as exc:  # a field past the csv module's limit (131,072 characters)
+                raise DataError(f"{path}:{reader.line_num + 1}: unreadable as a table ({exc})") from None
         else:
-            for line_no, line in enumerate(fh, start=1):
+            for line_no, line in _json_lines(fh, path):
                 if line.strip():
                     rows.append((path, line_no, _json_object(line, path, line_no)))
     for _, line_no, row in rows:
@@ -450,8 +476,15 @@ def _read_user_rows(path: Path) -> list[tuple[Path, int, dict[str, Any]]]:
 def _text(row: dict[str, Any], col: str, path: Path, line_no: int) -> str:
     value = row.get(col)
     if not isinstance(value, str):
-        raise DataError(f"{path}:{line_no}: {col!r} must be a string, got {value!r}")
+        raise DataError(f"{path}:{line_no}: {col!r} must be a string, got {_excerpt(value)}")
+    if len(value) > MAX_TEXT_CHARS:
+        raise DataError(f"{path}:{line_no}: {col!r} has {len(value):,} characters; at most {MAX_TEXT_CHARS:,}")
     return value
+
+
+def _excerpt(value: Any, width: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 _INT_RE = re.compile(r"[+-]?\d+")
@@ -465,7 +498,10 @@ def _as_number(value: Any) -> int | float | None:
     if isinstance(value, str):
         text = value.strip()
         if _INT_RE.fullmatch(text):
-            return int(text)
+            try:
+                return int(text)
+            except ValueError:  # past Python's 4,300 digits: a number all the same (inf, refused below)
+                return float(text)
         if _FLOAT_RE.fullmatch(text):
             return float(text)
     return None
@@ -478,17 +514,22 @@ def _infer_labels(labels: list[tuple[Path, int, Any]]):
     numbers = [_as_number(raw) for _, _, raw in labels]
     if any(n is None for n in numbers):
         names = sorted({str(raw) for _, _, raw in labels})
+        if len(names) > MAX_CLASSES:
+            raise DataError(f"the label column has {len(names):,} class names; at most {MAX_CLASSES:,}")
         if len(names) < 2:
-            raise DataError(f"the label column has a single class {names[0]!r}; classification needs two or more")
+            raise DataError(f"the label column has a single class {_excerpt(names[0])}; classification needs two or more")
         ids = {name: i for i, name in enumerate(names)}
         return (lambda raw: ids[str(raw)]), names, False, len(names)
     for (path, line_no, raw), n in zip(labels, numbers):
         if not math.isfinite(n):
-            raise DataError(f"{path}:{line_no}: label {raw!r} is not finite")
+            raise DataError(f"{path}:{line_no}: label {_excerpt(raw)} is not finite")
     if all(float(n).is_integer() for n in numbers):
         for (path, line_no, raw), n in zip(labels, numbers):
             if n < 0:
-                raise DataError(f"{path}:{line_no}: integer label {raw!r} is negative; class ids start at 0")
+                raise DataError(f"{path}:{line_no}: integer label {_excerpt(raw)} is negative; class ids start at 0")
+            if n >= MAX_CLASSES:
+                raise DataError(f"label {_excerpt(raw).strip(chr(39))} at {path}:{line_no}; labels must be "
+                                f"0..N-1 with N ≤ {MAX_CLASSES:,}")
         num_labels = int(max(numbers)) + 1
         if num_labels < 2:
             raise DataError("every label is 0; classification needs two or more classes")
