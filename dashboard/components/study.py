@@ -11,6 +11,7 @@ from dashboard.components.formatting import format_difference, format_score_stat
 from heterolora_core.analysis import allocation as alloc
 from heterolora_core.analysis.compare import mean_grid
 from heterolora_core.analysis.study import study_verdict
+from heterolora_core.analysis.text import markdown_text
 from heterolora_core.records.store import StoredRun
 from heterolora_core.study import ARM_LABELS, STUDY_PREFIX, arm_of
 
@@ -35,7 +36,7 @@ def study_section(rows: list[StoredRun]) -> None:
     chosen = st.selectbox("Study", ids, key="results_study") if len(ids) > 1 else ids[0]
     verdict = study_verdict(rows, chosen)
     if verdict is None:
-        st.caption(f"Study `{chosen}`: no finished uniform LoRA run yet, so no budget and no verdict.")
+        st.caption(f"Study {markdown_text(chosen)}: no finished uniform LoRA run yet, so no budget and no verdict.")
         return
     head = verdict.comparison("A", "U")
     VERDICT_BOX.get(head.verdict, st.info)(verdict.sentence)
@@ -50,7 +51,7 @@ def study_section(rows: list[StoredRun]) -> None:
     left, right = st.columns(2)
     left.dataframe(comparisons, hide_index=True, key="study_comparisons")
     right.dataframe(arms, hide_index=True, key="study_arms")
-    st.caption(f"Study `{chosen}`: uniform rank {verdict.rank}, {verdict.budget:,} adapter parameters "
+    st.caption(f"Study {markdown_text(chosen)}: uniform rank {verdict.rank}, {verdict.budget:,} adapter parameters "
                f"({plural(sum(len(a.scores) for a in verdict.arms.values()), 'finished seed')} over the arms). "
                "Differences are paired by seed; noise where the 95% interval holds 0.")
     allocated = [r for r in rows if r.sweep_id == chosen and r.config is not None and r.summary.status == "done"
