@@ -294,9 +294,12 @@ def describe_plan(spec, planned) -> str:
 COMMANDS = {"train": cmd_train, "score": cmd_score, "runs": cmd_runs, "sweep": cmd_sweep, "predict": cmd_predict}
 
 
-def _one_line(exc: BaseException) -> str:
+def _one_line(exc: BaseException, limit: int = 500) -> str:
+    """The first line of an error's message, cut to ``limit`` characters (a message may quote a
+    value read from a file)."""
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
 def main(argv: list[str] | None = None) -> int:
