@@ -16,8 +16,17 @@ rows; :func:`load_sweep` checks it and :func:`expand` turns it into the runs it 
 
 Every key of ``base``, ``axes`` and the rows is a :class:`~heterolora_core.training.run_config.RunConfig`
 field (or ``repeat``, an axis of repetitions with no setting of its own); anything else, an empty
-axis, or a value the run's validation refuses is a one-line ValueError and nothing is queued.
-The runs are product(rows, axes) in the given order.
+axis, a key given twice, or a value the run's validation refuses is a one-line ValueError and
+nothing is queued. The runs are product(rows, axes) in the given order.
+
+Bounds, so that a file or a paste cannot exhaust the process that reads it: a sweep names at most
+:data:`MAX_SWEEP_RUNS` runs, counted (:func:`count_runs`) before any is built; a YAML file is
+checked as a graph before it is built, so aliases that would expand past :data:`MAX_SWEEP_VALUES`
+values (an alias or merge-key bomb of a few hundred bytes) are refused in time and memory linear in
+the text; error messages quote at most a short excerpt of any value. A ``folder`` template's
+fields are plain names (``{seed}``, never ``{seed.__class__}``), and every run's folder is checked
+by the one rule of :func:`~heterolora_core.records.home.check_run_folder` (one run's own leaf)
+before the first run is queued.
 
 Resuming: :func:`plan_sweep` looks at what is already on disk. A run whose folder holds a finished
 record with the same settings is skipped, one that is queued or running is left alone, a failed,

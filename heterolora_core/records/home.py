@@ -32,6 +32,8 @@ HOME_NAMES = frozenset({RUNS_DIR, RESULTS_DIR, HOME_MARKER, "worker.json", "work
                         "worker.spawn", ".gitkeep"})
 #: Folders under the home that hold other runs' folders, so never one run's own.
 STORE_ROOTS = (RUNS_DIR, RESULTS_DIR)
+#: The longest run folder path (relative to the home) the store creates.
+MAX_FOLDER_CHARS = 1000
 #: A run's own subfolder that holds files named like a record's (an adapter checkpoint): not a run.
 RECORD_FILES = ("config.json", "summary.json")
 _OWN_SUBFOLDERS = ("adapters",)
@@ -128,13 +130,15 @@ def check_run_folder(home: str | os.PathLike, folder: str | os.PathLike, existin
 
 def check_folder_name(folder: str, new: bool = True) -> None:
     """The rules of :func:`check_run_folder` that need only the path ``folder`` (relative to the
-    home): StoreError with one line for a control character, an absolute path, a ``..``, ``.`` or
+    home): StoreError with one line for a control character, a path too long, an absolute path, a ``..``, ``.`` or
     hidden part, one of the home's own names, or (``new``) a folder under ``runs/`` that is not
     directly under it. A sweep checks every run's folder with it before anything is queued."""
     shown = _shown(folder)
     if any(ord(c) < 32 or ord(c) == 127 for c in folder):
         raise StoreError(f"run folder {shown} holds a control character")
     parts = Path(folder).parts
+    if len(folder) > MAX_FOLDER_CHARS or any(len(part.encode("utf-8", "replace")) > 255 for part in parts):
+        raise StoreError(f"run folder {shown} is too long (at most {MAX_FOLDER_CHARS} characters, 255 bytes a name)")
     if os.path.isabs(folder) or not parts:
         raise StoreError(f"run folder {shown} must be a relative path inside the data home")
     if any(part in (".", "..") or part.startswith(".") for part in folder.replace("\\", "/").split("/") if part):

@@ -22,9 +22,11 @@ Torch-free: the dashboard, the store and the ``runs`` listing use it.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
 import os
+import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -60,11 +62,32 @@ def atomic_write_json(path: Path, data: Any) -> None:
     """Write ``data`` as JSON next to ``path`` and move it into place (readers see old or new).
     Non-finite floats are refused: strict JSON readers reject ``NaN``."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=2, allow_nan=False)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as fh:
+            json.dump(data, fh, indent=2, allow_nan=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)  # a full disk or a kill leaves no half-written temporary file
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise OSError(errno.ENOSPC, f"no space left on the disk holding {path.parent}: cannot write "
+                                        f"{path.name}") from None
+        raise
+
+
+#: Free space under which a run's failure is put down to a full disk (its files cannot be written).
+FULL_DISK_BYTES = 2**20
+
+
+def full_disk(path: Path) -> str | None:
+    """``"the disk holding <path> is full (N bytes free)"`` when less than :data:`FULL_DISK_BYTES`
+    are free there, else None (also when it cannot be told)."""
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError:
+        return None
+    return f"the disk holding {path} is full ({free:,} bytes free)" if free < FULL_DISK_BYTES else None
 
 
 def file_stamp(path: Path) -> tuple[int, int]:

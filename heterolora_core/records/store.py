@@ -14,8 +14,14 @@ processes): every operation is one short ``BEGIN IMMEDIATE`` transaction; a sync
 run enqueued meanwhile is never dropped; claiming a queued run is a conditional update, so each
 run is started exactly once.
 
-Safety: every path the store deletes is inside the data home after resolving symbolic links, and
-a run folder that is itself a symbolic link (or lies under one) is listed but never deleted.
+Safety: the home is one this tool made (:func:`~heterolora_core.records.home.checked_home`);
+every folder the store creates, replaces or deletes is one run's own leaf inside it
+(:func:`~heterolora_core.records.home.check_run_folder`: never a store root, another run's folder
+or an ancestor of one), and a run folder that is itself a symbolic link (or lies under one) is
+listed but never deleted. The index is a cache: one that is not a database is set aside
+(renamed) and rebuilt from the folders, saying so once; a lock held by another process longer
+than :data:`INDEX_WAIT_SECONDS` fails the operation with one line (:class:`StoreBusy`) with
+nothing changed, and queueing is all or none.
 Records are parsed defensively, so one corrupt record is listed with its problem and nothing
 else is affected.
 """
@@ -38,7 +44,7 @@ from heterolora_core.records.home import (HOME_MARKER, STORE_ROOTS, StoreError, 
                                           checked_home, inside, runs_dir)
 from heterolora_core.records.processes import process_alive, signal_run_process
 from heterolora_core.records.record import (ACTIVE_STATUSES, RunRecord, RunSummary, Status, atomic_write_json,
-                                            effective_summary, file_stamp, new_run_id, process_gone, read_json,
+                                            effective_summary, file_stamp, full_disk, new_run_id, process_gone, read_json,
                                             runs_here)
 from heterolora_core.training.run_config import RunConfig
 
@@ -301,9 +307,14 @@ class RunStore:
             elif worker_pid and not process_alive(worker_pid):
                 reason = (f"the worker (pid {worker_pid}) was killed while this run was training; "
                           f"its training process (pid {raw.pid}) ended with it")
+            disk = full_disk(record.path)
+            reason = f"{reason}; {disk}" if disk else reason
             if not _is_link(record.path):
-                record.update_summary(status=Status.FAILED, error=raw.error or reason, pid=None,
-                                      finished_at=time.time())
+                try:
+                    record.update_summary(status=Status.FAILED, error=raw.error or reason, pid=None,
+                                          finished_at=time.time())
+                except OSError:  # a full disk: reported as failed all the same, written once it can be
+                    pass
             raw.status, raw.error = Status.FAILED.value, raw.error or reason
         return raw
 
