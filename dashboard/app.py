@@ -20,11 +20,14 @@ from heterolora_core.records.home import StoreError, data_home  # noqa: E402
 from heterolora_core.records.worker import MAX_SLOTS  # noqa: E402
 
 try:
-    data.store()  # refuses a folder that is not a data home; sets a corrupt index aside and rebuilds it
+    store = data.store()  # refuses a folder that is not a data home; sets a corrupt index aside and rebuilds it
     worker_pid = data.start_worker()
 except StoreError as exc:
     st.error(str(exc), icon=":material/error:")
     st.stop()
+if store.recovered:  # said once, to the first page that opens the rebuilt index
+    st.warning(store.recovered, icon=":material/build:")
+    store.recovered = None
 
 PAGES = [
     st.Page("views/launch.py", title="Launch", icon=":material/rocket_launch:", default=True),

@@ -271,10 +271,14 @@ def test_a_corrupt_index_takes_no_page_and_no_worker_down(home, make_run, monkey
     monkeypatch.setenv("HETEROLORA_DASHBOARD_WORKER", "0")
     st.cache_data.clear()
     st.cache_resource.clear()
-    for page in ("runs", "launch"):
+    said = []
+    for page in ("runs", "launch", "runs"):
         at = AppTest.from_file(APP, default_timeout=90).run()
+        said += [w.value for w in at.warning if "set it aside" in w.value]
         at.switch_page(f"views/{page}.py").run()
         assert not at.exception, (page, [e.message for e in at.exception])
+    assert len(said) == 1, said  # once, to the first page that opened the rebuilt index
+    assert [r["run_id"] for r in RunStore(home).queued()] == ["waiting"]  # rebuilt from the folders
     (home / "runs.sqlite").write_bytes(os.urandom(4096))  # again, under the worker
     for name in ("runs.sqlite-wal", "runs.sqlite-shm"):
         (home / name).unlink(missing_ok=True)

@@ -44,8 +44,8 @@ from heterolora_core.records.home import (HOME_MARKER, STORE_ROOTS, StoreError, 
                                           checked_home, inside, runs_dir)
 from heterolora_core.records.processes import process_alive, signal_run_process
 from heterolora_core.records.record import (ACTIVE_STATUSES, RunRecord, RunSummary, Status, atomic_write_json,
-                                            effective_summary, file_stamp, full_disk, new_run_id, process_gone, read_json,
-                                            runs_here)
+                                            effective_summary, file_stamp, full_disk, new_run_id, process_gone,
+                                            read_json, runs_here)
 from heterolora_core.training.run_config import RunConfig
 
 DB_NAME = "runs.sqlite"
