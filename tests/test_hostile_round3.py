@@ -68,7 +68,7 @@ def sweep_file(tmp_path, text, name="sweep.yaml") -> Path:
     ("results", "the data home's own results/"),
     (".", "must be a relative path inside the data home"),
     ("exp/../exp2", "'..' or hidden"),
-    ("runs/keeper/adapters", "must be a folder directly under runs/"),
+    ("runs/keeper/adapters", "lies inside the run record runs/keeper"),
     ("results/mrpc/row/seed0/adapters", "lies inside the run record results/mrpc/row/seed0"),
     ("results/mrpc", "holds another run record (results/mrpc/row/seed0)"),
     ("runs.sqlite", "the data home's own runs.sqlite"),
@@ -130,7 +130,8 @@ def test_the_store_queues_only_into_a_free_leaf(home, make_run):
     (home / "notes").mkdir()
     (home / "notes" / "mine.txt").write_text("mine")
     for folder, message in [("runs", "own runs/"), ("runs/keeper", "already exists"), ("notes", "already exists"),
-                            ("runs/keeper/x", "directly under runs/"), ("../out", "'..'"), ("a\0b", "control"),
+                            ("runs/keeper/x", "inside the run record runs/keeper"), ("../out", "'..'"),
+                            ("a\0b", "control"),
                             ("/etc", "not inside the data home")]:
         with pytest.raises(StoreError, match=message):
             store.enqueue({"task": "mrpc", "mode": "lora"}, folder=folder)

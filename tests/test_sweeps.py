@@ -81,14 +81,14 @@ def test_a_sweep_file_expands_to_exactly_the_runs_it_names(tmp_path):
 
 
 def test_repeat_axis_and_default_order_and_no_rows(tmp_path):
-    spec = read_sweep("sweep: rep\nfolder: 'sweeps/rep/{proxy}/{repeat}'\nbase: {max_steps: 2}\n"
+    spec = read_sweep("sweep: rep\nfolder: 'runs/rep/{proxy}/{repeat}'\nbase: {max_steps: 2}\n"
                       "axes: {proxy: [snip, fisher], repeat: 2}\n")
     runs = expand(spec)
     assert spec.order == ("proxy", "repeat", "row")
-    assert [r.folder for r in runs] == ["sweeps/rep/snip/0", "sweeps/rep/snip/1", "sweeps/rep/fisher/0", "sweeps/rep/fisher/1"]
+    assert [r.folder for r in runs] == ["runs/rep/snip/0", "runs/rep/snip/1", "runs/rep/fisher/0", "runs/rep/fisher/1"]
     assert {r.row.row for r in runs} == {"all"}
     # the same sweep as JSON names the same runs
-    same = read_sweep(json.dumps({"sweep": "rep", "folder": "sweeps/rep/{proxy}/{repeat}", "base": {"max_steps": 2},
+    same = read_sweep(json.dumps({"sweep": "rep", "folder": "runs/rep/{proxy}/{repeat}", "base": {"max_steps": 2},
                                   "axes": {"proxy": ["snip", "fisher"], "repeat": 2}}), "rep.json")
     assert [(r.folder, r.config) for r in expand(same)] == [(r.folder, r.config) for r in runs]
 

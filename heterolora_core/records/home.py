@@ -94,8 +94,7 @@ def check_run_folder(home: str | os.PathLike, folder: str | os.PathLike, existin
 
     - its text holds no NUL or control character, no ``..`` part and no hidden part (``.x``: the
       store does not list those);
-    - it is not a root of the store (``runs/``, ``results/``) or another of the home's own names,
-      and a new run under ``runs/`` is a direct child (``runs/<id>``: run ids there are folder names);
+    - it is not a root of the store (``runs/``, ``results/``) or another of the home's own names;
     - it lies strictly inside the home, with no symbolic link on the way;
     - no folder between the home and it holds a record (it is not inside another run);
     - ``existing=False`` (a new run): it does not exist, or is an empty folder (it is no one else's);
@@ -108,7 +107,7 @@ def check_run_folder(home: str | os.PathLike, folder: str | os.PathLike, existin
         if "\0" in text or not Path(text).is_relative_to(home):
             raise StoreError(f"run folder {_shown(text)} is not inside the data home {home}")
         text = Path(text).relative_to(home).as_posix() or "."
-    check_folder_name(text, new=not existing)
+    check_folder_name(text)
     path = home / text
     shown = _shown(text)
     if not inside(path, home) or _under_link(path, home):
@@ -128,11 +127,11 @@ def check_run_folder(home: str | os.PathLike, folder: str | os.PathLike, existin
     return path
 
 
-def check_folder_name(folder: str, new: bool = True) -> None:
+def check_folder_name(folder: str) -> None:
     """The rules of :func:`check_run_folder` that need only the path ``folder`` (relative to the
     home): StoreError with one line for a control character, a path too long, an absolute path, a ``..``, ``.`` or
-    hidden part, one of the home's own names, or (``new``) a folder under ``runs/`` that is not
-    directly under it. A sweep checks every run's folder with it before anything is queued."""
+    hidden part, or one of the home's own names. A sweep checks every run's folder with it before
+    anything is queued."""
     shown = _shown(folder)
     if any(ord(c) < 32 or ord(c) == 127 for c in folder):
         raise StoreError(f"run folder {shown} holds a control character")
@@ -147,8 +146,6 @@ def check_folder_name(folder: str, new: bool = True) -> None:
     if len(parts) == 1 and (parts[0] in HOME_NAMES or parts[0].startswith(DB_PREFIX)):
         raise StoreError(f"run folder {shown} is the data home's own {parts[0]}"
                          + ("/, which holds other runs" if parts[0] in STORE_ROOTS else ""))
-    if new and parts[0] == RUNS_DIR and len(parts) != 2:
-        raise StoreError(f"run folder {shown} must be a folder directly under {RUNS_DIR}/ ({RUNS_DIR}/<name>)")
 
 
 def _shown(text: str) -> str:
