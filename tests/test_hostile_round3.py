@@ -174,6 +174,32 @@ def test_a_yaml_alias_bomb_is_refused_fast_in_bounded_memory_with_a_short_messag
     assert record_folders(home) == []
 
 
+PASTE_ON_LAUNCH_PAGE = """
+import json, resource, sys
+limit = int(float(sys.argv[2]) * 2**30)
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+from streamlit.testing.v1 import AppTest
+at = AppTest.from_file(sys.argv[1], default_timeout=60).run()
+at.radio(key="sweep_source").set_value("a sweep file").run()
+at.text_area(key="sweep_text").set_value(sys.stdin.read()).run()
+print(json.dumps({"errors": [e.value for e in at.error], "exceptions": [e.message for e in at.exception],
+                  "disabled": at.button(key="launch_custom_sweep").disabled}))
+"""
+
+
+@pytest.mark.parametrize("bomb", [ALIAS_BOMB, MERGE_BOMB], ids=["aliases", "merge-keys"])
+def test_an_alias_bomb_pasted_on_the_launch_page_is_one_line_in_bounded_memory(home, bomb):
+    """The page in a subprocess under a 2 GiB address-space limit (the app itself needs ~1)."""
+    env = {**os.environ, "HETEROLORA_HOME": str(home), "HETEROLORA_DASHBOARD_WORKER": "0", "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", PASTE_ON_LAUNCH_PAGE, APP, "2"], input=bomb, capture_output=True,
+                         text=True, env=env, timeout=120, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["exceptions"] == [] and seen["disabled"]
+    assert [e.split(" (line")[0] for e in seen["errors"]] == ["pasted.yaml: its aliases expand to more than 100,000 values"]
+    assert record_folders(home) == []
+
+
 def test_a_recursive_alias_is_refused():
     with pytest.raises(ValueError, match="an alias refers to the value that holds it"):
         read_sweep("sweep: loop\naxes: {seed: [0]}\ndescription: &a [1, *a]\n")
