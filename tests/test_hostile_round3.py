@@ -416,3 +416,11 @@ def test_a_run_that_failed_on_a_full_disk_says_the_disk_is_full(tmp_path, monkey
     monkeypatch.setattr(record_mod.shutil, "disk_usage", lambda path: type("U", (), {"free": 4096})())
     assert failure_reason(record, Ended(1)) == ("training process exited with code 1 without finishing the run: "
                                                 f"the disk holding {record.path} is full (4,096 bytes free)")
+
+
+def test_the_count_before_expanding_is_the_number_of_runs_expand_builds():
+    from heterolora_core.sweeps import count_runs, load_sweep
+
+    for path in sorted((REPO / "benchmarks" / "grids").glob("*.yaml")):
+        spec = load_sweep(path)
+        assert count_runs(spec) == len(expand(spec)), path.name
