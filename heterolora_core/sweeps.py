@@ -304,7 +304,8 @@ def parse_sweep(data: Any, source: str = "sweep") -> SweepSpec:
 
 
 def _value_key(value: Any) -> str:
-    """A value as text, for telling values apart (``1`` and ``1.0`` alike, ``"1"`` not)."""
+    """A value as JSON text, for telling values apart (an axis's duplicates, a row's ``only``):
+    ``1``, ``1.0``, ``true`` and ``"1"`` are four values."""
     return json.dumps(value, sort_keys=True, default=str)
 
 
