@@ -16,10 +16,18 @@ guard.refuse_public_default()  # the app launches training processes: local unle
 browser_hints.preload_plotly(st.sidebar)
 
 from dashboard import data  # noqa: E402
-from heterolora_core.records.home import data_home  # noqa: E402
+from heterolora_core.records.home import StoreError, data_home  # noqa: E402
 from heterolora_core.records.worker import MAX_SLOTS  # noqa: E402
 
-worker_pid = data.start_worker()
+try:
+    store = data.store()  # refuses a folder that is not a data home; sets a corrupt index aside and rebuilds it
+    worker_pid = data.start_worker()
+except StoreError as exc:
+    st.error(str(exc), icon=":material/error:")
+    st.stop()
+if store.recovered:  # said once, to the first page that opens the rebuilt index
+    st.warning(store.recovered, icon=":material/build:")
+    store.recovered = None
 
 PAGES = [
     st.Page("views/launch.py", title="Launch", icon=":material/rocket_launch:", default=True),

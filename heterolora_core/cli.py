@@ -558,12 +558,14 @@ COMMANDS = {"train": cmd_train, "score": cmd_score, "runs": cmd_runs, "sweep": c
             "study": cmd_study, "fetch-model": cmd_fetch_model, "recommend": cmd_recommend, "export": cmd_export}
 
 
-def _one_line(exc: BaseException) -> str:
-    """The first line of an error, its control characters escaped (it may quote a record or a file)."""
+def _one_line(exc: BaseException, limit: int = 500) -> str:
+    """The first line of an error's message, cut to ``limit`` characters and its control characters
+    escaped (a message may quote a value read from a record or a file)."""
     from heterolora_core.analysis.text import terminal_text
 
     text = str(exc).strip()
-    return terminal_text(text.splitlines()[0] if text else type(exc).__name__)
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return terminal_text(line if len(line) <= limit else line[:limit - 3] + "...")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,8 +16,17 @@ rows; :func:`load_sweep` checks it and :func:`expand` turns it into the runs it 
 
 Every key of ``base``, ``axes`` and the rows is a :class:`~heterolora_core.training.run_config.RunConfig`
 field (or ``repeat``, an axis of repetitions with no setting of its own); anything else, an empty
-axis, or a value the run's validation refuses is a one-line ValueError and nothing is queued.
-The runs are product(rows, axes) in the given order.
+axis, a key given twice, or a value the run's validation refuses is a one-line ValueError and
+nothing is queued. The runs are product(rows, axes) in the given order.
+
+Bounds, so that a file or a paste cannot exhaust the process that reads it: a sweep names at most
+:data:`MAX_SWEEP_RUNS` runs, counted (:func:`count_runs`) before any is built; a YAML file is
+checked as a graph before it is built, so aliases that would expand past :data:`MAX_SWEEP_VALUES`
+values (an alias or merge-key bomb of a few hundred bytes) are refused in time and memory linear in
+the text; error messages quote at most a short excerpt of any value. A ``folder`` template's
+fields are plain names (``{seed}``, never ``{seed.__class__}``), and every run's folder is checked
+by the one rule of :func:`~heterolora_core.records.home.check_run_folder` (one run's own leaf)
+before the first run is queued.
 
 Resuming: :func:`plan_sweep` looks at what is already on disk. A run whose folder holds a finished
 record with the same settings is skipped, one that is queued or running is left alone, a failed,
@@ -36,7 +45,7 @@ import itertools
 import json
 import math
 import re
-import shutil
+import string
 import time
 import uuid
 from dataclasses import dataclass
@@ -46,9 +55,9 @@ from typing import Any, Sequence
 import yaml
 
 from heterolora_core.methods import registry
-from heterolora_core.records.home import inside
+from heterolora_core.records.home import StoreError, check_folder_name, check_run_folder, check_separate
 from heterolora_core.records.launchers import Launcher
-from heterolora_core.records.record import ACTIVE_STATUSES, RunRecord, Status
+from heterolora_core.records.record import ACTIVE_STATUSES, RunRecord, Status, short_repr
 from heterolora_core.records.store import RunStore
 from heterolora_core.records.worker import Worker, ensure_worker
 from heterolora_core.training.run_config import RunConfig
@@ -60,6 +69,13 @@ REPEAT = "repeat"
 IGNORED_FIELDS = ("device", "logging_steps")
 #: The largest sweep file read (a grid of hundreds of rows is a few kB).
 MAX_SWEEP_BYTES = 2**20
+#: The most runs one sweep may name, counted before any run is built (split a larger one).
+MAX_SWEEP_RUNS = 10_000
+#: The most values (YAML nodes) a sweep file may hold once its aliases are expanded: a plain file
+#: of hundreds of rows holds a few thousand; an alias bomb of a few hundred bytes, billions.
+MAX_SWEEP_VALUES = 100_000
+#: The longest excerpt of a value or message a sweep error quotes.
+EXCERPT = 80
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 
 
@@ -164,11 +180,88 @@ def read_sweep(text: str | bytes, name: str = "sweep.yaml") -> SweepSpec:
         raise ValueError(f"{name} is larger than {MAX_SWEEP_BYTES // 2**20} MiB")
     as_json = name.lower().endswith(".json")
     try:
-        data = json.loads(text) if as_json else yaml.safe_load(text)
+        data = json.loads(text, object_pairs_hook=_unique_keys) if as_json else yaml.load(text, Loader=_SweepLoader)
+    except _Refused as exc:
+        raise ValueError(f"{name}: {exc}") from None
     except (ValueError, yaml.YAMLError, RecursionError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{name} is not valid {'JSON' if as_json else 'YAML'}: {first}") from None
+        raise ValueError(f"{name} is not valid {'JSON' if as_json else 'YAML'}: {first[:200]}") from None
     return parse_sweep(data, source=name)
+
+
+class _Refused(Exception):
+    """A sweep file refused while it is read (a key twice, aliases that expand too far)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's mapping, refusing a key given twice (JSON keeps the last one silently)."""
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        seen: set[str] = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise _Refused(f"key {short_repr(twice, EXCERPT)} appears twice in one object")
+    return data
+
+
+class _SweepLoader(yaml.SafeLoader):
+    """YAML's safe loader with the document checked before it is built (:func:`_check_yaml`): a
+    key given twice in one mapping and aliases that expand past :data:`MAX_SWEEP_VALUES` values
+    are refused, so an alias bomb costs what its text costs."""
+
+    def construct_document(self, node):
+        _check_yaml(node)
+        return super().construct_document(node)
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _check_yaml(root: yaml.Node) -> None:
+    """Walk the composed YAML graph once per node (an alias is the same node object again),
+    summing each node's expanded size; _Refused for a recursive alias, more than
+    :data:`MAX_SWEEP_VALUES` expanded values, or a key twice in one mapping."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, closing = stack.pop()
+        key = id(node)
+        children = _yaml_children(node)
+        if closing:
+            open_nodes.discard(key)
+            sizes[key] = 1 + sum(sizes[id(c)] for c in children)
+            if sizes[key] > MAX_SWEEP_VALUES:
+                raise _Refused(f"its aliases expand to more than {MAX_SWEEP_VALUES:,} values (line "
+                               f"{node.start_mark.line + 1}); write the values out, or use fewer aliases")
+            continue
+        if key in sizes:
+            continue
+        if key in open_nodes:
+            raise _Refused(f"an alias refers to the value that holds it (line {node.start_mark.line + 1})")
+        if isinstance(node, yaml.MappingNode):
+            _check_keys(node)
+        open_nodes.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in children if id(child) not in sizes)
+
+
+def _yaml_children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
+def _check_keys(node: yaml.MappingNode) -> None:
+    seen: set[tuple[str, str]] = set()
+    for key_node, _ in node.value:
+        if isinstance(key_node, yaml.ScalarNode) and key_node.tag != _MERGE_TAG:
+            key = (key_node.tag, key_node.value)
+            if key in seen:
+                raise _Refused(f"key {short_repr(key_node.value, EXCERPT)} appears twice in one mapping "
+                               f"(line {key_node.start_mark.line + 1})")
+            seen.add(key)
 
 
 def parse_sweep(data: Any, source: str = "sweep") -> SweepSpec:
@@ -178,7 +271,8 @@ def parse_sweep(data: Any, source: str = "sweep") -> SweepSpec:
     _known(data, TOP_KEYS, f"{source}: unknown key")
     sweep = data.get("sweep")
     if not isinstance(sweep, str) or not _ID_RE.match(sweep):
-        raise ValueError(f"{source}: 'sweep' must be an id of letters, digits, '.', '_' or '-', got {sweep!r}")
+        raise ValueError(f"{source}: 'sweep' must be an id of letters, digits, '.', '_' or '-', got "
+                         f"{short_repr(sweep, EXCERPT)}")
     fields = set(RunConfig.field_names())
     base = _mapping(data.get("base", {}), f"{source}: base")
     _known(base, fields, f"{source}: base: not a run setting")
@@ -189,22 +283,83 @@ def parse_sweep(data: Any, source: str = "sweep") -> SweepSpec:
             axes[name] = list(range(values))
         elif not isinstance(values, list) or not values:
             raise ValueError(f"{source}: axis {name!r} must be a non-empty list of values")
-        texts = [json.dumps(v, sort_keys=True, default=str) for v in axes[name]]
-        if len(set(texts)) != len(texts):
-            twice = next(t for t in texts if texts.count(t) > 1)
-            raise ValueError(f"{source}: axis {name!r} lists {twice} twice")
+        seen: set[str] = set()
+        for value in axes[name]:
+            text = _value_key(value)
+            if text in seen:
+                raise ValueError(f"{source}: axis {name!r} lists {text[:EXCERPT]} twice")
+            seen.add(text)
     rows = _rows(data.get("rows"), fields, axes, source)
     order = data.get("order") or [*axes, "row"]
     if not isinstance(order, list) or sorted(order) != sorted([*axes, "row"]):
         raise ValueError(f"{source}: 'order' must list every axis and 'row' once ({', '.join([*axes, 'row'])})")
     folder = data.get("folder")
-    if folder is not None and (not isinstance(folder, str) or not folder.strip() or Path(folder).is_absolute()):
-        raise ValueError(f"{source}: 'folder' must be a relative path template, got {folder!r}")
-    return SweepSpec(sweep, base, axes, rows, tuple(order), folder, str(data.get("description") or ""))
+    variables = fields | set(axes) | {"row", "sweep"}
+    _check_template(folder, variables, f"{source}: 'folder'")
+    for row in rows:
+        _check_template(row.folder, variables, f"{source}: row {row.row}: 'folder'")
+    spec = SweepSpec(sweep, base, axes, rows, tuple(order), folder, str(data.get("description") or ""))
+    check_size(spec, source)
+    return spec
+
+
+def _value_key(value: Any) -> str:
+    """A value as JSON text, for telling values apart (an axis's duplicates, a row's ``only``):
+    ``1``, ``1.0``, ``true`` and ``"1"`` are four values."""
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _check_template(template: Any, variables: set[str], what: str) -> None:
+    """A folder template is a relative path whose ``{fields}`` are plain variable names (no
+    attribute or index access such as ``{seed.__class__}``, no nested fields, no conversions)."""
+    if template is None:
+        return
+    if not isinstance(template, str) or not template.strip() or Path(template).is_absolute():
+        raise ValueError(f"{what} must be a relative path template, got {short_repr(template, EXCERPT)}")
+    shown = f"folder template {short_repr(template, EXCERPT)}"
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"{shown}: {exc}") from None
+    for _, field_name, spec, conversion in parts:
+        if field_name is None:
+            continue
+        if not field_name.isidentifier() or conversion or (spec and "{" in spec):
+            raise ValueError(f"{shown}: {{{short_repr(field_name, 40)[1:-1]}}} is not a variable; write {{name}} "
+                             f"with a run setting, an axis, row or sweep as the name")
+        if field_name not in variables:
+            raise ValueError(f"{shown}: unknown variable {field_name!r}")
+
+
+def count_runs(spec: SweepSpec) -> int:
+    """How many runs the sweep names (each row's product of its axes' allowed values), counted
+    without building any."""
+    total = 0
+    for row in spec.rows:
+        runs = 1
+        for name, values in spec.axes.items():
+            allowed = row.only.get(name)
+            if allowed is not None:
+                keys = {_value_key(v) for v in allowed}
+                runs *= sum(1 for v in values if _value_key(v) in keys)
+            else:
+                runs *= len(values)
+        total += runs
+    return total
+
+
+def check_size(spec: SweepSpec, source: str = "sweep") -> int:
+    """The sweep's run count; ValueError (one line) past :data:`MAX_SWEEP_RUNS`."""
+    runs = count_runs(spec)
+    if runs > MAX_SWEEP_RUNS:
+        shown = f"{runs:,}" if runs < 10**15 else f"about 10^{len(str(runs)) - 1}"
+        raise ValueError(f"{source}: the sweep names {shown} runs; a sweep may name at most {MAX_SWEEP_RUNS:,} "
+                         f"(split it into several)")
+    return runs
 
 
 def _known(mapping: dict, allowed, what: str) -> None:
-    unknown = sorted(str(k) for k in mapping if k not in allowed)
+    unknown = sorted(str(k)[:EXCERPT] for k in mapping if k not in allowed)
     if unknown:
         raise ValueError(f"{what} {unknown[0]!r}")
 
@@ -224,19 +379,19 @@ def _rows(value: Any, fields: set[str], axes: dict, source: str) -> tuple[SweepR
     for i, item in enumerate(value):
         item = _mapping(item, f"{source}: row {i + 1}")
         _known(item, fields | set(ROW_KEYS), f"{source}: row {i + 1}: not a run setting")
-        row_id = str(item.get("row", f"r{i}"))
-        if not _ID_RE.match(row_id) or row_id in seen:
-            raise ValueError(f"{source}: row {i + 1}: 'row' must be a unique id, got {row_id!r}")
+        row_id = item.get("row", f"r{i}")
+        row_id = row_id if isinstance(row_id, str) else str(row_id) if isinstance(row_id, (int, float)) else row_id
+        if not isinstance(row_id, str) or not _ID_RE.match(row_id) or row_id in seen:
+            raise ValueError(f"{source}: row {i + 1}: 'row' must be a unique id, got {short_repr(row_id, EXCERPT)}")
         seen.add(row_id)
         only = _mapping(item.get("only", {}), f"{source}: row {row_id}: only")
         for name, values in only.items():
             if name not in axes or not isinstance(values, list) or not values:
-                raise ValueError(f"{source}: row {row_id}: 'only' restricts an axis to a non-empty list; {name!r} is not one")
+                raise ValueError(f"{source}: row {row_id}: 'only' restricts an axis to a non-empty list; "
+                                 f"{short_repr(name, EXCERPT)} is not one")
         overrides = {k: v for k, v in item.items() if k in fields}
         folder = item.get("folder")
-        if folder is not None and (not isinstance(folder, str) or not folder.strip() or Path(folder).is_absolute()):
-            raise ValueError(f"{source}: row {row_id}: 'folder' must be a relative path template, got {folder!r}")
-        rows.append(SweepRow(row_id, str(item.get("label", row_id)), overrides, only,
+        rows.append(SweepRow(row_id, str(item.get("label", row_id))[:200], overrides, only,
                              _mapping(item.get("report", {}), f"{source}: row {row_id}: report"), folder))
     return tuple(rows)
 
@@ -260,32 +415,43 @@ def folder_of(spec: SweepSpec, row: str, config: RunConfig, values: dict[str, An
     variables = {**{k: _text(v) for k, v in config.to_dict().items()},
                  **{k: _text(v) for k, v in (values or {}).items()}, "row": row, "sweep": spec.sweep}
     try:
-        return template.format(**variables)
-    except (KeyError, IndexError, ValueError) as exc:
-        raise ValueError(f"folder template {template!r}: unknown variable {exc}") from None
+        return template.format_map(variables)
+    except (KeyError, IndexError, ValueError, AttributeError) as exc:
+        raise ValueError(f"folder template {short_repr(template, EXCERPT)}: unknown variable "
+                         f"{str(exc)[:EXCERPT]}") from None
 
 
 def expand(spec: SweepSpec) -> list[PlannedRun]:
-    """The runs a sweep names, in its order; ValueError naming the row of an invalid run."""
+    """The runs a sweep names, in its order (counted first: at most :data:`MAX_SWEEP_RUNS`), each
+    run's folder checked as a path (:func:`~heterolora_core.records.home.check_folder_name`: no
+    ``..``, no store root; and not inside another run's of the sweep); ValueError
+    naming the row of an invalid run."""
+    check_size(spec, f"sweep {spec.sweep}")
     loops = {name: (list(spec.rows) if name == "row" else spec.axes[name]) for name in spec.order}
+    only_keys = {row.row: {name: {_value_key(v) for v in allowed} for name, allowed in row.only.items()}
+                 for row in spec.rows}
     runs = []
     for combo in itertools.product(*loops.values()):
         chosen = dict(zip(spec.order, combo))
         row = chosen.pop("row")
-        if any(chosen[name] not in allowed for name, allowed in row.only.items()):
+        if any(_value_key(chosen[name]) not in keys for name, keys in only_keys[row.row].items()):
             continue
         settings = {**spec.base, **{k: v for k, v in chosen.items() if k != REPEAT}, **row.overrides}
         config = RunConfig.from_dict(settings).normalised()
         try:
             config.validate()
+            run = PlannedRun(row, config, chosen, folder_of(spec, row.row, config, chosen, row.folder))
+            if run.folder is not None:
+                check_folder_name(run.folder)
         except ValueError as exc:
-            raise ValueError(f"row {row.row} ({_values(chosen)}): {exc}") from None
-        runs.append(PlannedRun(row, config, chosen, folder_of(spec, row.row, config, chosen, row.folder)))
+            raise ValueError(f"row {row.row} ({_values(chosen)[:200]}): {str(exc)[:300]}") from None
+        runs.append(run)
     if not runs:
         raise ValueError(f"sweep {spec.sweep} names no run (every row's 'only' excludes every axis value)")
     folders = [r.folder for r in runs if r.folder is not None]
     if len(set(folders)) != len(folders):
         raise ValueError("the folder template gives two runs the same folder; add the varying axes to it")
+    check_separate(folders)
     if spec.folder is None:  # runs without folders are told apart by their settings alone
         seen: dict[str, PlannedRun] = {}
         for run in runs:
@@ -354,7 +520,12 @@ def run_key(config: RunConfig) -> str:
 
 
 def plan_sweep(store: RunStore, runs: list[PlannedRun], sweep_id: str) -> list[tuple[PlannedRun, str]]:
-    """Each run with its state on disk (see :func:`run_state`)."""
+    """Each run with its state on disk (see :func:`run_state`), every run's folder checked first
+    (:func:`~heterolora_core.records.home.check_run_folder`: a new run's must be free, a rerun's
+    one run's own leaf), so a sweep with one bad run queues none, and ``--dry-run`` says so."""
+    for run in runs:
+        if run.folder is not None:
+            _check_folder(store, run, existing=True)  # where it is, before its record is read
     existing: dict[str, str] = {}
     for stored in store.list_runs():
         if stored.sweep_id == sweep_id and stored.config is not None:
@@ -362,25 +533,28 @@ def plan_sweep(store: RunStore, runs: list[PlannedRun], sweep_id: str) -> list[t
             key = run_key(stored.config)
             if existing.get(key) not in ("done", "busy"):
                 existing[key] = state
-    return [(run, run_state(store.home, run, existing)) for run in runs]
+    planned = [(run, run_state(store.home, run, existing)) for run in runs]
+    for run, state in planned:
+        if run.folder is not None and state == "todo":
+            _check_folder(store, run, existing=False)
+    return planned
+
+
+def _check_folder(store: RunStore, run: PlannedRun, existing: bool) -> None:
+    try:
+        check_run_folder(store.home, run.folder, existing=existing)
+    except StoreError as exc:
+        raise ValueError(f"{run.where()[:200]}: {exc}") from None
 
 
 def submit(store: RunStore, planned: list[tuple[PlannedRun, str]], sweep_id: str) -> list[RunRecord]:
-    """Queue every run that is ``todo`` or ``rerun`` (a rerun's old folder, inside the data home,
-    is removed first), in order."""
-    records = []
-    for run, state in planned:
-        if state not in ("todo", "rerun"):
-            continue
-        if state == "rerun" and run.folder is not None:
-            old = store.home / run.folder
-            if not inside(old, store.home) or old.is_symlink():
-                raise ValueError(f"{run.folder} is not a folder inside the data home; not replacing it")
-            shutil.rmtree(old)
-            store.sync()
-        data = {**run.config.to_dict(), "sweep_row": run.row.row}
-        records.append(store.enqueue(data, sweep_id=sweep_id, folder=run.folder))
-    return records
+    """Queue every run that is ``todo`` or ``rerun`` (a rerun's old record, one run's own folder
+    inside the data home, is replaced), in order, all or none
+    (:meth:`~heterolora_core.records.store.RunStore.enqueue_many`)."""
+    chosen = [(run, state) for run, state in planned if state in ("todo", "rerun")]
+    return store.enqueue_many([{**run.config.to_dict(), "sweep_row": run.row.row} for run, _ in chosen],
+                              sweep_id=sweep_id, folders=[run.folder for run, _ in chosen],
+                              replacing=[state == "rerun" and run.folder is not None for run, state in chosen])
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Records: runs on disk, their index and queue, and the worker that trains them (torch-free).
 
-- :mod:`~heterolora_core.records.home`: the data home and the paths inside it
+- :mod:`~heterolora_core.records.home`: the data home (one this tool made) and the one rule for a run's folder
 - :mod:`~heterolora_core.records.record`: one run folder (:class:`RunRecord`) and its typed files
 - :mod:`~heterolora_core.records.processes`: which processes the project may signal
 - :mod:`~heterolora_core.records.store`: the SQLite index of run folders and the launch queue

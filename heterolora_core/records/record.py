@@ -26,6 +26,7 @@ import errno
 import json
 import math
 import os
+import shutil
 import stat
 import time
 import uuid
@@ -83,11 +84,32 @@ def atomic_write_json(path: Path, data: Any) -> None:
     """Write ``data`` as JSON next to ``path`` and move it into place (readers see old or new).
     Non-finite floats are refused: strict JSON readers reject ``NaN``."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=2, allow_nan=False)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as fh:
+            json.dump(data, fh, indent=2, allow_nan=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)  # a full disk or a kill leaves no half-written temporary file
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise OSError(errno.ENOSPC, f"no space left on the disk holding {path.parent}: cannot write "
+                                        f"{path.name}") from None
+        raise
+
+
+#: Free space under which a run's failure is put down to a full disk (its files cannot be written).
+FULL_DISK_BYTES = 2**20
+
+
+def full_disk(path: Path) -> str | None:
+    """``"the disk holding <path> is full (N bytes free)"`` when less than :data:`FULL_DISK_BYTES`
+    are free there, else None (also when it cannot be told)."""
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError:
+        return None
+    return f"the disk holding {path} is full ({free:,} bytes free)" if free < FULL_DISK_BYTES else None
 
 
 def file_stamp(path: Path) -> tuple[int, int]:
@@ -244,12 +266,12 @@ class RunSummary:
                 continue
             parsed = None if value is None else _FIELD_PARSERS[key](value)
             if value is not None and parsed is None:
-                out.problems.append(f"summary.json: {key} has an unusable value {_short(value)}")
+                out.problems.append(f"summary.json: {key} has an unusable value {short_repr(value)}")
                 continue
             setattr(out, key, parsed)
         if out.status not in STATUSES:
             if "status" not in data or out.status:
-                out.problems.append(f"summary.json: unknown status {_short(data.get('status'))}")
+                out.problems.append(f"summary.json: unknown status {short_repr(data.get('status'))}")
             out.status = Status.FAILED.value
             out.error = out.error or "the record's status is missing or not one the project writes"
         return out
@@ -264,9 +286,56 @@ class RunSummary:
         return self.status in ACTIVE_STATUSES
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+def short_repr(value: Any, limit: int = 40) -> str:
+    """``repr(value)`` cut to ``limit`` characters (``...`` marks a cut): what a message quotes of a
+    value read from a file, however large the value. A container is cut before it is printed whole."""
+    try:
+        text = repr(value) if not isinstance(value, (list, dict, tuple)) else _bounded_repr(value, limit)
+    except RecursionError:
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:max(limit - 3, 1)] + "..."
+
+
+def _bounded_repr(value: Any, limit: int) -> str:
+    """repr of a (possibly deeply shared) container, stopping once ``limit`` characters are out."""
+    out: list[str] = []
+    size = 0
+
+    def walk(v: Any) -> None:
+        nonlocal size
+        if size > limit:
+            return
+        if isinstance(v, (list, tuple)):
+            out.append("[")
+            size += 1
+            for i, item in enumerate(v):
+                if size > limit:
+                    return
+                if i:
+                    out.append(", ")
+                    size += 2
+                walk(item)
+            out.append("]")
+            size += 1
+        elif isinstance(v, dict):
+            out.append("{")
+            size += 1
+            for i, (k, item) in enumerate(v.items()):
+                if size > limit:
+                    return
+                text = ("" if not i else ", ") + repr(k)[:limit] + ": "
+                out.append(text)
+                size += len(text)
+                walk(item)
+            out.append("}")
+            size += 1
+        else:
+            text = repr(v)[:limit + 1]
+            out.append(text)
+            size += len(text)
+
+    walk(value)
+    return "".join(out)
 
 
 def _text(value: Any) -> str | None:

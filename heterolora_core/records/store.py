@@ -14,32 +14,48 @@ processes): every operation is one short ``BEGIN IMMEDIATE`` transaction; a sync
 run enqueued meanwhile is never dropped; claiming a queued run is a conditional update, so each
 run is started exactly once.
 
-Safety: every path the store deletes is inside the data home after resolving symbolic links, and
-a run folder that is itself a symbolic link (or lies under one) is listed but never deleted.
+Safety: the home is one this tool made (:func:`~heterolora_core.records.home.checked_home`);
+every folder the store creates, replaces or deletes is one run's own leaf inside it
+(:func:`~heterolora_core.records.home.check_run_folder`: never a store root, another run's folder
+or an ancestor of one), and a run folder that is itself a symbolic link (or lies under one) is
+listed but never deleted. The index is a cache: one that is not a database is set aside
+(renamed) and rebuilt from the folders, saying so once; a lock held by another process longer
+than :data:`INDEX_WAIT_SECONDS` fails the operation with one line (:class:`StoreBusy`) with
+nothing changed, and queueing is all or none.
 Records are parsed defensively, so one corrupt record is listed with its problem and nothing
 else is affected.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import sqlite3
+import sys
 import time
+import uuid
 from collections.abc import Iterable, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from heterolora_core.records.home import data_home, inside, runs_dir
+from heterolora_core.records.home import (HOME_MARKER, STORE_ROOTS, StoreError, check_run_folder, check_separate,
+                                          checked_home, inside, runs_dir)
 from heterolora_core.records.processes import process_alive, signal_run_process
 from heterolora_core.records.record import (ACTIVE_STATUSES, RunRecord, RunSummary, Status, atomic_write_json,
-                                            effective_summary, file_stamp, new_run_id, process_ended, process_gone,
+                                            effective_summary, file_stamp, full_disk, new_run_id, process_ended,
+                                            process_gone,
                                             read_json, runs_here)
 from heterolora_core.training.run_config import RunConfig
 
 DB_NAME = "runs.sqlite"
 DELETE_WAIT_SECONDS = 15.0
+#: How long an operation waits for another process's write lock on the index before it gives up
+#: with one line (and changes nothing); ``$HETEROLORA_INDEX_WAIT`` (seconds) overrides it, e.g.
+#: for a home on a slow network file system.
+INDEX_WAIT_SECONDS = 30.0
+INDEX_WAIT_ENV = "HETEROLORA_INDEX_WAIT"
 #: The key of config.json naming the sweep a run belongs to (also in the index).
 SWEEP_KEY = "sweep_id"
 
@@ -60,8 +76,8 @@ CREATE INDEX IF NOT EXISTS runs_queue ON runs(status, queue_seq);
 """
 
 
-class StoreError(ValueError):
-    """An operation the store refuses (a path outside the home, a symlinked run); one line."""
+class StoreBusy(StoreError):
+    """The index stayed locked by another process longer than the store waits; nothing was changed."""
 
 
 @dataclass
@@ -101,55 +117,112 @@ class SweepEntry:
 class RunStore:
     """The run index of one data home (default: :func:`heterolora_core.records.home.data_home`)."""
 
-    def __init__(self, home: str | os.PathLike | None = None):
-        self.home = Path(home).expanduser().resolve() if home else data_home()
+    def __init__(self, home: str | os.PathLike | None = None, index_wait: float | None = None):
+        self.home = checked_home(home)  # refuses a folder this tool did not make (one line)
         self.runs_root = runs_dir(self.home)
         self.db_path = self.home / DB_NAME
-        self.home.mkdir(parents=True, exist_ok=True)
+        self.index_wait = index_wait if index_wait is not None else _index_wait()
+        #: what the store said when it set a corrupt index aside and rebuilt it (None: it did not)
+        self.recovered: str | None = None
         self._parsed: dict[str, tuple[tuple, tuple]] = {}  # path -> (file stamps, what _read returns)
         self._initialise()
 
     # -- database --------------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.db_path, timeout=60.0, isolation_level=None)
+        db = sqlite3.connect(self.db_path, timeout=self.index_wait, isolation_level=None)
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA synchronous=NORMAL")
         return db
 
     def _initialise(self) -> None:
-        """Switch the database to WAL (persistent in the file) and create the tables.
+        """Switch the database to WAL (persistent in the file), create the tables, and check the
+        file: one that is not an SQLite database or fails its quick check is set aside and rebuilt
+        from the run folders (:meth:`_rebuild`).
 
         Changing the journal mode needs the database to itself and SQLite may refuse it at once
         (without waiting) while another process opens the same new file, so it is retried.
         """
-        deadline = time.time() + 30.0
+        deadline = time.time() + self.index_wait
         while True:
             try:
                 with closing(self._connect()) as db:
                     if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                         db.execute("PRAGMA journal_mode=WAL")
                     db.executescript(_SCHEMA)  # runs its own transaction
+                    verdict = db.execute("PRAGMA quick_check(1)").fetchone()[0]
+                if verdict != "ok":
+                    raise sqlite3.DatabaseError(f"database disk image is malformed ({verdict[:80]})")
                 return
             except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.time() > deadline:
-                    raise
+                if not _is_lock_error(exc):
+                    raise self._busy_or_corrupt(exc) from None
+                if time.time() > deadline:
+                    raise self._busy() from None
                 time.sleep(0.05)
+            except sqlite3.DatabaseError as exc:
+                self._rebuild(exc)
+                return
+
+    def _busy(self) -> StoreBusy:
+        return StoreBusy(f"the run index {self.db_path} stayed locked by another process for "
+                         f"{self.index_wait:g} s; nothing was changed (try again)")
+
+    def _busy_or_corrupt(self, exc: sqlite3.Error) -> StoreError:
+        if _is_lock_error(exc):
+            return self._busy()
+        return StoreError(f"the run index {self.db_path} cannot be used ({_first_line(exc)})")
+
+    def _rebuild(self, exc: sqlite3.Error) -> None:
+        """Set a corrupt index aside (renamed, not deleted: ``runs.sqlite.corrupt-<time>``), make a
+        new one and fill it from the run folders (they are the truth; queued runs keep their
+        creation order), saying so once on stderr and in :attr:`recovered`. Serialised between
+        processes by a lock on the home's marker file, and done only if the file is still corrupt."""
+        with open(self.home / HOME_MARKER, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if _index_problem(self.db_path, self.index_wait) is None:  # another process rebuilt it meanwhile
+                return
+            aside = self.db_path.with_name(f"{DB_NAME}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}")
+            for suffix in ("", "-wal", "-shm"):
+                source = Path(f"{self.db_path}{suffix}")
+                if source.exists():
+                    os.replace(source, f"{aside}{suffix}")
+            self._initialise()
+        self.recovered = (f"the run index {self.db_path} was unreadable ({_first_line(exc)}); set it aside as "
+                          f"{aside.name} and rebuilt it from the run folders")
+        print(f"note: {self.recovered}", file=sys.stderr, flush=True)
+        self.sync()
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One short write transaction (BEGIN IMMEDIATE so two writers queue instead of deadlocking)."""
+        """One short write transaction (BEGIN IMMEDIATE so two writers queue instead of deadlocking);
+        StoreBusy when another process holds the lock longer than :attr:`index_wait`."""
         with closing(self._connect()) as db:
-            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise self._busy_or_corrupt(exc) from None
             try:
                 yield db
+            except sqlite3.Error as exc:
+                db.execute("ROLLBACK")
+                raise self._busy_or_corrupt(exc) from None
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-            db.execute("COMMIT")
+            try:
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise self._busy_or_corrupt(exc) from None
 
-    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        with closing(self._connect()) as db:
-            return db.execute(sql, params).fetchall()
+    def _query(self, sql: str, params: Sequence[Any] = (), retry: bool = True) -> list[sqlite3.Row]:
+        try:
+            with closing(self._connect()) as db:
+                return db.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            if not retry or _is_lock_error(exc) or not isinstance(exc, sqlite3.DatabaseError):
+                raise self._busy_or_corrupt(exc) from None
+            self._rebuild(exc)  # the file went bad while this store was open (only if it is still bad)
+        return self._query(sql, params, retry=False)
 
     # -- disk <-> index ----------------------------------------------------------------------------
     def scan(self) -> list[Path]:
@@ -236,9 +309,14 @@ class RunStore:
             elif worker_pid and not process_alive(worker_pid):
                 reason = (f"the worker (pid {worker_pid}) was killed while this run was training; "
                           f"its training process (pid {raw.pid}) ended with it")
+            disk = full_disk(record.path)
+            reason = f"{reason}; {disk}" if disk else reason
             if not _is_link(record.path):
-                record.update_summary(status=Status.FAILED, error=raw.error or reason, pid=None,
-                                      finished_at=time.time())
+                try:
+                    record.update_summary(status=Status.FAILED, error=raw.error or reason, pid=None,
+                                          finished_at=time.time())
+                except OSError:  # a full disk: reported as failed all the same, written once it can be
+                    pass
             raw.status, raw.error = Status.FAILED.value, raw.error or reason
         return raw
 
@@ -334,30 +412,63 @@ class RunStore:
         """Create a queued run folder for ``config`` and put it at the end of the queue.
 
         ``folder``: where the record goes, relative to the home (default ``runs/<new run id>``);
-        it must stay inside the home and must not hold a run already.
+        it must be a new leaf of its own (:func:`~heterolora_core.records.home.check_run_folder`).
         """
-        data = config.to_dict() if isinstance(config, RunConfig) else dict(config)
-        if sweep_id:
-            data[SWEEP_KEY] = sweep_id
-        path = self.runs_root / new_run_id(data) if folder is None else self.home / folder
-        if not inside(path, self.home) or _is_link(path):
-            raise StoreError(f"run folder {folder} is not inside the data home {self.home}")
-        record = RunRecord.create(path, data, status=Status.QUEUED)
-        created = record.raw_summary().created_at or time.time()
-        with self._tx() as db:
-            seq = db.execute("SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM runs").fetchone()[0]
-            db.execute("INSERT OR REPLACE INTO runs(path, run_id, created_at, queue_seq, sweep_id, status, updated_at) "
-                       "VALUES (?,?,?,?,?,?,?)",
-                       (str(record.path), self.run_id_of(record.path), float(created), seq, sweep_id, "queued",
-                        time.time()))
-        return record
+        return self.enqueue_many([config], sweep_id=sweep_id, folders=[folder])[0]
 
     def enqueue_many(self, configs: Iterable[dict[str, Any] | RunConfig], sweep_id: str | None = None,
-                     folders: Iterable[str | None] | None = None) -> list[RunRecord]:
-        """Queue several runs in order (one sweep)."""
-        configs = list(configs)
-        folders = list(folders) if folders is not None else [None] * len(configs)
-        return [self.enqueue(c, sweep_id=sweep_id, folder=f) for c, f in zip(configs, folders)]
+                     folders: Iterable[str | None] | None = None, replacing: Iterable[bool] | None = None,
+                     ) -> list[RunRecord]:
+        """Queue several runs in order (one sweep), all or none: every folder is checked first
+        (:func:`~heterolora_core.records.home.check_run_folder`), then, holding the index's write
+        lock, the folders are written and indexed in one transaction. ``replacing[i]``: the run's
+        folder holds an earlier (failed, cancelled) record of the same run, replaced; it is moved
+        aside and removed only once the new run is indexed. On any failure (StoreBusy when the
+        lock is held too long, a full disk) the new folders are removed, the replaced ones put
+        back, and nothing is queued."""
+        items = [config.to_dict() if isinstance(config, RunConfig) else dict(config) for config in configs]
+        folders = list(folders) if folders is not None else [None] * len(items)
+        replacing = list(replacing) if replacing is not None else [False] * len(items)
+        if sweep_id:
+            items = [{**data, SWEEP_KEY: sweep_id} for data in items]
+        paths = [self.runs_root / new_run_id(data) if folder is None else
+                 check_run_folder(self.home, folder, existing=replace)
+                 for data, folder, replace in zip(items, folders, replacing)]
+        for path, replace in zip(paths, replacing):
+            if not replace:
+                check_run_folder(self.home, path)
+        check_separate(paths)
+        created: list[RunRecord] = []
+        made: list[Path] = []  # folders this call wrote into (removed again on failure)
+        aside: list[tuple[Path, Path]] = []
+        try:
+            with self._tx() as db:
+                for path, replace in zip(paths, replacing):
+                    if replace and path.exists():
+                        hidden = path.with_name(f".{path.name}.replaced-{uuid.uuid4().hex[:8]}")
+                        os.replace(path, hidden)
+                        aside.append((path, hidden))
+                for data, path in zip(items, paths):
+                    if RunRecord(path).exists():
+                        raise StoreError(f"{path} already holds a run record")
+                    made.append(path)
+                    created.append(RunRecord.create(path, data, status=Status.QUEUED))
+                seq = db.execute("SELECT COALESCE(MAX(queue_seq), 0) FROM runs").fetchone()[0]
+                db.executemany("INSERT OR REPLACE INTO runs(path, run_id, created_at, queue_seq, sweep_id, status, "
+                               "updated_at) VALUES (?,?,?,?,?,?,?)",
+                               [(str(r.path), self.run_id_of(r.path), float(r.raw_summary().created_at or time.time()),
+                                 seq + i + 1, sweep_id, "queued", time.time()) for i, r in enumerate(created)])
+        except BaseException as exc:
+            for path in made:
+                shutil.rmtree(path, ignore_errors=True)
+            for path, hidden in aside:
+                os.replace(hidden, path)
+            if isinstance(exc, OSError):  # a full disk, a read-only folder: one line, nothing queued
+                raise StoreError(f"{_first_line(exc)}; nothing was queued") from None
+            raise
+        for _, hidden in aside:
+            shutil.rmtree(hidden, ignore_errors=True)
+        return created
 
     def set_worker(self, run_id: str, worker_pid: int | None) -> None:
         with self._tx() as db:
@@ -401,6 +512,7 @@ class RunStore:
         if stored.is_link or not inside(stored.path, self.home):
             raise StoreError(f"run {run_id} is a symbolic link or lies outside the data home; "
                              f"the store does not delete it")
+        check_run_folder(self.home, stored.path, existing=True)  # one run's own leaf, never a root
         if stored.status in ACTIVE_STATUSES:
             self.cancel(run_id)
             # Let the training process finish dying first, so it cannot write into (and recreate)
@@ -434,6 +546,37 @@ class RunStore:
         return _read_settings(self.home / "worker.json")
 
 
+def _index_wait() -> float:
+    """:data:`INDEX_WAIT_SECONDS`, or ``$HETEROLORA_INDEX_WAIT`` when it is a number of seconds >= 0."""
+    try:
+        value = float(os.environ.get(INDEX_WAIT_ENV, INDEX_WAIT_SECONDS))
+    except ValueError:
+        return INDEX_WAIT_SECONDS
+    return value if 0 <= value < float("inf") else INDEX_WAIT_SECONDS
+
+
+def _is_lock_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+
+
+def _index_problem(db_path: Path, wait: float) -> str | None:
+    """Why the index file cannot be used (not a database, malformed), or None when it can (or is
+    only locked, or missing)."""
+    try:
+        with closing(sqlite3.connect(db_path, timeout=wait)) as db:
+            verdict = db.execute("PRAGMA quick_check(1)").fetchone()[0]
+            db.execute("SELECT 1 FROM runs LIMIT 1").fetchall()
+    except sqlite3.Error as exc:
+        return None if _is_lock_error(exc) else _first_line(exc)
+    return None if verdict == "ok" else verdict
+
+
 def _read_settings(path: Path) -> dict[str, Any]:
     data, _ = read_json(path)
     return data or {}
@@ -446,7 +589,9 @@ def _walk_runs(root: Path) -> list[Path]:
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         here = Path(dirpath)
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        if here != root and (RunRecord.SUMMARY in filenames or RunRecord.CONFIG in filenames):
+        # the store's roots hold runs, they are never one (a record file there is not a run's)
+        is_root = here == root or (here.parent == root and here.name in STORE_ROOTS)
+        if not is_root and (RunRecord.SUMMARY in filenames or RunRecord.CONFIG in filenames):
             found.append(here)
             dirnames[:] = []  # a run folder's own subfolders (adapters/) are not runs
             continue

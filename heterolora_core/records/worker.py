@@ -45,13 +45,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from heterolora_core.records.home import data_home
+from heterolora_core.records.home import checked_home, data_home
 from heterolora_core.records.launchers import (TRAIN_CMD_ENV, TRAIN_LOG, Ended, Launcher, LocalLauncher, last_line,
                                                spawn_detached, train_command)
 from heterolora_core.records.processes import is_project_process, process_alive, process_started_at
 from heterolora_core.records.ray_executor import RayLauncher
-from heterolora_core.records.record import ACTIVE_STATUSES, RunRecord, Status
-from heterolora_core.records.store import RunStore
+from heterolora_core.records.record import ACTIVE_STATUSES, RunRecord, Status, full_disk
+from heterolora_core.records.store import RunStore, StoreError
 
 __all__ = ["TRAIN_CMD_ENV", "TRAIN_LOG", "MAX_SLOTS", "Worker", "ensure_worker", "stop_worker", "worker_pid",
            "train_command", "spawn_detached", "read_slots", "write_slots"]
@@ -127,7 +127,7 @@ def ensure_worker(home: str | os.PathLike | None = None) -> int | None:
     pid = worker_pid(home)
     if pid is not None:
         return pid
-    home.mkdir(parents=True, exist_ok=True)
+    home = checked_home(home)  # StoreError for a folder this tool did not make: no worker there
     stamp = home / SPAWN_STAMP
     try:
         last_pid, last_time = stamp.read_text().split()
@@ -270,11 +270,16 @@ class Worker:
         idle_since = time.time()
         last_sync = 0.0
         while self.home.exists():
-            if time.time() - last_sync > SYNC_SECONDS:
-                self.store.sync()  # also reconciles runs that died while no worker watched
-                last_sync = time.time()
-            self.check_running()
-            started = self.fill_slots()
+            try:
+                if time.time() - last_sync > SYNC_SECONDS:
+                    self.store.sync()  # also reconciles runs that died while no worker watched
+                    last_sync = time.time()
+                self.check_running()
+                started = self.fill_slots()
+            except StoreError as exc:  # the index locked too long by another process: try again later
+                self.log(f"{exc}; retrying")
+                time.sleep(self.poll)
+                continue
             if self.running or started:
                 idle_since = time.time()
             elif self.stop_when_idle and (self.blocked() or not self.store.queued()):
@@ -362,7 +367,10 @@ class Worker:
             fields.update(status=Status.FAILED, error=failure_reason(record, ended), pid=None,
                           eta_seconds=None, finished_at=time.time())
         if fields:
-            record.update_summary(**fields)
+            try:
+                record.update_summary(**fields)
+            except OSError as exc:  # a full disk: the store's next sync records the run as failed
+                self.log(f"{run_id}: cannot write its summary ({exc})")
             status = record.summary().status
         self.store.set_status(run_id, status)
         self.log(f"{run_id} ended ({how}): {status}")
@@ -403,6 +411,9 @@ def failure_reason(record: RunRecord, ended: Ended) -> str:
         reason = f"training process exited with code {ended.returncode} without finishing the run"
     else:
         reason = f"{ended.reason or 'the training task ended'} before the run finished"
+    disk = full_disk(record.path)
+    if disk:  # its traceback may not have reached train.log either
+        return f"{reason}: {disk}"
     last = last_line(record.path / TRAIN_LOG)
     return reason + (f": {last}" if last else "")
 
@@ -453,11 +464,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         launcher = launcher_from_args(args)
-    except ValueError as exc:
+        worker = Worker(args.home, slots=args.slots, gpus=_gpu_list(args.gpus), poll=args.poll,
+                        idle_exit=args.idle_exit or None, launcher=launcher)
+    except ValueError as exc:  # a bad flag, a folder that is not a data home (StoreError)
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    worker = Worker(args.home, slots=args.slots, gpus=_gpu_list(args.gpus), poll=args.poll,
-                    idle_exit=args.idle_exit or None, launcher=launcher)
     return worker.serve()
 
 

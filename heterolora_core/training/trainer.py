@@ -29,7 +29,7 @@ from heterolora_core.adapters.checkpoint import save_checkpoint
 from heterolora_core.adapters.modules import head_module, head_parameter_count
 from heterolora_core.methods import registry
 from heterolora_core.methods.base import MethodContext, MethodRun
-from heterolora_core.records.home import runs_dir
+from heterolora_core.records.home import checked_home, runs_dir
 from heterolora_core.records.record import RunRecord, Status, new_run_id, process_identity
 from heterolora_core.tasks.base import PreparedTask
 from heterolora_core.tasks.registry import task_for
@@ -58,7 +58,7 @@ def run_training(config: RunConfig, out_dir: str | Path | None = None, progress:
     if out_dir is None:
         if world_size() > 1:
             raise ValueError("under torchrun, give --out so that every rank writes the same run folder")
-        out_dir = runs_dir() / new_run_id(config.to_dict())
+        out_dir = runs_dir(checked_home()) / new_run_id(config.to_dict())  # a home this tool made
     record = RunRecord(out_dir)
     if main:
         claim_record(record, config)
