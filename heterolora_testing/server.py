@@ -82,7 +82,8 @@ class StreamlitServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "HETEROLORA_HOME": str(self.home), **(env or {})}
-        self.log_path = log_path or self.home / "streamlit.log"
+        # beside the home, not in it: a data home holds only what the tool writes (records.home.checked_home)
+        self.log_path = log_path or self.home.parent / f"{self.home.name}-streamlit.log"
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> "StreamlitServer":

@@ -19,6 +19,7 @@ from heterolora_core.analysis.evidence import SHORT_RUN
 from heterolora_core.analysis.labels import comparison_subject, short_labels
 from heterolora_core.analysis.results import is_short, run_evidence
 from heterolora_core.methods import registry
+from heterolora_core.analysis.text import markdown_text
 
 ALL_RUNS = "(all runs)"
 PER_ROW = 3
@@ -121,7 +122,7 @@ if rank_keys:
                                                 coloraxis=charts.rank_coloraxis(top), hover=charts.RANK_HOVER)
                   for k, (lora, shortcut) in grids.items()}, "ranks")
 if uniform:
-    st.caption(f"Uniform LoRA ({', '.join(uniform)}): every candidate on at one rank for the whole run, so there is "
+    st.caption(f"Uniform LoRA ({markdown_text(', '.join(uniform))}): every candidate on at one rank for the whole run, so there is "
                "no allocation to draw.")
 
 st.subheader("Curves (mean over seeds; the band spans the seeds)")
@@ -160,7 +161,7 @@ if len(scored) >= 2:
                             key="spearman", config=charts.png_config("compare-spearman"))
         flat = [name for name in scores if name not in ranked]
         if flat:
-            st.caption(f"Left out: {', '.join(flat)}: every module scores the same (a constant proxy), so its "
+            st.caption(f"Left out: {markdown_text(', '.join(flat))}: every module scores the same (a constant proxy), so its "
                        "scores rank nothing.")
 else:
     st.caption("Pick runs of two or more configurations that search (a proxy or a rank allocation) to see how their "

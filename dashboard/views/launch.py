@@ -306,7 +306,7 @@ study_plan, study_error = (None, None) if error else checked_study(
 if error:
     st.caption("Correct the settings above (see the error there) to plan a study.")
 elif study_error:  # a warning: the run above may be fine when no study of this form's settings is
-    st.warning(f"No study of these settings: {study_error}", icon=":material/warning:")
+    st.warning(f"No study of these settings: {markdown_text(study_error)}", icon=":material/warning:")
 else:
     n_study = len(expand(study_plan.spec))
     st.markdown(f"**{plural(n_study, 'run')}**: budget **{study_plan.budget:,}** adapter parameters (half: "

@@ -71,7 +71,7 @@ reference = st.selectbox("Reference configuration", keys, key="results_reference
                          format_func=lambda k: all_labels[k].short,
                          help="every other configuration of the same task and kind of device is compared with this "
                               "one, seed by seed; it opens on plain LoRA")
-st.caption(f"Reference: {all_labels[reference].full}")
+st.caption(f"Reference: {markdown_text(all_labels[reference].full)}")
 table = results.results_table(groups, reference)
 if comparable_only:
     table = results.comparable(table).reset_index(drop=True)

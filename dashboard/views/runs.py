@@ -66,7 +66,7 @@ def run_curves(rows_to_plot: list[StoredRun], key: str, labels: dict[str, str]) 
             st.plotly_chart(charts.curves_figure(loss, "training loss"), key=f"{key}-loss", config=charts.png_config("loss"))
     with metric_col:
         if metric.empty:
-            st.caption(f"No evaluation ({metric_name}) yet.")
+            st.caption(f"No evaluation ({markdown_text(metric_name)}) yet.")
         else:
             st.plotly_chart(charts.curves_figure(metric, f"{metric_name} (×100)"), key=f"{key}-metric",
                             config=charts.png_config(metric_name))
