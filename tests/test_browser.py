@@ -17,6 +17,7 @@ from heterolora_core.analysis import allocation as alloc
 from heterolora_core.records.home import PROJECT_ROOT
 from heterolora_core.records.record import RunRecord
 from heterolora_core.records.store import RunStore
+from heterolora_core.training.run_config import RunConfig
 from heterolora_testing.server import (CHROMIUM_MISSING, JS_HEATMAPS, JS_PLOTS_DRAWN, JS_TABLES_AND_PLOTS_DRAWN,
                                        StreamlitServer, chromium_path, launch_chromium)
 from cli_helpers import wait_for
@@ -118,7 +119,7 @@ def test_launch_run_allocation_compare_in_a_real_browser(tmp_path, screens, monk
             page.goto(server.url)
             page.wait_for_selector('h1:has-text("Launch")')
             expect(page.get_by_text("Trainable adapter parameters")).to_be_visible(timeout=90_000)
-            expect(page.get_by_text("uniform LoRA q,v at rank 24", exact=False)).to_be_visible()
+            expect(page.get_by_role("strong").filter(has_text="uniform LoRA q,v at rank 24")).to_be_visible()
             page.get_by_text("custom", exact=True).click()
             wait_idle(page)
             for label, value in TINY_RUN.items():
@@ -145,7 +146,7 @@ def test_launch_run_allocation_compare_in_a_real_browser(tmp_path, screens, monk
             expect(page.get_by_text(re.compile(r"1 running"))).to_be_visible(timeout=120_000)
             page.wait_for_selector('[data-testid="stDataFrame"] canvas')
             screens(page, "02-runs-live")
-            expect(page.get_by_text(re.compile(r"^2 done$"))).to_be_visible(timeout=240_000)
+            expect(page.get_by_text(re.compile(r"^2 runs · 2 done$"))).to_be_visible(timeout=240_000)
             wait_idle(page)
             page.wait_for_selector('[data-testid="stDataFrame"] canvas')
             phase("both runs trained")
@@ -172,12 +173,14 @@ def test_launch_run_allocation_compare_in_a_real_browser(tmp_path, screens, monk
             phase("allocation page")
             screens(page, "04-allocation")
 
-            # -- Compare: the two runs side by side
+            # -- Compare: the two runs are two configurations (their run lengths differ), side by side
             open_sidebar_page(page, "Compare")
-            # heatmaps, metric curves, Jaccard, Spearman (a 4-step run logs no training loss: no loss chart)
             page.wait_for_function(JS_PLOTS_DRAWN, arg=4, timeout=60_000)
-            compare = page.evaluate(JS_HEATMAPS)[0]
-            assert len(compare) == 4 and all(t["rows"] == n_layers for t in compare)
+            charts = [c for c in page.evaluate(JS_HEATMAPS) if c and c[0]["coloraxis"] == "coloraxis"]
+            assert len(charts) == 2 and all(len(c) == 2 and c[0]["rows"] == n_layers for c in charts)
+            captions = page.locator('[data-testid="stCaptionContainer"]').all_inner_texts()
+            assert any(c.startswith("2 runs in 2 configurations") and c.endswith("they differ in their max steps.")
+                       for c in captions), captions
             expect(page.get_by_text("Overlap of the enabled sets")).to_be_visible()
             phase("compare page")
             screens(page, "05-compare")
@@ -293,7 +296,42 @@ def test_the_server_binds_loopback_from_any_directory(tmp_path):
 #: docs/results.md, "The grid: every row at lr 5e-4", MRPC: row 4 (uniform LoRA q,v r24) and row 6
 #: (dynamic combined grad_norm r32, 9/35) against it.
 ROW4 = "mrpc · lora · no shortcuts · r24 · lr 5e-4"
-ROW6 = "mrpc · dynamic · grad_norm · r32 · 25% · lr 5e-4"
+ROW6_FULL = "mrpc · dynamic · q,v + shortcuts · grad_norm · r32 · 25% · lr 5e-4"
+
+
+def results_page_labels(home: Path, text: str) -> tuple[str, str, str]:
+    """The Results page's names of rows 4 and 6 of the GPU grid when its search box holds ``text``:
+    (row 4 in the reference picker, row 4 and row 6 among the configurations that pair with it),
+    computed as the page computes them (the engine's labels of the groups shown)."""
+    from heterolora_core.analysis import results as R
+    from heterolora_core.analysis.compare import RunFilter, filter_runs, runs_table
+    from heterolora_core.analysis.labels import describe_config, short_labels
+
+    store = RunStore(home)
+    rows = store.list_runs()
+    frame = runs_table(rows, store.home)
+    frame.insert(1, "label", [describe_config(r.config) for r in rows])
+    kept = set(filter_runs(frame, RunFilter(text=text))["run_id"])
+    groups = [g for g in R.group_by_config([r for r in rows if r.run_id in kept])]
+    default = RunConfig()
+
+    def is_row4(g):
+        return g.config.mode == "lora" and g.config.rank == 24 and not g.config.shortcuts and g.config.lr == 5e-4
+
+    def is_row6(g):
+        c = g.config
+        return (c.mode == "dynamic" and c.proxy == "grad_norm" and c.ranking == "combined" and c.shortcuts
+                and c.realloc_every == default.realloc_every and c.proxy_batches is None
+                and c.score_norm == default.score_norm and c.lr == 5e-4)
+
+    row4, row6 = next(g for g in groups if is_row4(g)), next(g for g in groups if is_row6(g))
+    extras = R.evidence_tokens(groups)
+    picker = short_labels({g.key: g.config for g in groups}, extras, include_seed=False)
+    paired = R.comparable(R.results_table(groups, row4.key))
+    shown = [g for g in groups if g.key in set(paired["key"])]
+    names = short_labels({g.key: g.config for g in shown}, {g.key: extras[g.key] for g in shown}, include_seed=False)
+    return picker[row4.key].short, names[row4.key].short, names[row6.key].short
+
 DOCS_ROW4, DOCS_ROW6, DOCS_DELTA = "79.90 ± 1.85 (n=3)", "71.81 ± 3.19 (n=3)", "-8.09 [-17.8, 1.7]"
 
 
@@ -366,7 +404,9 @@ def test_the_runs_explorer_filters_the_committed_records(committed_home, screens
             screens(page, "06-runs-filtered")
             # the selected run follows the filter: one of row 6's seeds
             selected = page.get_by_role("combobox", name="Run", exact=True).input_value()
-            assert "dynamic-combined-gradnorm-r32/seed" in selected and ROW6 in selected, selected
+            assert "dynamic-combined-gradnorm-r32/seed" in selected and selected.startswith("seed "), selected  # what differs
+            status = page.locator('[data-testid="stCaptionContainer"]').filter(has_text="Status:").first.inner_text()
+            assert ROW6_FULL in status, status
         finally:
             browser.close()
 
@@ -374,6 +414,8 @@ def test_the_runs_explorer_filters_the_committed_records(committed_home, screens
 def test_results_on_the_committed_records_match_docs_results(committed_home, screens):
     _require_browser()
     from playwright.sync_api import sync_playwright
+
+    row4_picker, _, row6 = results_page_labels(committed_home, "gpu/lr0.0005/mrpc")
 
     with StreamlitServer(committed_home, env={"HETEROLORA_DASHBOARD_WORKER": "0"}) as server, sync_playwright() as pw:
         browser = launch_chromium(pw)
@@ -387,8 +429,8 @@ def test_results_on_the_committed_records_match_docs_results(committed_home, scr
             search.fill("gpu/lr0.0005/mrpc")  # the grid's MRPC runs at 5e-4 on the GPU
             search.press("Enter")
             wait_idle(page)
-            choose(page, "Reference configuration", ROW4)
-            choose(page, "Configuration", ROW6)
+            choose(page, "Reference configuration", row4_picker)
+            choose(page, "Configuration", row6)
             page.wait_for_function(JS_TABLES_AND_PLOTS_DRAWN, arg={"tables": 1, "plots": 1})
             assert metric_value(page, "Reference") == DOCS_ROW4
             assert metric_value(page, "Final-epoch score") == DOCS_ROW6
@@ -402,7 +444,7 @@ def test_results_on_the_committed_records_match_docs_results(committed_home, scr
                   const i = (t.y || []).indexOf(label);
                   if (i >= 0) return {x: t.x[i], plus: t.error_x.array[i], minus: t.error_x.arrayminus[i], name: t.name};
                 }
-              return null; }""", ROW6)
+              return null; }""", row6)
             assert forest is not None and forest["name"] == "noise"
             assert (round(forest["x"], 2), round(forest["x"] - forest["minus"], 1), round(forest["x"] + forest["plus"], 1)) \
                 == (-8.09, -17.8, 1.7)

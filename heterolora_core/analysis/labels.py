@@ -43,7 +43,7 @@ SEARCH_FIELDS = ("proxy", "ranking", "score_norm", "enable_ratio", "match_unifor
 OPTION_FIELDS = tuple(dict.fromkeys(name for m in map(registry.info, registry.names()) for name in m.options
                                     if name != "budget_params"))
 #: Fields that never tell two results apart (bookkeeping) and are never in a label.
-_NOT_LABELLED = ("device", "logging_steps", "alpha", "bf16", "eval_every")
+_NOT_LABELLED = ("device", "logging_steps")  # as compare.NOT_IN_CONFIG_KEY: they never split a configuration
 
 
 def field_label(name: str) -> str:
@@ -295,5 +295,9 @@ _SUBJECTS = (("proxy", "proxies"), ("mode", "methods"), ("space", "search spaces
 def comparison_subject(configs: Sequence[RunConfig]) -> str:
     """What differs among ``configs``, in words for a heading: ``proxies``, ``methods``, ``ranks``,
     ... (the first of :data:`_SUBJECTS` that differs); ``configurations`` otherwise."""
-    fields = set(distinguishing_fields(list(configs), include_seed=False))
-    return next((words for name, words in _SUBJECTS if name in fields), "configurations")
+    ordered = distinguishing_fields(list(configs), include_seed=False)
+    fields = set(ordered)
+    named = next((words for name, words in _SUBJECTS if name in fields), None)
+    if named is not None:
+        return named
+    return ", ".join(field_label(f) for f in ordered[:3]) if ordered else "configurations"
