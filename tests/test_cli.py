@@ -246,3 +246,24 @@ def test_train_log_lines_read_as_text_not_dicts():
                     " · epoch 0.25")
     assert format_log({"eval_loss": 0.61, "eval_accuracy": 0.799, "eval_runtime": 3.1, "total_flos": 1e9}, 32, 32) == \
         "step 32/32 · dev loss 0.6100 · dev accuracy 79.90"
+
+
+def test_both_of_trainers_log_printers_are_swapped_for_readable_lines():
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from heterolora_core.training.callbacks import ReadablePrinter, ReadableProgress, use_readable_progress
+
+    class FakeTrainer:
+        def __init__(self, callbacks):
+            self.callback_handler = type("Handler", (), {"callbacks": list(callbacks)})()
+
+        def remove_callback(self, cls):
+            self.callback_handler.callbacks = [c for c in self.callback_handler.callbacks if type(c) is not cls]
+
+        def add_callback(self, cls):
+            self.callback_handler.callbacks.append(cls())
+
+    for stock, readable in ((ProgressCallback, ReadableProgress), (PrinterCallback, ReadablePrinter)):
+        trainer = FakeTrainer([stock()])
+        use_readable_progress(trainer)
+        assert [type(c) for c in trainer.callback_handler.callbacks] == [readable]

@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 
 from transformers import TrainerCallback
-from transformers.trainer_callback import ProgressCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from heterolora_core.methods.base import MethodRun
 from heterolora_core.records.record import RunRecord
@@ -140,9 +140,19 @@ class ReadableProgress(ProgressCallback):
             self.training_bar.write(format_log(logs, state.global_step, state.max_steps))
 
 
+class ReadablePrinter(PrinterCallback):
+    """Trainer's log printer (progress bars off), each log written as :func:`format_log`."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_local_process_zero and logs:
+            print(format_log(logs, state.global_step, state.max_steps), flush=True)
+
+
 def use_readable_progress(trainer) -> None:
-    """Swap a Trainer's :class:`ProgressCallback` (present when progress bars are on) for
-    :class:`ReadableProgress`."""
-    if any(isinstance(cb, ProgressCallback) for cb in trainer.callback_handler.callbacks):
-        trainer.remove_callback(ProgressCallback)
-        trainer.add_callback(ReadableProgress)
+    """Swap a Trainer's :class:`ProgressCallback` (progress bars on) for :class:`ReadableProgress`
+    and its :class:`PrinterCallback` (bars off) for :class:`ReadablePrinter`."""
+    callbacks = trainer.callback_handler.callbacks
+    for stock, readable in ((ProgressCallback, ReadableProgress), (PrinterCallback, ReadablePrinter)):
+        if any(type(cb) is stock for cb in callbacks):
+            trainer.remove_callback(stock)
+            trainer.add_callback(readable)
