@@ -24,7 +24,7 @@ from heterolora_core.adapters.portable import (check_lora_config, lora_config_kw
                                                write_lora_config)
 from heterolora_core.methods import registry
 from heterolora_core.methods.base import AdapterMethod, search_space
-from heterolora_core.records.record import RunRecord
+from heterolora_core.records.record import RunRecord, readable_run
 from heterolora_core.recommend import is_recommendation
 from heterolora_core.tasks.registry import task_for
 from heterolora_core.training.models import meta_classifier, resolve_model
@@ -89,12 +89,7 @@ def _structure(record: RunRecord, config: RunConfig):
 
 
 def _readable_run(run_dir: str | Path) -> tuple[RunRecord, RunConfig]:
-    record = RunRecord(run_dir)
-    if not record.exists():
-        raise ValueError(f"{run_dir} is not a run folder (no config.json)")
-    config, problem = record.run_config()
-    if config is None:
-        raise ValueError(f"run {record.run_id} cannot be read: {problem}")
+    record, config = readable_run(run_dir)
     method = registry.find(config.mode)
     if method is None:
         raise ValueError(f"run {record.run_id} has an unknown mode {config.mode!r}")

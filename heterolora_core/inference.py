@@ -11,7 +11,7 @@ from typing import Any
 
 from heterolora_core.adapters.checkpoint import check_head, load_checkpoint, load_head
 from heterolora_core.methods import registry
-from heterolora_core.records.record import RunRecord
+from heterolora_core.records.record import RunRecord, readable_run
 from heterolora_core.tasks.base import Task
 from heterolora_core.tasks.registry import task_for
 from heterolora_core.training.models import load_tokenizer, meta_classifier
@@ -36,12 +36,7 @@ def load_run_for_inference(run_dir: str | Path) -> LoadedRun:
     """Rebuild the run's model: base weights, the method's trained tensors (HeteroLoRA: the same
     search space with the enabled set as at the end of training) and the trained head.
     ValueError with one line when the folder is not a finished run with saved adapters."""
-    record = RunRecord(run_dir)
-    if not record.exists():
-        raise ValueError(f"{run_dir} is not a run folder (no config.json)")
-    config, problem = record.run_config()
-    if config is None:
-        raise ValueError(f"run {record.run_id} cannot be loaded: {problem}")
+    record, config = readable_run(run_dir, "loaded")
     try:  # no size is trusted from a record: every one within the launch limits before anything is built
         config.validate()
     except ValueError as exc:

@@ -657,6 +657,18 @@ def process_gone(summary: RunSummary, worker_pid: int | None = None) -> bool:
     return bool(worker_pid) and not process_alive(worker_pid)
 
 
+def readable_run(run_dir: str | os.PathLike, verb: str = "read") -> tuple["RunRecord", RunConfig]:
+    """(the record, its config) of a run folder; ValueError with one line when the folder is no run
+    or its config cannot be read (``run X cannot be <verb>: why``)."""
+    record = RunRecord(run_dir)
+    if not record.exists():
+        raise ValueError(f"{run_dir} is not a run folder (no config.json)")
+    config, problem = record.run_config()
+    if config is None:
+        raise ValueError(f"run {record.run_id} cannot be {verb}: {problem}")
+    return record, config
+
+
 def process_ended(pid: int | None) -> str:
     """Why a run marked running is failed when its process is gone."""
     if pid is None:
