@@ -35,8 +35,9 @@ ARM_MODES = {"U": "lora", "A": "rank_static", "R": "rank_random", "T": "rank_lay
 ARM_LABELS = {"U": "uniform LoRA (reference)", "A": "zero-cost rank allocation", "R": "random ranks (control)",
               "T": "ranks shuffled across layers (control)", "I": "inverted ranks (control)",
               "H": "allocation at half the budget", "UH": "uniform LoRA at half the budget"}
-#: Seeds of a study unless asked otherwise.
+#: Seeds of a study unless asked otherwise, and the most it takes (7 arms each: 700 runs).
 DEFAULT_SEEDS = 5
+MAX_SEEDS = 100
 #: The sweep-id prefix that marks a study (the Results page and ``study --report`` find it by this).
 STUDY_PREFIX = "study-"
 
@@ -75,9 +76,10 @@ def study_spec(base: dict[str, Any] | RunConfig, rank: int, seeds: int | Sequenc
     max_rank = int(max_rank or 8 * rank)
     if max_rank < rank:
         raise ValueError(f"max-rank {max_rank} is below the uniform rank {rank}")
-    seed_list = list(range(int(seeds))) if isinstance(seeds, int) else [int(s) for s in seeds]
-    if not seed_list:
-        raise ValueError("a study needs at least one seed")
+    count = int(seeds) if isinstance(seeds, int) else len(seeds)
+    if not 1 <= count <= MAX_SEEDS:  # counted before any list is built: --seeds 10**12 allocates nothing
+        raise ValueError(f"a study needs 1 to {MAX_SEEDS} seeds; got {count}")
+    seed_list = list(range(count)) if isinstance(seeds, int) else [int(s) for s in seeds]
     settings = base.to_dict() if isinstance(base, RunConfig) else dict(base)
     settings = {k: v for k, v in settings.items() if k not in ("mode", "rank", "seed", "budget_params", "enable_ratio",
                                                                 "match_uniform_rank", "shortcuts")}

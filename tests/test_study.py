@@ -44,6 +44,9 @@ def test_every_arm_plans_its_budget_exactly():
     assert {r.config.lr for r in runs} == {RunConfig().lr}  # one learning rate for every arm
     with pytest.raises(ValueError, match="even uniform rank"):
         study_spec({"task": "mrpc"}, rank=3)
+    for seeds in (0, 10**12):  # refused before any list of seeds is built
+        with pytest.raises(ValueError, match="1 to 100 seeds"):
+            study_spec({"task": "mrpc"}, rank=4, seeds=seeds)
 
 
 def run(arm: str, seed: int, final: float, rank=4, budget=165_888):

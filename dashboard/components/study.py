@@ -10,10 +10,10 @@ from dashboard.components import charts
 from dashboard.components.formatting import format_difference, format_score_stats, plural
 from heterolora_core.analysis import allocation as alloc
 from heterolora_core.analysis.compare import mean_grid
-from heterolora_core.analysis.study import study_verdict
+from heterolora_core.analysis.study import arm_runs, study_verdict
 from heterolora_core.analysis.text import markdown_text
 from heterolora_core.records.store import StoredRun
-from heterolora_core.study import ARM_LABELS, STUDY_PREFIX, arm_of
+from heterolora_core.study import ARM_LABELS, STUDY_PREFIX
 
 VERDICT_BOX = {"better": st.success, "worse": st.error, "noise": st.info}
 
@@ -54,8 +54,7 @@ def study_section(rows: list[StoredRun]) -> None:
     st.caption(f"Study {markdown_text(chosen)}: uniform rank {verdict.rank}, {verdict.budget:,} adapter parameters "
                f"({plural(sum(len(a.scores) for a in verdict.arms.values()), 'finished seed')} over the arms). "
                "Differences are paired by seed; noise where the 95% interval holds 0.")
-    allocated = [r for r in rows if r.sweep_id == chosen and r.config is not None and r.summary.status == "done"
-                 and arm_of(r.config, verdict.rank, verdict.budget) == "A"]
+    allocated = arm_runs(rows, verdict, "A")
     maps = [view for r in allocated if (view := data.rank_view(r)) is not None]
     if maps:
         n_layers = max(data.allocation_view(r).n_layers for r in allocated)

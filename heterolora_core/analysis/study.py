@@ -110,16 +110,12 @@ def verdict_sentence(comparisons: Sequence[StudyComparison]) -> str:
 def study_verdict(rows: Sequence[StoredRun], sweep_id: str) -> StudyVerdict | None:
     """The verdict of the finished runs of study ``sweep_id`` among ``rows`` (None when it has no
     finished uniform run to define the budget)."""
-    runs = [r for r in rows if r.sweep_id == sweep_id and r.config is not None and r.summary.status == Status.DONE]
+    runs = _finished(rows, sweep_id)
     reference = _uniform_reference(runs)
     if reference is None:
         return None
     rank, budget = reference
-    by_arm: dict[str, list[StoredRun]] = {}
-    for r in runs:
-        arm = arm_of(r.config, rank, budget)
-        if arm is not None:
-            by_arm.setdefault(arm, []).append(r)
+    by_arm = _by_arm(runs, rank, budget)
     arms = {}
     for arm in ARMS:
         scores = seed_scores((r.config.seed, r.summary.final_score) for r in by_arm.get(arm, []))
@@ -128,3 +124,21 @@ def study_verdict(rows: Sequence[StoredRun], sweep_id: str) -> StudyVerdict | No
     comparisons = tuple(StudyComparison(a, b, paired_difference(arms[a].scores, arms[b].scores))
                         for a, b in COMPARISONS)
     return StudyVerdict(sweep_id, rank, budget, arms, comparisons, verdict_sentence(comparisons))
+
+
+def _finished(rows: Sequence[StoredRun], sweep_id: str) -> list[StoredRun]:
+    return [r for r in rows if r.sweep_id == sweep_id and r.config is not None and r.summary.status == Status.DONE]
+
+
+def _by_arm(runs: Sequence[StoredRun], rank: int, budget: int) -> dict[str, list[StoredRun]]:
+    by_arm: dict[str, list[StoredRun]] = {}
+    for r in runs:
+        arm = arm_of(r.config, rank, budget)
+        if arm is not None:
+            by_arm.setdefault(arm, []).append(r)
+    return by_arm
+
+
+def arm_runs(rows: Sequence[StoredRun], verdict: StudyVerdict, arm: str) -> list[StoredRun]:
+    """The finished runs of one arm of the study ``verdict`` was made from (where A's ranks went)."""
+    return _by_arm(_finished(rows, verdict.sweep_id), verdict.rank, verdict.budget).get(arm, [])
