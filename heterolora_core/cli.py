@@ -535,7 +535,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 def _print_verdict(store, study_id: str) -> int:
     from heterolora_core.analysis.study import study_verdict
-    from heterolora_core.analysis.units import format_interval, format_points
+    from heterolora_core.analysis.units import format_interval, format_score
 
     verdict = study_verdict(store.list_runs(), study_id)
     if verdict is None:
@@ -544,11 +544,13 @@ def _print_verdict(store, study_id: str) -> int:
     print(f"study {study_id}: uniform rank {verdict.rank}, budget {verdict.budget:,}")
     for arm in verdict.arms.values():
         n = len(arm.scores)
-        score = "-" if arm.mean is None else format_points(arm.mean) + (f" ± {format_points(arm.std)}" if n > 1 else "")
+        score = "-" if arm.mean is None else (format_score(arm.mean, verdict.metric)
+                                              + (f" ± {format_score(arm.std, verdict.metric)}" if n > 1 else ""))
         print(f"  {arm.arm:<3} {arm.label:<40} {score:>14}  ({n} seed{'s' if n != 1 else ''})")
     for c in verdict.comparisons:
         d = c.difference
-        text = "-" if d is None else f"{format_points(d.mean, signed=True)} {format_interval(d.ci95) if d.ci95 else ''}"
+        text = "-" if d is None else (f"{format_score(d.mean, verdict.metric, signed=True)} "
+                                      f"{format_interval(d.ci95, metric=verdict.metric)}")
         print(f"  {c.arm} - {c.against:<3} {text:<22} {c.verdict}")
     print(verdict.sentence)
     return 0

@@ -388,6 +388,20 @@ def test_allocation_opens_on_a_run_that_allocates_and_draws_uniform_runs_without
     assert all("score" not in t["hovertemplate"] for t in specs[1]["data"])
 
 
+def test_runs_table_shows_a_perplexity_as_it_is_and_sorts_it_lowest_first(make_run):
+    make_run("run-accuracy", final_score=0.8125, best_score=0.8125)
+    for run_id, ppl in (("run-ppl-high", 7.5), ("run-ppl-low", 5.25)):
+        make_run(run_id, task="sst2").update_summary(metric="perplexity", final_score=ppl, best_score=ppl)
+    at = open_page("runs")
+    at.selectbox(key="runs_sort").set_value("final_score").run()
+    table = at.dataframe[0].value
+    final = dict(zip(table["run_id"], table["final"]))
+    assert final == {"run-accuracy": 81.25, "run-ppl-high": 7.5, "run-ppl-low": 5.25}  # perplexity not ×100
+    # best first in each run's own direction: 5.25 perplexity above 7.5
+    order = table["run_id"].tolist()
+    assert order.index("run-ppl-low") < order.index("run-ppl-high")
+
+
 def test_runs_table_has_no_literal_none_and_counts_in_words(make_run):
     RunStore().enqueue(RunConfig(mode="lora"))  # queued: no score, no proxy, no device, no error yet
     at = open_page("runs")

@@ -64,3 +64,32 @@ def test_a_perplexity_is_shown_as_it_is_and_accuracy_in_points():
     assert format_score(5.1234, "perplexity") == "5.12"
     assert format_score(0.79902, "accuracy") == "79.90"
     assert format_score(None, "eval_completion_loss") == "–"
+
+
+def test_the_dashboard_shows_a_perplexity_as_it_is_beside_accuracy_in_points():
+    import pandas as pd
+
+    from dashboard.components import formatting as F
+
+    shown = F.score_points(pd.Series([0.8125, 5.5, None]), pd.Series(["accuracy", "eval_perplexity", "accuracy"]))
+    assert shown.tolist()[:2] == [81.25, 5.5] and pd.isna(shown.iloc[2])
+    assert F.score_points(pd.Series([2.25]), "completion_loss").tolist() == [2.25]
+    assert F.format_score_stats(5.123, 0.25, 3, metric="perplexity") == "5.12 ± 0.25 (n=3)"
+    assert F.format_score_stats(0.799, 0.0185, 3, metric="f1") == "79.90 ± 1.85 (n=3)"
+    assert F.format_difference(-1.0, -1.25, -0.75, metric="perplexity") == "-1.00 [-1.2, -0.8]"
+    assert F.format_score(0.5, metric="accuracy") == "50.00" and F.format_score(0.5, metric="loss") == "0.50"
+    curves = F.score_curves(pd.DataFrame({"value": [6.0, 5.0]}), "perplexity")
+    assert curves["value"].tolist() == [6.0, 5.0]
+
+
+def test_runs_sort_and_experiments_pick_the_best_in_each_metrics_direction():
+    rows = [_run(12.0, 0, "lora"), _run(9.0, 0, "dynamic"), _run(10.0, 0, "static")]
+    frame = C.runs_table(rows)
+    frame["experiment"] = ["e", "e", "e"]
+    # descending = best first: the lowest perplexity on top
+    assert C.sort_runs(frame, "final_score", descending=True)["mode"].tolist() == ["dynamic", "static", "lora"]
+    assert C.sort_runs(frame, "best_score", descending=False)["mode"].tolist() == ["lora", "static", "dynamic"]
+    overview = C.experiments_table(frame).set_index("experiment")
+    assert overview.loc["e", "best_final"] == 9.0 and overview.loc["e", "metric"] == "perplexity"
+    accuracy = C.runs_table([_run(0.7, 0, "lora", "accuracy"), _run(0.8, 0, "dynamic", "accuracy")])
+    assert C.sort_runs(accuracy, "final_score")["mode"].tolist() == ["dynamic", "lora"]

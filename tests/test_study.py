@@ -49,7 +49,7 @@ def test_every_arm_plans_its_budget_exactly():
             study_spec({"task": "mrpc"}, rank=4, seeds=seeds)
 
 
-def run(arm: str, seed: int, final: float, rank=4, budget=165_888):
+def run(arm: str, seed: int, final: float, rank=4, budget=165_888, metric="accuracy"):
     modes = {"U": ("lora", rank, None), "UH": ("lora", rank // 2, None), "A": ("rank_static", 32, budget),
              "R": ("rank_random", 32, budget), "T": ("rank_layers", 32, budget), "I": ("rank_inverted", 32, budget),
              "H": ("rank_static", 32, budget // 2)}
@@ -58,11 +58,12 @@ def run(arm: str, seed: int, final: float, rank=4, budget=165_888):
     spent = budget if arm not in ("H", "UH") else budget // 2
     return StoredRun(run_id=f"{arm}-{seed}", path=Path("/x"), created_at=0.0, sweep_id="study-x", queue_seq=None,
                      config=config, summary=RunSummary.from_dict({"status": "done", "final_score": final,
-                                                                  "best_score": final, "trainable_params": spent}))
+                                                                  "best_score": final, "trainable_params": spent,
+                                                                  "metric": metric}))
 
 
-def study(scores: dict[str, list[float]]):
-    return [run(arm, seed, f) for arm, finals in scores.items() for seed, f in enumerate(finals)]
+def study(scores: dict[str, list[float]], metric="accuracy"):
+    return [run(arm, seed, f, metric=metric) for arm, finals in scores.items() for seed, f in enumerate(finals)]
 
 
 def test_arms_are_recognised_from_their_configs():
@@ -92,6 +93,17 @@ def test_the_verdict_follows_the_intervals():
     assert "on one seed: no verdict" in single.sentence and single.comparison("A", "R").difference is None
     assert verdict_sentence([]) .startswith("Not decided yet")
     assert study_verdict(study({"A": [0.8]}), "study-x") is None  # no uniform run: no budget, no verdict
+
+
+def test_a_study_of_perplexities_reads_lower_as_better_and_keeps_their_unit():
+    # A's perplexity is 0.2, 0.25, 0.15 below U's: a lower perplexity beats; the amounts are not ×100
+    scores = {"U": [5.0, 5.2, 5.4], "A": [4.8, 4.95, 5.25], "I": [5.5, 5.7, 5.9]}
+    verdict = study_verdict(study(scores, metric="perplexity"), "study-x")
+    assert verdict.metric == "perplexity" and verdict.comparison("A", "U").verdict == "better"
+    assert verdict.comparison("A", "I").verdict == "better"
+    assert verdict.sentence.startswith("On this model and task, the allocation beat uniform LoRA by -0.20 perplexity "
+                                       "[-0.3, -0.1] over 3 seeds")
+    assert "beat inverted ranks (-0.70)" in verdict.sentence  # -0.7, -0.75, -0.65
 
 
 @pytest.mark.slow

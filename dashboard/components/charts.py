@@ -245,11 +245,14 @@ def rank_timeline_figure(rt: RankTimeline) -> go.Figure:
 VERDICT_COLORS = {"better": "#2e8b57", "worse": "#c0392b", "noise": "#7f8c8d", "n/a (1 seed)": "#b0b7c3"}
 
 
-def forest_figure(rows: pd.DataFrame, reference: str, hover: list[str] | None = None) -> go.Figure:
+def forest_figure(rows: pd.DataFrame, reference: str, hover: list[str] | None = None,
+                  unit: str = "points") -> go.Figure:
     """The paired differences to ``reference`` as a forest plot: one row per configuration, its
-    mean difference in points with the 95% interval as an error bar, coloured by verdict, and a
-    line at 0. ``rows`` has columns ``configuration, delta, low, high, verdict`` (points; ``low`` /
-    ``high`` NaN with one seed); ``hover``, one per row, the configurations' full descriptions."""
+    mean difference in ``unit`` (GLUE points; a loss or perplexity's own unit, lower is better)
+    with the 95% interval as an error bar, coloured by verdict, and a line at 0. ``rows`` has
+    columns ``configuration, delta, low, high, verdict`` (in ``unit``; ``low`` / ``high`` NaN with
+    one seed); ``hover``, one per row, the configurations' full descriptions."""
+    unit = plotly_text(unit)
     fig = go.Figure()
     rows = rows.assign(_hover=[plotly_text(h) for h in (hover if hover is not None else rows["configuration"].tolist())])
     for verdict, part in rows.groupby("verdict", sort=False):
@@ -261,14 +264,14 @@ def forest_figure(rows: pd.DataFrame, reference: str, hover: list[str] | None = 
             error_x=dict(type="data", symmetric=False, array=np.nan_to_num(high - delta).tolist(),
                          arrayminus=np.nan_to_num(delta - low).tolist(), thickness=1.5, width=4),
             customdata=[[lo, hi, text] for lo, hi, text in zip(low.tolist(), high.tolist(), part["_hover"])],
-            hovertemplate="%{customdata[2]}<br>Δ %{x:+.2f} points<br>95% [%{customdata[0]:.1f}, %{customdata[1]:.1f}]<extra>"
+            hovertemplate="%{customdata[2]}<br>Δ %{x:+.2f} " + unit + "<br>95% [%{customdata[0]:.1f}, %{customdata[1]:.1f}]<extra>"
                           + str(verdict) + "</extra>",
         ))
     fig.add_vline(x=0.0, line_width=1, line_dash="dash", line_color="#555")
     fig.update_layout(
         height=int(max(240, 28 * len(rows) + 110)), margin=dict(l=10, r=10, t=40, b=40),
-        title=dict(text=f"Δ vs {plotly_text(reference)} (points, paired by seed, 95% interval)", font=dict(size=13)),
-        xaxis=dict(title="difference in points", zeroline=False),
+        title=dict(text=f"Δ vs {plotly_text(reference)} ({unit}, paired by seed, 95% interval)", font=dict(size=13)),
+        xaxis=dict(title=f"difference in {unit}", zeroline=False),
         yaxis=dict(autorange="reversed", type="category"), legend=dict(orientation="h", y=-0.18),
     )
     return fig

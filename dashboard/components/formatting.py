@@ -2,7 +2,8 @@
 
 Pure functions of engine objects to strings; the engine's analysis never formats. Scores are shown
 as GLUE has them, ×100 (:mod:`heterolora_core.analysis.units` holds the one conversion, shared with
-the CLI and the grid's report): accuracy 79.90, a difference of scores -8.09 points.
+the CLI and the grid's report): accuracy 79.90, a difference of scores -8.09 points; a loss or a
+perplexity (lower is better) is shown as it is, whenever the caller passes the run's metric.
 """
 from __future__ import annotations
 
@@ -48,37 +49,53 @@ def readable_fields(frame: pd.DataFrame, fields: Iterable[str], modes: Iterable[
     return out.rename(columns={name: field_label(name) for name in fields})
 
 
-# -- scores: GLUE points ---------------------------------------------------------------------------
+# -- scores: GLUE points, or a loss / perplexity as it is --------------------------------------------
 
 
-def format_score(value: object, digits: int = 2) -> str:
-    """A score (a fraction in the records) in GLUE points: ``0.7990`` -> ``"79.90"``; ``–`` when missing."""
-    return units.format_points(value, digits)
+def format_score(value: object, digits: int = 2, metric: object = None) -> str:
+    """A score as a person reads it (:func:`heterolora_core.analysis.units.format_score`): a
+    fraction in GLUE points, ``0.7990`` -> ``"79.90"``; a loss or perplexity as it is; ``–`` when
+    missing."""
+    return units.format_score(value, metric, digits)
 
 
-def score_points(values: pd.Series) -> pd.Series:
-    """A column of scores (fractions) in GLUE points, for tables that keep numbers sortable."""
-    return pd.to_numeric(values, errors="coerce") * units.SCALE
+def score_points(values: pd.Series, metrics: pd.Series | str | None = None) -> pd.Series:
+    """A column of scores as people read them, kept numeric so that tables sort: GLUE points (×100)
+    for accuracy-like metrics, a loss or perplexity as it is. ``metrics``: one metric for the column,
+    or one per row (a table may hold runs of both kinds)."""
+    numbers = pd.to_numeric(values, errors="coerce")
+    if metrics is None or isinstance(metrics, str):
+        return numbers * (units.SCALE if units.in_points(metrics) else 1.0)
+    scale = pd.Series(metrics, index=values.index).map(lambda m: units.SCALE if units.in_points(m) else 1.0)
+    return numbers * scale.astype(float)
 
 
-def score_curves(curves: pd.DataFrame) -> pd.DataFrame:
+def score_curves(curves: pd.DataFrame, metric: object = None) -> pd.DataFrame:
     """A :func:`~heterolora_core.analysis.compare.curves_frame` of evaluation scores with its
-    ``value`` column in GLUE points."""
-    return curves.assign(value=score_points(curves["value"]))
+    ``value`` column as people read it (GLUE points, or a loss / perplexity as it is)."""
+    return curves.assign(value=score_points(curves["value"], None if metric is None else str(metric)))
 
 
-def format_score_stats(mean: float | None, std: float | None, n: int, with_n: bool = True) -> str:
-    """Mean ± std of scores in points: ``79.90 ± 1.85 (n=3)`` (:func:`format_mean_std` of the points)."""
-    return format_mean_std(units.points(mean), units.points(std), n, digits=2, with_n=with_n)
+def format_score_stats(mean: float | None, std: float | None, n: int, with_n: bool = True,
+                       metric: object = None) -> str:
+    """Mean ± std of scores as read: ``79.90 ± 1.85 (n=3)`` (:func:`format_mean_std` of the shown
+    numbers; a perplexity's ``5.12 ± 0.03``)."""
+    return format_mean_std(units.shown(mean, metric), units.shown(std, metric), n, digits=2, with_n=with_n)
 
 
-def format_difference(mean: float | None, low: float | None = None, high: float | None = None) -> str:
-    """A paired difference of scores in points with its 95% interval: ``-8.09 [-17.8, 1.7]``
-    (no interval with one seed: ``+0.25``); ``–`` without a difference."""
-    if units.points(mean) is None:
+def format_difference(mean: float | None, low: float | None = None, high: float | None = None,
+                      metric: object = None) -> str:
+    """A paired difference of scores with its 95% interval, in points (a loss or perplexity as it
+    is): ``-8.09 [-17.8, 1.7]`` (no interval with one seed: ``+0.25``); ``–`` without a difference."""
+    if units.shown(mean, metric) is None:
         return "–"
-    interval = units.format_interval((low, high)) if low is not None and high is not None else ""
-    return f"{units.format_points(mean, signed=True)} {interval}".strip()
+    interval = units.format_interval((low, high), metric=metric) if low is not None and high is not None else ""
+    return f"{units.format_score(mean, metric, signed=True)} {interval}".strip()
+
+
+#: The help of a table's score column: what its numbers are.
+SCORE_HELP = ("GLUE points (×100) for accuracy, F1 and correlations; a loss or perplexity as it is "
+              "(lower is better); the metric column says which")
 
 
 def plural(n: int, noun: str, nouns: str | None = None) -> str:
@@ -124,7 +141,7 @@ def results_csv_frame(table: pd.DataFrame, labels: Mapping[str, str]) -> pd.Data
     scores = ["final_mean", "final_std", "final_low", "final_high", "best_mean", "delta_mean", "delta_low", "delta_high"]
     out = table.copy()
     for column in scores:
-        out[column] = score_points(out[column])
+        out[column] = score_points(out[column], out["metric"] if "metric" in out.columns else None)
     out["seeds"] = out["seeds"].map(lambda seeds: ",".join(map(str, seeds)))
     out.insert(0, "configuration", out["key"].map(labels))
     return out[["configuration", *[c for c in out.columns if c not in ("configuration", "key")], "key"]]

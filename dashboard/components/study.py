@@ -43,10 +43,12 @@ def study_section(rows: list[StoredRun]) -> None:
     comparisons = pd.DataFrame([{
         "comparison": f"{c.arm} − {c.against}", "what": f"{ARM_LABELS[c.arm]} vs {ARM_LABELS[c.against]}",
         "Δ (95% interval)": format_difference(*((c.difference.mean, *c.difference.ci95) if c.difference and c.difference.ci95
-                                                else ((c.difference.mean,) if c.difference else (None,)))),
+                                                else ((c.difference.mean,) if c.difference else (None,))),
+                                              metric=verdict.metric),
         "seeds": len(c.difference.seeds) if c.difference else 0, "verdict": c.verdict} for c in verdict.comparisons])
     arms = pd.DataFrame([{"arm": a.arm, "what": a.label, "final score (mean ± std)":
-                          format_score_stats(a.mean, a.std, len(a.scores), with_n=False), "seeds": len(a.scores)}
+                          format_score_stats(a.mean, a.std, len(a.scores), with_n=False, metric=verdict.metric),
+                          "seeds": len(a.scores)}
                          for a in verdict.arms.values()])
     left, right = st.columns(2)
     left.dataframe(comparisons, hide_index=True, key="study_comparisons")

@@ -20,6 +20,7 @@ from heterolora_core.analysis.labels import comparison_subject, short_labels
 from heterolora_core.analysis.results import is_short, run_evidence
 from heterolora_core.methods import registry
 from heterolora_core.analysis.text import markdown_text
+from heterolora_core.analysis.units import axis_title
 
 ALL_RUNS = "(all runs)"
 PER_ROW = 3
@@ -63,14 +64,16 @@ differing = [c for c in table.columns if c not in compare.COMPARE_COLUMNS]
 shown = readable_fields(table.assign(
     config=table["key"].map(short),
     description=table["key"].map(full),
-    best_score=[format_score_stats(m, s, n) for m, s, n in zip(table["best_mean"], table["best_std"], table["n_seeds"])],
-    final_score=[format_score_stats(m, s, n) for m, s, n in zip(table["final_mean"], table["final_std"], table["n_seeds"])],
+    best_score=[format_score_stats(m, s, n, metric=metric)
+                for m, s, n, metric in zip(table["best_mean"], table["best_std"], table["n_seeds"], table["metric"])],
+    final_score=[format_score_stats(m, s, n, metric=metric)
+                 for m, s, n, metric in zip(table["final_mean"], table["final_std"], table["n_seeds"], table["metric"])],
     seeds=table["seeds"].map(lambda seeds: ", ".join(map(str, seeds))),
     search=table["search_seconds"].map(format_duration),
     wall=table["wall_seconds"].map(format_duration),
 ), differing, modes=table["key"].map(lambda k: configs[k].mode))
 st.dataframe(
-    shown[["config", "final_score", "best_score", "n_seeds", "trainable_params", "search", "wall", "runs", "seeds",
+    shown[["config", "final_score", "best_score", "metric", "n_seeds", "trainable_params", "search", "wall", "runs", "seeds",
            *[field_label(f) for f in differing], "description"]],
     hide_index=True, key="compare_table",
     column_config={
@@ -129,11 +132,11 @@ st.subheader("Curves (mean over seeds; the band spans the seeds)")
 series = {r.run_id: (data.metrics(r), r.summary.metric) for r in chosen}
 group_of = {r.run_id: short[k] for k, members in groups.items() for r in members}
 metric_name = next((m for _, m in series.values() if m), "metric")
-metric_bands = compare.curve_bands(score_curves(compare.curves_frame(series, "metric")), group_of)
+metric_bands = compare.curve_bands(score_curves(compare.curves_frame(series, "metric"), metric_name), group_of)
 loss_bands = compare.curve_bands(compare.curves_frame(series, "loss"), group_of)
 metric_col, loss_col = st.columns(2)
 if not metric_bands.empty:
-    metric_col.plotly_chart(charts.band_figure(metric_bands, f"{metric_name} (×100)"), key="compare_metric",
+    metric_col.plotly_chart(charts.band_figure(metric_bands, axis_title(metric_name)), key="compare_metric",
                             config=charts.png_config("compare-metric"))
 if not loss_bands.empty:
     loss_col.plotly_chart(charts.band_figure(loss_bands, "training loss"), key="compare_loss",

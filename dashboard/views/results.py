@@ -16,6 +16,7 @@ from heterolora_core.analysis.compare import filter_runs
 from heterolora_core.analysis.evidence import SHORT_RUN
 from heterolora_core.analysis.labels import short_labels
 from heterolora_core.analysis.text import markdown_text
+from heterolora_core.analysis import units
 from heterolora_core.analysis.units import format_interval
 
 st.title("Results")
@@ -89,10 +90,13 @@ fields = [c for c in table.columns if c not in results.RESULT_COLUMNS]  # the co
 shown = readable_fields(table.assign(
     configuration=table["key"].map(labels),
     seeds=table["seeds"].map(lambda seeds: ", ".join(map(str, seeds))),
-    final=[format_score_stats(m, s, n, with_n=False) for m, s, n in zip(table["final_mean"], table["final_std"], table["n_seeds"])],
-    ci=[format_interval((lo, hi), missing="–") for lo, hi in zip(table["final_low"], table["final_high"])],
-    best=score_points(table["best_mean"]),
-    delta=[format_difference(m, lo, hi) for m, lo, hi in zip(table["delta_mean"], table["delta_low"], table["delta_high"])],
+    final=[format_score_stats(m, s, n, with_n=False, metric=metric)
+           for m, s, n, metric in zip(table["final_mean"], table["final_std"], table["n_seeds"], table["metric"])],
+    ci=[format_interval((lo, hi), missing="–", metric=metric)
+        for lo, hi, metric in zip(table["final_low"], table["final_high"], table["metric"])],
+    best=score_points(table["best_mean"], table["metric"]),
+    delta=[format_difference(m, lo, hi, metric=metric)
+           for m, lo, hi, metric in zip(table["delta_mean"], table["delta_low"], table["delta_high"], table["metric"])],
 ), fields, modes=table["key"].map(lambda k: configs[k].mode))
 shown = shown.assign(description=table["key"].map(full_labels))
 st.dataframe(
@@ -119,10 +123,15 @@ compared = table[table["delta_mean"].notna()]
 if compared.empty:
     st.info("No other configuration of the reference's task shares a seed with it: nothing to pair.")
 else:
-    forest = compared.assign(configuration=compared["key"].map(labels), delta=score_points(compared["delta_mean"]),
-                             low=score_points(compared["delta_low"]), high=score_points(compared["delta_high"]))
+    forest = compared.assign(configuration=compared["key"].map(labels),
+                             delta=score_points(compared["delta_mean"], compared["metric"]),
+                             low=score_points(compared["delta_low"], compared["metric"]),
+                             high=score_points(compared["delta_high"], compared["metric"]))
+    reference_metric = table.set_index("key").loc[reference, "metric"]
     st.plotly_chart(charts.forest_figure(forest[["configuration", "delta", "low", "high", "verdict"]], labels[reference],
-                                         hover=forest["key"].map(full_labels).tolist()),
+                                         hover=forest["key"].map(full_labels).tolist(),
+                                         unit=units.unit(reference_metric)
+                                         + ("" if units.in_points(reference_metric) else ", lower is better")),
                     key="forest", config=charts.png_config("results-forest"))
 
 st.subheader("One configuration against the reference")
@@ -133,12 +142,15 @@ focus = st.selectbox("Configuration", focus_keys, key="results_focus", format_fu
 row = table.set_index("key").loc[focus]
 ref_row = table.set_index("key").loc[reference]
 score_col, ref_col, delta_col = st.columns(3)
-score_col.metric("Final-epoch score", format_score_stats(row["final_mean"], row["final_std"], int(row["n_seeds"])),
-                 help=f"95% interval {format_interval((row['final_low'], row['final_high']), missing='–')}; "
-                      f"best epoch {format_score(row['best_mean'])}")
-ref_col.metric("Reference", format_score_stats(ref_row["final_mean"], ref_row["final_std"], int(ref_row["n_seeds"])),
+metric = row["metric"]
+score_col.metric("Final-epoch score", format_score_stats(row["final_mean"], row["final_std"], int(row["n_seeds"]),
+                                                         metric=metric),
+                 help=f"95% interval {format_interval((row['final_low'], row['final_high']), missing='–', metric=metric)}; "
+                      f"best epoch {format_score(row['best_mean'], metric=metric)}")
+ref_col.metric("Reference", format_score_stats(ref_row["final_mean"], ref_row["final_std"], int(ref_row["n_seeds"]),
+                                               metric=ref_row["metric"]),
                help=markdown_text(full_labels[reference]))
 delta_col.metric("Δ vs reference (95% interval)",
-                 format_difference(row["delta_mean"], row["delta_low"], row["delta_high"]),
+                 format_difference(row["delta_mean"], row["delta_low"], row["delta_high"], metric=metric),
                  help=f"paired over {int(row['delta_seeds'])} seed(s)")
 st.caption(f"Verdict: **{row['verdict'] or '–'}**")

@@ -6,10 +6,11 @@ from dashboard import data
 from dashboard.components import charts
 from dashboard.components.empty import stop_without_runs
 from dashboard.components.filters import run_filters
-from dashboard.components.formatting import (command_line, format_duration, format_lr, plural, score_curves,
-                                             score_points)
+from dashboard.components.formatting import (SCORE_HELP, command_line, format_duration, format_lr, plural,
+                                             score_curves, score_points)
 from dashboard.components.use_allocation import use_allocation
 from heterolora_core.analysis.compare import RunFilter, curves_frame, experiments_table, filter_runs, sort_runs
+from heterolora_core.analysis.units import axis_title
 from heterolora_core.analysis.text import markdown_text
 from heterolora_core.records.record import ACTIVE_STATUSES, STATUSES
 from heterolora_core.records.store import StoreError, StoredRun
@@ -57,8 +58,8 @@ def run_curves(rows_to_plot: list[StoredRun], key: str, labels: dict[str, str]) 
     series = {labels.get(r.run_id, r.run_id): (data.metrics(r), r.summary.metric) for r in rows_to_plot}
     loss_col, metric_col = st.columns(2)
     loss = curves_frame(series, "loss")
-    metric = score_curves(curves_frame(series, "metric"))
     metric_name = next((m for _, m in series.values() if m), "metric")
+    metric = score_curves(curves_frame(series, "metric"), metric_name)
     with loss_col:
         if loss.empty:
             st.caption(no_loss_reason(rows_to_plot))
@@ -68,16 +69,18 @@ def run_curves(rows_to_plot: list[StoredRun], key: str, labels: dict[str, str]) 
         if metric.empty:
             st.caption(f"No evaluation ({markdown_text(metric_name)}) yet.")
         else:
-            st.plotly_chart(charts.curves_figure(metric, f"{metric_name} (×100)"), key=f"{key}-metric",
+            st.plotly_chart(charts.curves_figure(metric, axis_title(metric_name)), key=f"{key}-metric",
                             config=charts.png_config(metric_name))
 
 
 def experiments_overview(table) -> None:
     overview = experiments_table(table)
     st.dataframe(
-        overview.assign(best_final=score_points(overview["best_final"])), hide_index=True, key="experiments_table",
+        overview.assign(best_final=score_points(overview["best_final"], overview["metric"]),
+                        metric=overview["metric"].astype("object").where(overview["metric"].notna(), "")),
+        hide_index=True, key="experiments_table",
         column_config={
-            "best_final": st.column_config.NumberColumn("best final score", format="%.2f"),
+            "best_final": st.column_config.NumberColumn("best final score", format="%.2f", help=SCORE_HELP),
             "active": "queued / running", "failed": "failed / cancelled",
             "newest": st.column_config.DatetimeColumn("newest run", format="YYYY-MM-DD HH:mm:ss"),
         },
@@ -106,8 +109,8 @@ def live_table(chosen: RunFilter, sort_by: str, descending: bool, grouped: bool)
     st.dataframe(
         shown.assign(eta=shown["eta_seconds"].map(format_duration), wall=shown["wall_seconds"].map(format_duration),
                      run=shown["run_id"].map(lambda rid: names[rid].short if rid in names else rid),
-                     description=shown["label"], final=score_points(shown["final_score"]),
-                     best=score_points(shown["best_score"]), lr=shown["lr"].map(format_lr),
+                     description=shown["label"], final=score_points(shown["final_score"], shown["metric"]),
+                     best=score_points(shown["best_score"], shown["metric"]), lr=shown["lr"].map(format_lr),
                      **{c: shown[c].astype("object").where(shown[c].notna(), "") for c in TEXT_COLUMNS}
                      )[TABLE_COLUMNS],
         hide_index=True,
@@ -119,8 +122,8 @@ def live_table(chosen: RunFilter, sort_by: str, descending: bool, grouped: bool)
             "description": st.column_config.TextColumn("full description", width="large"),
             "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
             "eta": "ETA",
-            "final": st.column_config.NumberColumn("final", format="%.2f", help="last evaluation, GLUE points (×100)"),
-            "best": st.column_config.NumberColumn("best", format="%.2f", help="best evaluation, GLUE points (×100)"),
+            "final": st.column_config.NumberColumn("final", format="%.2f", help=f"last evaluation: {SCORE_HELP}"),
+            "best": st.column_config.NumberColumn("best", format="%.2f", help=f"best evaluation: {SCORE_HELP}"),
             "trainable_params": st.column_config.NumberColumn("trainable params", format="localized"),
             "wall": "wall time",
             "lr": "learning rate",

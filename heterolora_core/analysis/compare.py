@@ -253,12 +253,19 @@ def _under_any(experiments: pd.Series, folders: list[str]) -> pd.Series:
 def sort_runs(frame: pd.DataFrame, by: str = "created_at", descending: bool = True,
               by_experiment: bool = False) -> pd.DataFrame:
     """A runs frame sorted by column ``by`` (missing values last; an unknown column: newest first),
-    within experiments (in name order) when ``by_experiment``."""
+    within experiments (in name order) when ``by_experiment``. A score column sorts in its metric's
+    direction (:func:`goodness`): descending puts the best first, the lowest loss or perplexity
+    among them."""
     by = by if by in frame.columns else "created_at"
-    keys, ascending = ([by], [not descending])
+    sort_key = by
+    if by in SCORE_COLUMNS and "metric" in frame.columns:
+        sort_key = "_goodness"
+        frame = frame.assign(_goodness=goodness(frame[by], frame["metric"]))
+    keys, ascending = ([sort_key], [not descending])
     if by_experiment and "experiment" in frame.columns and by != "experiment":
-        keys, ascending = ["experiment", by], [True, not descending]
-    return frame.sort_values(keys, ascending=ascending, na_position="last", kind="stable")
+        keys, ascending = ["experiment", sort_key], [True, not descending]
+    out = frame.sort_values(keys, ascending=ascending, na_position="last", kind="stable")
+    return out.drop(columns="_goodness") if sort_key == "_goodness" else out
 
 
 def experiment_options(experiments: Iterable[object]) -> list[str]:
@@ -273,28 +280,40 @@ def experiment_options(experiments: Iterable[object]) -> list[str]:
     return sorted(out)
 
 
-EXPERIMENT_COLUMNS = ["experiment", "runs", "done", "active", "failed", "tasks", "modes", "best_final", "newest"]
+#: Columns of a runs frame that hold scores (sorted and compared in their metric's direction).
+SCORE_COLUMNS = ("final_score", "best_score")
+EXPERIMENT_COLUMNS = ["experiment", "runs", "done", "active", "failed", "tasks", "modes", "best_final", "metric",
+                      "newest"]
 
 
 def experiments_table(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per experiment of a :func:`runs_table` frame, newest first: its runs, how many are
     done, queued or running (``active``) and failed or cancelled, the tasks and modes it holds, the
-    best final score of its finished runs and its newest run's creation time."""
+    best final score of its finished runs in its metric's direction (the lowest perplexity) with that
+    metric, and its newest run's creation time."""
     if frame.empty:
         return pd.DataFrame(columns=EXPERIMENT_COLUMNS)
     status = frame["status"]
-    parts = frame.assign(
+    metrics = frame["metric"] if "metric" in frame.columns else pd.Series(None, index=frame.index, dtype=object)
+    frame = frame.assign(
         _done=status.eq("done"), _active=status.isin(("queued", "running")),
         _failed=status.isin(("failed", "cancelled")),
-        _final=frame["final_score"].where(status.eq("done")),
-    ).groupby("experiment", dropna=False, sort=False)
+        _good=goodness(frame["final_score"], metrics).where(status.eq("done")), _metric=metrics,
+    )
+    parts = frame.groupby("experiment", dropna=False, sort=False)
+    best_rows = (frame[frame["_good"].notna()].sort_values("_good", ascending=False, kind="stable")
+                 .drop_duplicates("experiment"))
+    best = {e: (score, metric) for e, score, metric in
+            zip(best_rows["experiment"], best_rows["final_score"], best_rows["_metric"])}
     out = pd.DataFrame({
         "runs": parts.size(), "done": parts["_done"].sum(), "active": parts["_active"].sum(),
         "failed": parts["_failed"].sum(),
         "tasks": parts["task"].agg(lambda v: ", ".join(sorted({str(x) for x in v.dropna()}))),
         "modes": parts["mode"].agg(lambda v: ", ".join(sorted({str(x) for x in v.dropna()}))),
-        "best_final": parts["_final"].max(), "newest": parts["created_at"].max(),
+        "newest": parts["created_at"].max(),
     }).reset_index()
+    out["best_final"] = [best.get(e, (float("nan"), None))[0] for e in out["experiment"]]
+    out["metric"] = [best.get(e, (None, None))[1] for e in out["experiment"]]
     out = out.sort_values("newest", ascending=False, kind="stable").reset_index(drop=True)
     return out[EXPERIMENT_COLUMNS]
 
@@ -390,7 +409,7 @@ def goodness(scores: pd.Series, metrics: pd.Series) -> pd.Series:
     return pd.to_numeric(scores, errors="coerce") * sign
 
 
-COMPARE_COLUMNS = ["key", "runs", "n_seeds", "seeds", "best_mean", "best_std", "final_mean", "final_std",
+COMPARE_COLUMNS = ["key", "metric", "runs", "n_seeds", "seeds", "best_mean", "best_std", "final_mean", "final_std",
                    "trainable_params", "search_seconds", "wall_seconds"]
 
 
@@ -408,6 +427,7 @@ def compare_table(rows: Sequence[StoredRun]) -> tuple[pd.DataFrame, dict[str, Ru
     groups = configuration_groups(rows)
     configs = {key: members[0].config for key, members in groups.items()}
     differing = differing_fields(configs.values())
+    metric = {key: next((m.summary.metric for m in members if m.summary.metric), None) for key, members in groups.items()}
     records = []
     for key, members in groups.items():
         summaries = [m.summary for m in members]
@@ -415,7 +435,7 @@ def compare_table(rows: Sequence[StoredRun]) -> tuple[pd.DataFrame, dict[str, Ru
         best = describe(best_by_seed.values())
         final = describe(seed_scores((m.config.seed, m.summary.final_score) for m in members).values())
         records.append({
-            "key": key, "runs": len(members), "n_seeds": best.n, "seeds": sorted(best_by_seed),
+            "key": key, "metric": metric[key], "runs": len(members), "n_seeds": best.n, "seeds": sorted(best_by_seed),
             "best_mean": best.mean, "best_std": best.std, "final_mean": final.mean, "final_std": final.std,
             "trainable_params": describe(s.trainable_params for s in summaries).mean,
             "search_seconds": describe(s.search_seconds for s in summaries).mean,
@@ -423,7 +443,6 @@ def compare_table(rows: Sequence[StoredRun]) -> tuple[pd.DataFrame, dict[str, Ru
             **{name: getattr(configs[key], name) for name in differing},
         })
     frame = pd.DataFrame.from_records(records, columns=COMPARE_COLUMNS + differing)
-    metric = {key: next((m.summary.metric for m in members if m.summary.metric), None) for key, members in groups.items()}
-    frame = frame.assign(_goodness=goodness(frame["best_mean"], frame["key"].map(metric)))
+    frame = frame.assign(_goodness=goodness(frame["best_mean"], frame["metric"]))
     frame = frame.sort_values("_goodness", ascending=False, na_position="last", kind="stable")
     return frame.drop(columns="_goodness").reset_index(drop=True), configs

@@ -17,6 +17,7 @@ from heterolora_core.methods import registry
 from heterolora_core.records.record import Status
 from heterolora_core.records.store import StoredRun
 from heterolora_core.study import ARM_LABELS, ARMS, arm_of
+from heterolora_core.vocab import higher_is_better
 
 #: The comparisons a verdict reports: (arm, against).
 COMPARISONS = (("A", "U"), ("A", "R"), ("A", "T"), ("A", "I"), ("H", "U"), ("H", "UH"))
@@ -56,6 +57,7 @@ class StudyVerdict:
     arms: dict[str, ArmScores]
     comparisons: tuple[StudyComparison, ...]
     sentence: str
+    metric: str | None = None  # the runs' headline metric; its direction reads the differences
 
     def comparison(self, arm: str, against: str) -> StudyComparison:
         return next(c for c in self.comparisons if (c.arm, c.against) == (arm, against))
@@ -71,14 +73,15 @@ def _uniform_reference(runs: Sequence[StoredRun]) -> tuple[int, int] | None:
     return (top, int(counts[0])) if counts else None
 
 
-def _points(d: PairedDifference) -> str:
-    low, high = d.ci95 if d.ci95 else (None, None)
-    interval = f" {units.format_interval((low, high))}" if low is not None else ""
-    return f"{units.format_points(d.mean, signed=True)} points{interval}"
+def _amount(d: PairedDifference, metric: str | None) -> str:
+    """``+1.23 points [0.2, 2.3]`` (a loss or perplexity: ``-0.05 perplexity [-0.1, -0.0]``)."""
+    interval = f" {units.format_interval(d.ci95, metric=metric)}" if d.ci95 else ""
+    return f"{units.format_score(d.mean, metric, signed=True)} {units.unit(metric)}{interval}"
 
 
-def verdict_sentence(comparisons: Sequence[StudyComparison]) -> str:
-    """One line that follows the intervals: A against U first, then what the controls say."""
+def verdict_sentence(comparisons: Sequence[StudyComparison], metric: str | None = None) -> str:
+    """One line that follows the intervals: A against U first, then what the controls say. The
+    verdicts are read in the metric's direction (a lower loss beats), the amounts in its unit."""
     by_pair = {(c.arm, c.against): c for c in comparisons}
     head = by_pair.get(("A", "U"))
     if head is None or head.difference is None:
@@ -86,24 +89,24 @@ def verdict_sentence(comparisons: Sequence[StudyComparison]) -> str:
     d = head.difference
     n = f"{len(d.seeds)} seed{'s' if len(d.seeds) != 1 else ''}"
     if d.verdict == "better":
-        sentence = f"On this model and task, the allocation beat uniform LoRA by {_points(d)} over {n}"
+        sentence = f"On this model and task, the allocation beat uniform LoRA by {_amount(d, metric)} over {n}"
     elif d.verdict == "worse":
-        sentence = f"On this model and task, the allocation lost to uniform LoRA by {_points(d)} over {n}"
+        sentence = f"On this model and task, the allocation lost to uniform LoRA by {_amount(d, metric)} over {n}"
     elif d.verdict == "noise":
-        sentence = f"On this model and task, the allocation was indistinguishable from uniform LoRA ({_points(d)}, noise, {n})"
+        sentence = f"On this model and task, the allocation was indistinguishable from uniform LoRA ({_amount(d, metric)}, noise, {n})"
     else:
-        sentence = f"On this model and task, the allocation differs from uniform LoRA by {_points(d)} on one seed: no verdict"
+        sentence = f"On this model and task, the allocation differs from uniform LoRA by {_amount(d, metric)} on one seed: no verdict"
     controls = []
     for against, what in (("R", "random ranks"), ("T", "layer-shuffled ranks"), ("I", "inverted ranks")):
         c = by_pair.get(("A", against))
         if c is not None and c.difference is not None and c.difference.verdict in ("better", "worse", "noise"):
             word = {"better": "beat", "worse": "lost to", "noise": "tied"}[c.difference.verdict]
-            controls.append(f"{word} {what} ({units.format_points(c.difference.mean, signed=True)})")
+            controls.append(f"{word} {what} ({units.format_score(c.difference.mean, metric, signed=True)})")
     half = by_pair.get(("H", "U"))
     tail = ""
     if half is not None and half.difference is not None and half.difference.verdict in ("better", "worse", "noise"):
         word = {"better": "above", "worse": "below", "noise": "level with"}[half.difference.verdict]
-        tail = f"; at half the budget it was {word} full-budget uniform LoRA ({units.format_points(half.difference.mean, signed=True)})"
+        tail = f"; at half the budget it was {word} full-budget uniform LoRA ({units.format_score(half.difference.mean, metric, signed=True)})"
     return sentence + ("; it " + ", ".join(controls) if controls else "") + tail + "."
 
 
@@ -115,15 +118,17 @@ def study_verdict(rows: Sequence[StoredRun], sweep_id: str) -> StudyVerdict | No
     if reference is None:
         return None
     rank, budget = reference
+    metric = next((r.summary.metric for r in runs if r.summary.metric), None)
     by_arm = _by_arm(runs, rank, budget)
     arms = {}
     for arm in ARMS:
         scores = seed_scores((r.config.seed, r.summary.final_score) for r in by_arm.get(arm, []))
         stats = describe(scores.values())
         arms[arm] = ArmScores(arm, ARM_LABELS[arm], scores, stats.mean, stats.std)
-    comparisons = tuple(StudyComparison(a, b, paired_difference(arms[a].scores, arms[b].scores))
+    comparisons = tuple(StudyComparison(a, b, paired_difference(arms[a].scores, arms[b].scores,
+                                                                higher_is_better(metric)))
                         for a, b in COMPARISONS)
-    return StudyVerdict(sweep_id, rank, budget, arms, comparisons, verdict_sentence(comparisons))
+    return StudyVerdict(sweep_id, rank, budget, arms, comparisons, verdict_sentence(comparisons, metric), metric)
 
 
 def _finished(rows: Sequence[StoredRun], sweep_id: str) -> list[StoredRun]:

@@ -41,18 +41,43 @@ def in_points(metric: object) -> bool:
     return higher_is_better(metric)
 
 
-def format_score(value: object, metric: object, digits: int = 2, missing: str = "–") -> str:
-    """A headline score as a person reads it: in points for GLUE-like metrics (``0.79902`` ->
-    ``"79.90"``), as it is for a loss or perplexity (``5.123`` -> ``"5.12"``)."""
+def shown(value: object, metric: object = None) -> float | None:
+    """A score as a person reads it, as a number: in GLUE points for a GLUE-like metric (``0.799``
+    -> ``79.9``), as it is for a loss or a perplexity; None for a missing or non-finite value."""
     if in_points(metric):
-        return format_points(value, digits, missing)
+        return points(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return missing
-    return f"{float(value):.{digits}f}"
+        return None
+    return float(value)
 
 
-def format_interval(ci: tuple[float, float] | list[float] | None, digits: int = 1, missing: str = "") -> str:
-    """A 95% interval of fractions in points: ``(0.753, 0.845)`` -> ``"[75.3, 84.5]"``."""
-    if ci is None or len(ci) != 2 or points(ci[0]) is None or points(ci[1]) is None:
+def format_score(value: object, metric: object = None, digits: int = 2, missing: str = "–",
+                 signed: bool = False) -> str:
+    """A headline score (or, ``signed``, a difference of two) as a person reads it: in points for
+    GLUE-like metrics (``0.79902`` -> ``"79.90"``), as it is for a loss or perplexity (``5.123`` ->
+    ``"5.12"``)."""
+    number = shown(value, metric)
+    if number is None:
         return missing
-    return f"[{format_points(ci[0], digits)}, {format_points(ci[1], digits)}]"
+    return f"{number:+.{digits}f}" if signed else f"{number:.{digits}f}"
+
+
+def unit(metric: object) -> str:
+    """What a difference of ``metric`` is counted in, for prose: ``points`` for a GLUE-like metric,
+    the metric's own name for a loss or perplexity (``+0.05 perplexity``)."""
+    return "points" if in_points(metric) else str(metric)
+
+
+def axis_title(metric: object) -> str:
+    """A chart axis for ``metric``: ``accuracy (×100)``; ``perplexity (lower is better)``."""
+    name = str(metric) if metric else "metric"
+    return f"{name} (×100)" if in_points(metric) else f"{name} (lower is better)"
+
+
+def format_interval(ci: tuple[float, float] | list[float] | None, digits: int = 1, missing: str = "",
+                    metric: object = None) -> str:
+    """A 95% interval of scores as a person reads them: ``(0.753, 0.845)`` -> ``"[75.3, 84.5]"`` (in
+    points; a loss or perplexity's interval as it is)."""
+    if ci is None or len(ci) != 2 or shown(ci[0], metric) is None or shown(ci[1], metric) is None:
+        return missing
+    return f"[{format_score(ci[0], metric, digits)}, {format_score(ci[1], metric, digits)}]"
