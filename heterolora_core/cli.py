@@ -490,11 +490,17 @@ def describe_plan(spec, planned) -> str:
     from heterolora_core.planning import sweep_budgets
     from heterolora_core.sweeps import state_counts
 
+    from heterolora_core.analysis.text import terminal_text
+
     counts = state_counts(planned)
-    lines = [f"sweep {spec.sweep}: {len(planned)} run(s) — " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)]
-    for b in sweep_budgets([run for run, _ in planned]):
-        lines.append(f"  row {b.row:<14} {b.task:<6} {b.mode:<8} {b.runs:>3} run(s)  "
-                     f"{b.trainable_params:>11,} trainable ({b.uniform_equivalent})  {b.label}")
+    lines = [f"sweep {terminal_text(spec.sweep)}: {len(planned)} run(s) — "
+             + ", ".join(f"{n} {s}" for s, n in counts.items() if n)]
+    budgets = sweep_budgets([run for run, _ in planned])
+    cells = [(terminal_text(b.row), terminal_text(b.task), terminal_text(b.mode)) for b in budgets]
+    widths = [max((len(c[i]) for c in cells), default=0) for i in range(3)]  # columns as wide as their widest cell
+    for b, (row, task, mode) in zip(budgets, cells):
+        lines.append(f"  row {row:<{widths[0]}}  {task:<{widths[1]}}  {mode:<{widths[2]}}  {b.runs:>3} run(s)  "
+                     f"{b.trainable_params:>11,} trainable ({b.uniform_equivalent})  {terminal_text(b.label)}")
     return "\n".join(lines)
 
 

@@ -264,3 +264,44 @@ def test_every_glue_classification_task_has_instructions_with_one_word_per_label
         check_objective(task, "lm")
     with pytest.raises(ValueError, match="task stsb is regression"):
         check_objective("stsb", "lm")
+
+
+# -- uploads (the Launch page's SFT files) ---------------------------------------------------------
+
+
+def test_an_uploaded_sft_file_is_checked_then_kept_once_under_the_home(tmp_path):
+    from heterolora_core.tasks.instructions import UPLOADS_DIR, read_sft_file, save_sft_upload
+
+    content = b'{"prompt": "2+2=", "completion": " 4"}\n\n{"messages": [{"role": "user", "content": "hi"}, ' \
+              b'{"role": "assistant", "content": "hello"}]}\n'
+    path, rows = save_sft_upload("my train.jsonl", content, tmp_path)
+    assert rows == 2 and path.parent == tmp_path / UPLOADS_DIR and path.name.endswith("-my_train.jsonl")
+    assert path.read_bytes() == content and len(read_sft_file(path)) == 2
+    again, _ = save_sft_upload("my train.jsonl", content, tmp_path)
+    assert again == path and len(list((tmp_path / UPLOADS_DIR).iterdir())) == 1  # same content: one file
+    hostile, _ = save_sft_upload("../../../etc/x.jsonl", content, tmp_path)
+    assert hostile.parent == tmp_path / UPLOADS_DIR  # a path in the name is dropped
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("t.jsonl", b'{"prompt": "a", "completion": "b"}\n{"prompt": "no completion"}\n', "t.jsonl:2:"),
+    ("t.jsonl", b'{"prompt": "a", "completion": "b"}\nnot json\n', "t.jsonl:2: not valid JSON"),
+    ("t.csv", b'{"prompt": "a", "completion": "b"}\n', "must be JSON lines"),
+    ("t.jsonl", b"\xff\xfe\x00garbage", "not UTF-8"),
+    ("t.jsonl", b"\n\n", "has no rows"),
+])
+def test_a_bad_upload_is_one_line_and_writes_nothing(tmp_path, name, content, message):
+    from heterolora_core.tasks.instructions import save_sft_upload
+
+    with pytest.raises(DataError, match=message) as info:
+        save_sft_upload(name, content, tmp_path)
+    assert "\n" not in str(info.value) and not (tmp_path / "uploads").exists()
+
+
+def test_an_upload_over_the_limit_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    from heterolora_core.tasks import instructions
+
+    monkeypatch.setattr(instructions, "MAX_SFT_UPLOAD_BYTES", 10)
+    with pytest.raises(DataError, match="uploads are at most"):
+        instructions.save_sft_upload("t.jsonl", b'{"prompt": "a", "completion": "b"}\n', tmp_path)
+    assert not (tmp_path / "uploads").exists()

@@ -172,8 +172,9 @@ def test_sweep_wait_from_the_command_line_resumes(home, tmp_path):
     out = cli(["sweep", str(path), "--home", str(home), "--wait"], home)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.splitlines()[0] == "sweep hand-count: 11 run(s) — 11 todo"
-    assert "row qv8            mrpc   lora       3 run(s)       73,728 trainable" in out.stdout
-    assert "row dyn            mrpc   dynamic    3 run(s)" in out.stdout
+    # columns as wide as their widest cell: rows qv8/dyn/stat, tasks mrpc/rte, modes lora/dynamic/static
+    assert "  row qv8   mrpc  lora       3 run(s)       73,728 trainable" in out.stdout
+    assert "  row dyn   mrpc  dynamic    3 run(s)" in out.stdout
     assert "queued 11 run(s) under experiment hand-count" in out.stdout and "sweep hand-count: 11 done" in out.stdout
     RunRecord(home / "results/hand-count/mrpc/qv8/lr0.0005-seed1").update_summary(status="cancelled")
     out = cli(["sweep", str(path), "--home", str(home), "--wait"], home)

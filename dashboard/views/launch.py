@@ -13,6 +13,8 @@ from dashboard.components.forms import (EMBEDDED_MODELS, FULL_RUN, OBJECTIVES, O
 from heterolora_core.analysis.text import markdown_text
 from heterolora_core.methods import registry
 from heterolora_core.sweeps import FORM_AXES, expand, new_sweep_id, plan_sweep, proxy_sweep, queue_sweep, state_counts
+from heterolora_core.tasks.instructions import MAX_SFT_UPLOAD_BYTES, save_sft_upload
+from heterolora_core.training.data import DataError
 from heterolora_core.training.run_config import RunConfig
 from heterolora_core.vocab import LORA_TARGETS, Proxy, Ranking
 
@@ -98,6 +100,22 @@ def run_time(config: dict, short: bool) -> None:
                 "seeds and read it on the Results page.", icon=":material/info:")
 
 
+def sft_file_input(column, label: str, field: str) -> str | None:
+    """An SFT file as a path, or uploaded (checked row by row, then kept under the data home's
+    ``uploads/``): the path the run's config names. A bad upload is one line here, nothing saved."""
+    uploaded = column.file_uploader(f"{label} (.jsonl upload, at most {MAX_SFT_UPLOAD_BYTES // 2**20} MiB)",
+                                    type=["jsonl", "json"], key=f"{field}_upload")
+    if uploaded is not None:
+        try:
+            path, rows = save_sft_upload(uploaded.name, uploaded.getvalue(), data.store().home)
+        except DataError as exc:
+            column.error(markdown_text(str(exc)), icon=":material/error:")
+            return None
+        column.caption(f"{markdown_text(uploaded.name)}: {plural(rows, 'row')}, kept as `{path.name}`")
+        return str(path)
+    return column.text_input(f"…or the {label.lower()}'s path", key=field, help=FIELD_HELP[field]).strip() or None
+
+
 st.title("Launch")
 st.caption("Configure a training run. The budget below updates as you change the inputs; runs go to the "
            "queue and train in the background worker.")
@@ -115,10 +133,8 @@ with settings:
     data_files = {}
     if task == "sft":
         files_left, files_right = st.columns(2)
-        data_files = {"train_file": files_left.text_input("Training file (.jsonl)", key="train_file",
-                                                          help=FIELD_HELP["train_file"]).strip() or None,
-                      "dev_file": files_right.text_input("Dev file (.jsonl)", key="dev_file",
-                                                         help=FIELD_HELP["dev_file"]).strip() or None}
+        data_files = {"train_file": sft_file_input(files_left, "Training file", "train_file"),
+                      "dev_file": sft_file_input(files_right, "Dev file", "dev_file")}
     modes = list(registry.names())
     mode = st.radio("Mode", modes, index=modes.index(SHORT_RUN["mode"]), format_func=lambda m: registry.info(m).label,
                     horizontal=True, key="mode", help="; ".join(f"{registry.info(m).label}: {registry.info(m).description}"

@@ -32,7 +32,12 @@ that leaves no completion token within ``max_length`` is refused (``file:line: r
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -44,6 +49,10 @@ ROLES = ("system", "user", "assistant")
 SFT_EXTENSIONS = (".jsonl", ".json")
 #: The largest SFT file read (the rows are held in memory, tokenised, twice: train and check).
 MAX_SFT_FILE_BYTES = 512 * 2**20
+#: The largest SFT file the dashboard accepts as an upload (larger files: give their path).
+MAX_SFT_UPLOAD_BYTES = 64 * 2**20
+#: Where uploaded SFT files are kept, under the data home.
+UPLOADS_DIR = "uploads"
 
 
 @dataclass(frozen=True)
@@ -83,25 +92,68 @@ class InstructionExample:
 def read_sft_file(path: str | Path) -> list[InstructionExample]:
     """Every row of an SFT JSON-lines file; DataError ``file:line: reason`` for the first bad row."""
     path = Path(path)
-    if path.suffix.lower() not in SFT_EXTENSIONS:
-        raise DataError(f"{path}: SFT data must be JSON lines ({', '.join(SFT_EXTENSIONS)}), "
-                        f"got {path.suffix or 'no extension'!r}")
+    _check_extension(path.name, str(path))
     if not path.is_file():
         raise DataError(f"data file {path} does not exist")
     if path.stat().st_size > MAX_SFT_FILE_BYTES:
         raise DataError(f"{path} is {path.stat().st_size / 2**20:,.0f} MiB; SFT files are read whole, "
                         f"at most {MAX_SFT_FILE_BYTES // 2**20} MiB")
-    examples = []
     try:
         with open(path, encoding="utf-8-sig") as fh:
-            for line_no, line in enumerate(fh, start=1):
-                if line.strip():
-                    examples.append(parse_row(_json_object(line, path, line_no), f"{path}:{line_no}"))
+            return parse_sft_lines(fh, str(path))
     except UnicodeDecodeError as exc:
         raise DataError(f"{path} is not UTF-8 text (undecodable byte at offset {exc.start})") from None
+
+
+def parse_sft_lines(lines: Iterable[str], source: str) -> list[InstructionExample]:
+    """The examples of an SFT file's lines (blank lines skipped); DataError ``source:line: reason``
+    for the first bad row, or when there is none."""
+    examples = [parse_row(_json_object(line, source, line_no), f"{source}:{line_no}")
+                for line_no, line in enumerate(lines, start=1) if line.strip()]
     if not examples:
-        raise DataError(f"{path} has no rows")
+        raise DataError(f"{source} has no rows")
     return examples
+
+
+def _check_extension(name: str, source: str) -> None:
+    suffix = Path(name).suffix.lower()
+    if suffix not in SFT_EXTENSIONS:
+        raise DataError(f"{source}: SFT data must be JSON lines ({', '.join(SFT_EXTENSIONS)}), "
+                        f"got {suffix or 'no extension'!r}")
+
+
+def save_sft_upload(name: str, content: bytes, home: str | Path) -> tuple[Path, int]:
+    """An uploaded SFT file (the dashboard's), checked row by row before anything is written, then
+    kept as ``<home>/uploads/<sha256[:16]>-<name>``: the same content uploaded twice is one file,
+    and a run's config can name it like any other path. Returns (path, rows).
+
+    DataError, one line, for a name that is not ``.jsonl`` / ``.json``, a file over
+    :data:`MAX_SFT_UPLOAD_BYTES`, text that is not UTF-8, or a bad row (``name:line: reason``);
+    nothing is written then. The file is written to a temporary name and renamed into place."""
+    shown = Path(str(name)).name or "upload"
+    _check_extension(shown, shown)
+    if len(content) > MAX_SFT_UPLOAD_BYTES:
+        raise DataError(f"{shown} is {len(content) / 2**20:,.1f} MiB; uploads are at most "
+                        f"{MAX_SFT_UPLOAD_BYTES // 2**20} MiB (give a larger file's path instead)")
+    try:
+        text = content.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{shown} is not UTF-8 text (undecodable byte at offset {exc.start})") from None
+    rows = len(parse_sft_lines(text.splitlines(), shown))
+    folder = Path(home) / UPLOADS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", shown)[-80:]
+    target = folder / f"{hashlib.sha256(content).hexdigest()[:16]}-{safe}"
+    if not target.is_file():
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".upload-", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(content)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return target, rows
 
 
 def looks_like_sft_row(row: dict[str, Any]) -> bool:
@@ -109,7 +161,7 @@ def looks_like_sft_row(row: dict[str, Any]) -> bool:
     return "messages" in row or ("prompt" in row and "completion" in row)
 
 
-def _json_object(line: str, path: Path, line_no: int) -> dict[str, Any]:
+def _json_object(line: str, path: Path | str, line_no: int) -> dict[str, Any]:
     try:
         obj = json.loads(line)
     except ValueError as exc:
