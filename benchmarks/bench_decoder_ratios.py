@@ -29,15 +29,12 @@ import argparse
 import json
 import os
 import platform
-import statistics
-import subprocess
-import sys
 import time
 
 import torch
 
 from benchmarks import common
-from benchmarks.bench_scoring_scale import PEFT_TARGETS, TARGETS, _peak_rss_mib, paired, stepper
+from benchmarks.bench_scoring_scale import PEFT_TARGETS, TARGETS, _peak_rss_mib, alternating_peaks, paired, stepper
 from heterolora_core import HeteroLoraConfig, attach
 
 RANK = 8
@@ -107,20 +104,9 @@ def memory_child(role: str, batch: int, tokens: int, steps: int) -> None:
 
 
 def measure_memory(batch: int, tokens: int, steps: int, rounds: int) -> dict:
-    peaks: dict[str, list[float]] = {"uniform": [], "dynamic": []}
-    trainable = {}
-    for r in range(rounds):
-        for kind in (("uniform", "dynamic") if r % 2 == 0 else ("dynamic", "uniform")):
-            role = "search" if kind == "dynamic" else "uniform"
-            proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_decoder_ratios", "--child-memory", role,
-                                   "--batch", str(batch), "--tokens", str(tokens), "--memory-steps", str(steps)],
-                                  capture_output=True, text=True, check=True)
-            result = json.loads(proc.stdout.strip().splitlines()[-1])
-            peaks[kind].append(result["peak_mib"])
-            trainable[kind] = result["trainable"]
-    ratios = [d / u for d, u in zip(peaks["dynamic"], peaks["uniform"])]
-    return {"train_steps": steps, "peaks_mib": peaks, "trainable": trainable, "median_ratio": statistics.median(ratios),
-            "unit": "RSS MiB"}
+    measured = alternating_peaks("benchmarks.bench_decoder_ratios",
+                                 ["--batch", str(batch), "--tokens", str(tokens), "--memory-steps", str(steps)], rounds)
+    return {"train_steps": steps, **measured, "unit": "RSS MiB"}
 
 
 def print_table(results: dict) -> None:

@@ -211,21 +211,30 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure_memory(hidden: int, layers: int, steps: int, device: str, rounds: int) -> dict:
+def alternating_peaks(module: str, child_args: list[str], rounds: int) -> dict:
+    """Peak memory of uniform LoRA and of a dynamic search, each in a fresh ``python -m module
+    --child-memory ROLE *child_args`` process printing JSON, the order alternating by round; the
+    peaks, the trainable counts and the median of the per-round ratios dynamic / uniform."""
     peaks: dict[str, list[float]] = {"uniform": [], "dynamic": []}
     trainable = {}
     for r in range(rounds):
         for kind in (("uniform", "dynamic") if r % 2 == 0 else ("dynamic", "uniform")):
             role = "search" if kind == "dynamic" else "uniform"
-            proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_scoring_scale", "--child-memory", role,
-                                   "--memory-hidden", str(hidden), "--layers", str(layers), "--memory-steps", str(steps),
-                                   "--device", device], capture_output=True, text=True, check=True)
+            proc = subprocess.run([sys.executable, "-m", module, "--child-memory", role, *child_args],
+                                  capture_output=True, text=True, check=True)
             result = json.loads(proc.stdout.strip().splitlines()[-1])
             peaks[kind].append(result["peak_mib"])
             trainable[kind] = result["trainable"]
     ratios = [d / u for d, u in zip(peaks["dynamic"], peaks["uniform"])]
-    return {"hidden": hidden, "steps": steps, "peaks_mib": peaks, "trainable": trainable,
-            "median_ratio": statistics.median(ratios), "unit": "GPU MiB allocated" if device.startswith("cuda") else "RSS MiB"}
+    return {"peaks_mib": peaks, "trainable": trainable, "median_ratio": statistics.median(ratios)}
+
+
+def measure_memory(hidden: int, layers: int, steps: int, device: str, rounds: int) -> dict:
+    measured = alternating_peaks("benchmarks.bench_scoring_scale",
+                                 ["--memory-hidden", str(hidden), "--layers", str(layers), "--memory-steps", str(steps),
+                                  "--device", device], rounds)
+    return {"hidden": hidden, "steps": steps, **measured,
+            "unit": "GPU MiB allocated" if device.startswith("cuda") else "RSS MiB"}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -305,3 +305,14 @@ def test_an_upload_over_the_limit_is_refused_before_it_is_read(tmp_path, monkeyp
     with pytest.raises(DataError, match="uploads are at most"):
         instructions.save_sft_upload("t.jsonl", b'{"prompt": "a", "completion": "b"}\n', tmp_path)
     assert not (tmp_path / "uploads").exists()
+
+
+def test_an_upload_never_follows_a_planted_link_out_of_the_home(tmp_path):
+    from heterolora_core.tasks.instructions import save_sft_upload
+
+    home, outside = tmp_path / "home", tmp_path / "outside"
+    home.mkdir(), outside.mkdir()
+    (home / "uploads").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(DataError, match="link or lies outside the data home"):
+        save_sft_upload("t.jsonl", b'{"prompt": "a", "completion": "b"}\n', home)
+    assert list(outside.iterdir()) == []

@@ -66,7 +66,7 @@ def score_points(values: pd.Series, metrics: pd.Series | str | None = None) -> p
     numbers = pd.to_numeric(values, errors="coerce")
     if metrics is None or isinstance(metrics, str):
         return numbers * (units.SCALE if units.in_points(metrics) else 1.0)
-    scale = pd.Series(metrics, index=values.index).map(lambda m: units.SCALE if units.in_points(m) else 1.0)
+    scale = pd.Series(list(metrics), index=values.index).map(lambda m: units.SCALE if units.in_points(m) else 1.0)
     return numbers * scale.astype(float)
 
 

@@ -106,11 +106,15 @@ def sft_file_input(column, label: str, field: str) -> str | None:
     uploaded = column.file_uploader(f"{label} (.jsonl upload, at most {MAX_SFT_UPLOAD_BYTES // 2**20} MiB)",
                                     type=["jsonl", "json"], key=f"{field}_upload")
     if uploaded is not None:
+        saved = st.session_state.get(f"{field}_saved")
         try:
-            path, rows = save_sft_upload(uploaded.name, uploaded.getvalue(), data.store().home)
+            if saved is None or saved[0] != uploaded.file_id:  # check and save an upload once, not on every rerun
+                saved = (uploaded.file_id, *save_sft_upload(uploaded.name, uploaded.getvalue(), data.store().home))
+                st.session_state[f"{field}_saved"] = saved
         except DataError as exc:
             column.error(markdown_text(str(exc)), icon=":material/error:")
             return None
+        _, path, rows = saved
         column.caption(f"{markdown_text(uploaded.name)}: {plural(rows, 'row')}, kept as `{path.name}`")
         return str(path)
     return column.text_input(f"…or the {label.lower()}'s path", key=field, help=FIELD_HELP[field]).strip() or None

@@ -140,7 +140,11 @@ def save_sft_upload(name: str, content: bytes, home: str | Path) -> tuple[Path, 
     except UnicodeDecodeError as exc:
         raise DataError(f"{shown} is not UTF-8 text (undecodable byte at offset {exc.start})") from None
     rows = len(parse_sft_lines(text.splitlines(), shown))
+    from heterolora_core.records.home import inside
+
     folder = Path(home) / UPLOADS_DIR
+    if folder.is_symlink() or not inside(folder, home):  # a planted link would write outside the home
+        raise DataError(f"{folder} is a link or lies outside the data home; remove it to upload files")
     folder.mkdir(parents=True, exist_ok=True)
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", shown)[-80:]
     target = folder / f"{hashlib.sha256(content).hexdigest()[:16]}-{safe}"
