@@ -509,3 +509,56 @@ def test_compare_of_the_committed_rank_sweep_is_readable(committed_home, screens
             screens(page, "08-compare-rank-sweep")
         finally:
             browser.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# The Launch page's SFT upload, through the real file input
+# ----------------------------------------------------------------------------------------------
+
+def test_an_sft_upload_is_checked_and_kept_once_under_the_home(tmp_path, screens):
+    """Upload a good training file and a bad dev file through Chromium's file input: the good one is
+    kept once, by content, under ``<home>/uploads/`` and named on the page with its row count; the
+    bad one is one ``name:line: reason`` line and writes nothing."""
+    _require_browser()
+    from playwright.sync_api import expect, sync_playwright
+
+    home = tmp_path / "home"
+    good = tmp_path / "train.jsonl"
+    good.write_text("".join(f'{{"prompt": "Say {w}.", "completion": " {w}"}}\n' for w in ("one", "two", "three")))
+    bad = tmp_path / "dev.jsonl"
+    bad.write_text('{"prompt": "Say one.", "completion": " one"}\n{"prompt": "no completion"}\n')
+
+    with StreamlitServer(home, env={"HETEROLORA_DASHBOARD_WORKER": "0"}) as server, sync_playwright() as pw:
+        browser = launch_chromium(pw)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(60_000)
+            page.goto(server.url)
+            page.wait_for_selector('h1:has-text("Launch")')
+            wait_idle(page)
+            choose(page, "Task", "sft")
+            lm = page.get_by_role("radio", name="lm", exact=True)
+            expect(lm).to_be_checked()  # sft's only objective, chosen with the task
+            expect(lm).to_be_disabled()
+            uploaders = page.locator('[data-testid="stFileUploader"]')
+            expect(uploaders.filter(has_text="Training file")).to_be_visible()
+
+            uploaders.filter(has_text="Training file").locator('input[type="file"]').set_input_files(str(good))
+            wait_idle(page)
+            kept = list((home / "uploads").iterdir())
+            assert len(kept) == 1 and kept[0].name.endswith("-train.jsonl")
+            assert kept[0].read_bytes() == good.read_bytes()
+            expect(page.get_by_text(f"train.jsonl: 3 rows, kept as {kept[0].name}")).to_be_visible()
+
+            uploaders.filter(has_text="Dev file").locator('input[type="file"]').set_input_files(str(bad))
+            wait_idle(page)
+            expect(page.get_by_text(re.compile(r"dev\.jsonl:2: .*completion"))).to_be_visible()
+            assert [p.name for p in (home / "uploads").iterdir()] == [kept[0].name]  # nothing written for it
+
+            # a rerun (any widget) neither saves the good file again nor loses it
+            fill_number(page, "Seed", "3")
+            assert [p.name for p in (home / "uploads").iterdir()] == [kept[0].name]
+            expect(page.get_by_text(f"train.jsonl: 3 rows, kept as {kept[0].name}")).to_be_visible()
+            screens(page, "06-sft-upload")
+        finally:
+            browser.close()

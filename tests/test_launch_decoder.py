@@ -50,7 +50,7 @@ def test_the_launch_page_queues_an_sft_run_and_shows_a_bad_row_inline(home, deco
     at = AppTest.from_file(APP, default_timeout=60).run()
     at.text_input(key="model").set_value(str(decoder))
     at.selectbox(key="task").set_value("sft").run()
-    at.radio(key="objective").set_value("lm")
+    assert at.radio(key="objective").value == "lm" and at.radio(key="objective").disabled  # sft's only objective
     at.toggle(key="shortcuts").set_value(False)
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(ROWS[0]) + "\n" + json.dumps({"prompt": "say hello"}) + "\n")

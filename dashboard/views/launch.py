@@ -100,6 +100,13 @@ def run_time(config: dict, short: bool) -> None:
                 "seeds and read it on the Results page.", icon=":material/info:")
 
 
+def sft_means_lm() -> None:
+    """Choosing the sft task sets the objective to lm, its only objective (the radio keeps its own
+    state, so its ``index`` alone would not follow the task)."""
+    if st.session_state.get("task") == "sft":
+        st.session_state["objective"] = "lm"
+
+
 def sft_file_input(column, label: str, field: str) -> str | None:
     """An SFT file as a path, or uploaded (checked row by row, then kept under the data home's
     ``uploads/``): the path the run's config names. A bad upload is one line here, nothing saved."""
@@ -130,10 +137,10 @@ with settings:
                           help="; ".join(f"`{name}`: {what}" for name, what in EMBEDDED_MODELS.items()) +
                                "; or a Hugging Face id, or a local model folder (Llama, Qwen2, Mistral decoders too)")
     tasks = task_names()
-    task = st.selectbox("Task", tasks, index=tasks.index(SHORT_RUN["task"]), key="task",
+    task = st.selectbox("Task", tasks, index=tasks.index(SHORT_RUN["task"]), key="task", on_change=sft_means_lm,
                         help="a GLUE task, or sft: instruction fine-tuning from your JSON-lines files (objective lm)")
-    objective = st.radio("Objective", OBJECTIVES, index=OBJECTIVES.index("lm" if task == "sft" else "classify"),
-                         horizontal=True, key="objective", help=FIELD_HELP["objective"])
+    objective = st.radio("Objective", OBJECTIVES, index=OBJECTIVES.index("classify"), horizontal=True, key="objective",
+                         disabled=task == "sft", help=FIELD_HELP["objective"])
     data_files = {}
     if task == "sft":
         files_left, files_right = st.columns(2)
