@@ -13,12 +13,14 @@ import dataclasses
 import json
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 
 from heterolora_core.methods import registry
 from heterolora_core.records.record import RunRecord, Status, read_json
 from heterolora_core.records.worker import add_executor_arguments, launcher_from_args, worker_pid
+from heterolora_core.study import DEFAULT_HELDOUT_ROWS
 from heterolora_core.training.run_config import RunConfig
 from heterolora_core.vocab import CONFIG_FORMATS, DEFAULT_SKETCH_RANK, LORA_TARGETS, Proxy, Scoring
 
@@ -43,6 +45,13 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         message = " ".join(str(message).split())
         self.exit(EXIT_BAD_INPUT, f"error: {message} (see {self.prog} --help)\n")
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(x) for x in _csv_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text[:80]!r}") from None
 
 
 def _csv_list(text: str) -> list[str]:
@@ -187,6 +196,11 @@ def _add_study_parser(sub) -> None:
     study.add_argument("--wait", action="store_true", help="train the queued runs now and print the verdict")
     study.add_argument("--slots", type=int, help="with --wait: runs at once")
     study.add_argument("--deadline-minutes", type=float, help="with --wait: start no run after this many minutes")
+    study.add_argument("--choose-lr", type=_float_list, metavar="LRS",
+                       help="choose each arm's learning rate among these (e.g. 2e-4,5e-4,1e-3): every arm first "
+                            "trains at each on the first seed, scored on the training split's last --heldout-rows "
+                            f"rows (default {DEFAULT_HELDOUT_ROWS}; never the dev split); rerun with the same --id "
+                            "once those runs have finished, if not --wait")
     study.add_argument("--report", action="store_true", help="print the verdict of study --id's finished runs")
 
 
@@ -504,7 +518,8 @@ def describe_plan(spec, planned) -> str:
     return "\n".join(lines)
 
 
-STUDY_ARGS = ("max_rank", "seeds", "study_id", "folder", "home", "dry_run", "wait", "slots", "deadline_minutes", "report")
+STUDY_ARGS = ("max_rank", "seeds", "study_id", "folder", "home", "dry_run", "wait", "slots", "deadline_minutes", "report",
+              "choose_lr", "heldout_rows")
 STUDY_RANK = 4
 
 
@@ -521,8 +536,17 @@ def cmd_study(args: argparse.Namespace) -> int:
         return _print_verdict(store, args.study_id)
     settings = {k: v for k, v in vars(args).items() if k not in STUDY_ARGS}
     rank = int(settings.pop("rank", STUDY_RANK))
-    plan = study_spec(config_from_args(argparse.Namespace(**settings)), rank, args.seeds, args.max_rank,
-                      args.study_id, args.folder)
+    heldout = getattr(args, "heldout_rows", None)
+    if heldout is not None and not args.choose_lr:
+        raise ValueError("--heldout-rows in a study goes with --choose-lr (the arms themselves are scored on dev)")
+    config = config_from_args(argparse.Namespace(**settings))
+    plan = study_spec(config, rank, args.seeds, args.max_rank, args.study_id, args.folder)
+    started = time.monotonic()
+    if args.choose_lr:
+        chosen = _study_learning_rates(store, plan, args, heldout or DEFAULT_HELDOUT_ROWS)
+        if chosen is None:
+            return 0
+        plan = study_spec(config, rank, args.seeds, args.max_rank, plan.spec.sweep, args.folder, arm_lrs=chosen)
     planned = plan_sweep(store, expand(plan.spec), plan.spec.sweep)
     print(f"study {plan.spec.sweep}: uniform rank {plan.rank}, budget {plan.budget:,} adapter parameters "
           f"(half: {plan.half_budget:,}), allocation ranks up to {plan.max_rank}", flush=True)
@@ -534,9 +558,51 @@ def cmd_study(args: argparse.Namespace) -> int:
           flush=True)
     if not args.wait:
         return 0
-    code = drain(store, plan.spec.sweep, slots=args.slots, deadline_minutes=args.deadline_minutes)
+    code = drain(store, plan.spec.sweep, slots=args.slots, deadline_minutes=_minutes_left(args, started))
     _print_verdict(store, plan.spec.sweep)
     return code
+
+
+def _minutes_left(args: argparse.Namespace, started: float) -> float | None:
+    """What is left of ``--deadline-minutes`` (None: no deadline; a spent one leaves a moment, so no run starts)."""
+    if not args.deadline_minutes:
+        return None
+    return max(args.deadline_minutes - (time.monotonic() - started) / 60, 1e-6)
+
+
+def _study_learning_rates(store, plan, args: argparse.Namespace, heldout: int) -> dict[str, float] | None:
+    """``study --choose-lr``: queue (and with --wait train) every arm at every rate on held-out training
+    rows; each arm's chosen rate once all have finished, else None (said in a line)."""
+    from heterolora_core.analysis.labels import format_lr
+    from heterolora_core.analysis.study import choose_learning_rates
+    from heterolora_core.analysis.text import terminal_text
+    from heterolora_core.analysis.units import format_score
+    from heterolora_core.study import tuning_spec
+    from heterolora_core.sweeps import drain, expand, plan_sweep, submit
+
+    started = time.monotonic()
+    tune = tuning_spec(plan, args.choose_lr, heldout)
+    planned = plan_sweep(store, expand(tune), tune.sweep)
+    print(f"learning rates for study {plan.spec.sweep}: {len(tune.axes['lr'])} rates x {len(plan.spec.rows)} arms on "
+          f"seed {tune.axes['seed'][0]}, scored on the training split's last {heldout:,} rows", flush=True)
+    print(describe_plan(tune, planned), flush=True)
+    if args.dry_run:
+        return None
+    submit(store, planned, tune.sweep)
+    if args.wait:
+        code = drain(store, tune.sweep, slots=args.slots, deadline_minutes=args.deadline_minutes)
+        if code:
+            return None
+        args.deadline_minutes = _minutes_left(args, started)
+    choices = choose_learning_rates(store.list_runs(), tune.sweep, tune.axes["lr"], plan.rank, plan.budget)
+    if choices is None:
+        print(f"the learning-rate runs ({tune.sweep}) are not all finished; once they are, run this command again "
+              f"with --id {plan.spec.sweep} to queue the arms at their chosen rates", flush=True)
+        return None
+    for c in choices:
+        scores = "  ".join(f"{format_lr(lr)}: {terminal_text(format_score(v, c.metric))}" for lr, v in c.scores.items())
+        print(f"  {c.arm:<3} {scores}  -> lr {format_lr(c.chosen)}", flush=True)
+    return {c.arm: c.chosen for c in choices}
 
 
 def _print_verdict(store, study_id: str) -> int:

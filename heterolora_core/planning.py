@@ -23,6 +23,7 @@ from heterolora_core.adapters.modules import head_parameter_count
 from heterolora_core.methods import registry
 from heterolora_core.search.proxies import compute_scores
 from heterolora_core.sweeps import PlannedRun, run_key
+from heterolora_core.tasks.base import check_hold_out, hold_out
 from heterolora_core.tasks.registry import task_for
 from heterolora_core.training.data import load_task
 from heterolora_core.training.models import check_model, load_config, meta_classifier
@@ -80,6 +81,8 @@ def check_run(config: RunConfig) -> BudgetPlan:
     config.validate()
     task = task_for(config)
     task.check(config)
+    if config.heldout_rows:
+        check_hold_out(task.train_count(config), config.heldout_rows)
     check_model(config.model)
     try:
         plan = plan_budget(config)
@@ -218,9 +221,11 @@ def run_size(config: RunConfig) -> RunSize:
         data = load_task(config.task, train_file=config.train_file, dev_file=config.dev_file)
     except (ValueError, OSError):  # no local GLUE files and no hub: the length stays unknown
         return RunSize(params, None, None, None, None, resolve_device(config.device))
-    train = len(data.train) if not config.train_limit else min(len(data.train), config.train_limit)
-    split = [] if data.is_regression else [e.label for e in data.dev[data.primary_split]]
+    train_examples, dev = hold_out(data.train, data.dev, config.heldout_rows)
+    train = len(train_examples) if not config.train_limit else min(len(train_examples), config.train_limit)
+    primary = dev[next(iter(dev))]
+    split = [] if data.is_regression else [e.label for e in primary]
     evaluated = split[: config.dev_limit or None]
-    dev_rows = len(data.dev[data.primary_split][: config.dev_limit or None])
+    dev_rows = len(primary[: config.dev_limit or None])
     return RunSize(params, train, dev_rows, majority_rate(evaluated), majority_rate(split),
                    resolve_device(config.device))

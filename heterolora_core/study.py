@@ -17,10 +17,16 @@ the same learning rate and run length:
 The budget is exact: P is what :func:`~heterolora_core.planning.check_run` counts for ``U``, and every
 allocation arm is checked to plan exactly P (or P // 2). :mod:`heterolora_core.analysis.study` reads
 the finished runs back into the verdict.
+
+The learning rate is the same for every arm unless the study is asked to choose it per arm
+(:func:`tuning_spec`, ``study --choose-lr``): then every arm first trains at each candidate rate on
+the study's first seed, without the training split's last ``heldout_rows`` rows and scored on
+them (never on the dev split), and each arm's runs use the rate that scored best there
+(:func:`~heterolora_core.analysis.study.choose_learning_rates`).
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +46,10 @@ DEFAULT_SEEDS = 5
 MAX_SEEDS = 100
 #: The sweep-id prefix that marks a study (the Results page and ``study --report`` find it by this).
 STUDY_PREFIX = "study-"
+#: The prefix of a study's learning-rate runs (``tune-<study id>``: not a study of its own).
+TUNE_PREFIX = "tune-"
+#: Training rows a study holds out to choose each arm's learning rate, unless asked otherwise.
+DEFAULT_HELDOUT_ROWS = 400
 
 
 @dataclass(frozen=True)
@@ -55,12 +65,13 @@ class StudyPlan:
 
 def study_spec(base: dict[str, Any] | RunConfig, rank: int, seeds: int | Sequence[int] = DEFAULT_SEEDS,
                max_rank: int | None = None, study_id: str | None = None, folder: str | None = None,
-               budget_of=None) -> StudyPlan:
+               budget_of=None, arm_lrs: Mapping[str, float] | None = None) -> StudyPlan:
     """The study's sweep for the settings in ``base`` (model, task, targets, learning rate, run
     length, ...): :data:`ARMS` over ``seeds`` (a count or the seeds themselves).
 
     ``rank`` is U's uniform rank; the allocation arms give each candidate a rank up to ``max_rank``
-    (default 8 · rank). ``budget_of(config)`` returns a config's exact adapter parameters (default:
+    (default 8 · rank). ``arm_lrs`` gives arms their own learning rates (the others keep ``base``'s).
+    ``budget_of(config)`` returns a config's exact adapter parameters (default:
     :func:`~heterolora_core.planning.check_run`, which also checks every arm as a launch). ValueError
     (one line) for an odd ``rank`` (no uniform LoRA has half its budget), a ``max_rank`` below ``rank``,
     or an arm that cannot plan its budget exactly.
@@ -98,6 +109,8 @@ def study_spec(base: dict[str, Any] | RunConfig, rank: int, seeds: int | Sequenc
         if got != want:
             raise ValueError(f"arm {arm} ({ARM_LABELS[arm]}) plans {got:,} adapter parameters, not {want:,}; "
                              "choose another rank or max-rank")
+        if arm_lrs and arm in arm_lrs:
+            overrides["lr"] = float(arm_lrs[arm])
         rows.append({"row": arm, "label": ARM_LABELS[arm], **overrides, "report": {"arm": arm}})
     sweep_id = study_id or new_sweep_id(f"{STUDY_PREFIX}{uniform.task}")
     data = {"sweep": sweep_id, "description": f"Does allocation pay here? {len(seed_list)} seeds, uniform rank {rank}, "
@@ -106,6 +119,28 @@ def study_spec(base: dict[str, Any] | RunConfig, rank: int, seeds: int | Sequenc
     if folder:
         data["folder"] = folder
     return StudyPlan(parse_sweep(data, source="study"), rank, max_rank, budget, budget // 2)
+
+
+def tuning_spec(plan: StudyPlan, lrs: Sequence[float], heldout_rows: int = DEFAULT_HELDOUT_ROWS) -> SweepSpec:
+    """The runs that choose each arm's learning rate for the study ``plan``: every arm at every rate
+    in ``lrs`` on the study's first seed, trained without the training split's last
+    ``heldout_rows`` rows and scored on them (``RunConfig.heldout_rows``: the dev split is never
+    read). Sweep id ``tune-<study id>``; records beside the study's, ``-lr<rate>`` added to its
+    folder template. ValueError (one line) for fewer than two distinct positive rates."""
+    rates = sorted({float(lr) for lr in lrs})
+    if len(rates) < 2 or rates[0] <= 0 or rates[-1] >= 1:
+        raise ValueError(f"choosing a learning rate needs at least two distinct rates in (0, 1); got {list(lrs)}")
+    data = plan.spec.to_dict()
+    data.update(sweep=f"{TUNE_PREFIX}{plan.spec.sweep}",
+                description=f"learning rates for study {plan.spec.sweep}: scored on the training split's last "
+                            f"{heldout_rows:,} rows",
+                base={**data["base"], "heldout_rows": int(heldout_rows)},
+                axes={"seed": data["axes"]["seed"][:1], "lr": rates}, order=["seed", "lr", "row"])
+    for row in data["rows"]:
+        row.pop("lr", None)
+    if plan.spec.folder:
+        data["folder"] = f"{plan.spec.folder}-lr{{lr}}"
+    return parse_sweep(data, source="study")
 
 
 def arm_of(config: RunConfig, rank: int, budget: int) -> str | None:

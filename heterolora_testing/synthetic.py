@@ -8,7 +8,8 @@
   metrics and reallocations, updates progress, ends ``done``) but only sleeps. The worker runs it
   instead of the real CLI when ``HETEROLORA_TRAIN_CMD="python -m heterolora_testing.synthetic train"``.
   ``HETEROLORA_FAKE_STEP_SECONDS`` sets the time per step (default 0.05) and
-  ``HETEROLORA_FAKE_CRASH_AT`` a step at which it raises.
+  ``HETEROLORA_FAKE_CRASH_AT`` a step at which it raises; with ``HETEROLORA_FAKE_BEST_LR`` set,
+  accuracy drops 0.02 per decade of learning rate away from that rate (a rate to find).
 
 Module names, budgets and selections come from the engine itself (:mod:`heterolora_core.vocab`,
 :mod:`heterolora_core.search.budget`, :mod:`heterolora_core.search.selection`), which are torch-free.
@@ -190,6 +191,8 @@ def fake_train(config_path: Path, out: Path) -> int:
     config = RunConfig.from_dict(record.config())
     step_seconds = float(os.environ.get("HETEROLORA_FAKE_STEP_SECONDS", "0.05"))
     crash_at = int(os.environ.get("HETEROLORA_FAKE_CRASH_AT", "-1"))
+    best_lr = os.environ.get("HETEROLORA_FAKE_BEST_LR")
+    lr_penalty = 0.02 * abs(math.log10(config.lr / float(best_lr))) if best_lr else 0.0
     max_steps = config.max_steps or 20
     steps_per_epoch = max(1, math.ceil((config.train_limit or 64) / config.batch_size))
     realloc_every = max(1, round(config.realloc_every * steps_per_epoch))
@@ -214,7 +217,7 @@ def fake_train(config_path: Path, out: Path) -> int:
         time.sleep(step_seconds)
         record.append_metrics(step=step + 1, epoch=round((step + 1) / steps_per_epoch, 3), loss=round(0.7 * math.exp(-step / 30) + 0.3, 5))
         if (step + 1) % steps_per_epoch == 0 or step + 1 == max_steps:
-            acc = round(0.7 + 0.1 * (step + 1) / max_steps + 0.01 * rng.random(), 4)
+            acc = round(0.7 + 0.1 * (step + 1) / max_steps + 0.01 * rng.random() - lr_penalty, 4)
             best = max(best, acc)
             record.append_metrics(step=step + 1, epoch=round((step + 1) / steps_per_epoch, 3), eval_accuracy=acc)
         elapsed = time.time() - started

@@ -124,3 +124,127 @@ def test_a_smoke_study_of_two_short_arms_trains_and_reports(tmp_path):
     report = run_cli("study", "--report", "--id", "study-smoke", "--home", str(home), env=cli_env(home), timeout=300)
     assert report.returncode == 0, report.stderr[-2000:]
     assert "A - U" in report.stdout and "on one seed: no verdict" in report.stdout
+
+
+# ----------------------------------------------------------------------------------------------
+# Choosing each arm's learning rate on held-out training rows (study --choose-lr)
+# ----------------------------------------------------------------------------------------------
+
+def test_hold_out_trains_on_all_but_the_last_rows_and_scores_on_them():
+    from heterolora_core.tasks.base import hold_out
+
+    train, dev = list(range(10)), {"dev": ["d0", "d1"]}
+    assert hold_out(train, dev, None) == (train, dev)
+    assert hold_out(train, dev, 3) == ([0, 1, 2, 3, 4, 5, 6], {"heldout": [7, 8, 9]})  # dev never read
+    with pytest.raises(ValueError, match=r"^heldout-rows 10 leaves no training rows \(the training split has 10\)$"):
+        hold_out(train, dev, 10)
+
+
+def test_a_classification_run_with_heldout_rows_scores_on_the_training_splits_tail():
+    from heterolora_core.tasks.registry import task_for
+    from heterolora_core.training.data import load_task, tokenize_examples
+    from heterolora_core.training.models import load_tokenizer
+
+    config = RunConfig(task="mrpc", heldout_rows=40, max_length=64)
+    prepared = task_for(config).prepare(config)
+    train = load_task("mrpc").train  # 3,667 rows
+    tokenizer = load_tokenizer(config.model)
+    assert len(train) == 3_667 and len(prepared.train_rows) == 3_627 and len(prepared.eval_dataset) == 40
+    assert prepared.metric_key == "eval_accuracy"
+    assert prepared.eval_dataset == tokenize_examples(train[-40:], tokenizer, 64, None)
+    assert prepared.train_rows[-1] == tokenize_examples(train[3_626:3_627], tokenizer, 64, None)[0]
+    with pytest.raises(ValueError, match=r"heldout-rows 3,667 leaves no training rows \(the training split has 3,667\)"):
+        check_run(RunConfig(task="mrpc", heldout_rows=3_667))
+
+
+def test_the_tuning_sweep_runs_every_arm_at_every_rate_on_the_first_seed_held_out():
+    from heterolora_core.study import tuning_spec
+
+    plan = study_spec({"task": "mrpc", "lora_targets": ["q", "v"]}, rank=4, seeds=[3, 4], study_id="study-t",
+                      folder="results/{sweep}/{row}/seed{seed}", budget_of=lambda c: 36_864 // (2 if c.rank == 2 or
+                                                                                             c.budget_params == 18_432 else 1))
+    tune = tuning_spec(plan, [1e-3, 2e-4, 1e-3], heldout_rows=50)
+    runs = expand(tune)
+    assert tune.sweep == "tune-study-t" and len(runs) == 2 * len(ARMS)
+    assert {(r.row.row, r.config.lr) for r in runs} == {(a, lr) for a in ARMS for lr in (2e-4, 1e-3)}
+    assert {r.config.seed for r in runs} == {3} and {r.config.heldout_rows for r in runs} == {50}
+    assert runs[0].folder == "results/tune-study-t/U/seed3-lr0.0002"
+    with pytest.raises(ValueError, match="at least two distinct rates"):
+        tuning_spec(plan, [5e-4, 5e-4])
+    per_arm = study_spec({"task": "mrpc", "lora_targets": ["q", "v"], "lr": 5e-4}, rank=4, seeds=1, study_id="study-t",
+                         budget_of=lambda c: 36_864 // (2 if c.rank == 2 or c.budget_params == 18_432 else 1),
+                         arm_lrs={"A": 1e-3, "U": 2e-4})
+    assert {r.row.row: r.config.lr for r in expand(per_arm.spec)} == {"U": 2e-4, "A": 1e-3, "R": 5e-4, "T": 5e-4,
+                                                                      "I": 5e-4, "H": 5e-4, "UH": 5e-4}
+
+
+def test_each_arm_gets_the_rate_with_the_best_held_out_score():
+    from dataclasses import replace
+
+    from heterolora_core.analysis.study import choose_learning_rates
+
+    def at(lr, arm, score, metric="accuracy"):
+        r = run(arm, 0, score, metric=metric)
+        return replace(r, sweep_id="tune-x", config=replace(r.config, lr=lr, heldout_rows=40))
+
+    held_out = {2e-4: {a: 0.80 for a in ARMS}, 1e-3: {a: 0.80 for a in ARMS}}
+    held_out[1e-3].update(A=0.83, R=0.79)  # A better at 1e-3, R worse; the rest tie (the smaller rate)
+    rows = [at(lr, arm, s) for lr, scores in held_out.items() for arm, s in scores.items()]
+    choices = choose_learning_rates(rows, "tune-x", [2e-4, 1e-3], 4, 165_888)
+    assert {c.arm: c.chosen for c in choices} == {"U": 2e-4, "A": 1e-3, "R": 2e-4, "T": 2e-4, "I": 2e-4, "H": 2e-4,
+                                                  "UH": 2e-4}
+    assert choices[1].scores == {2e-4: 0.80, 1e-3: 0.83}
+    assert choose_learning_rates(rows[:-1], "tune-x", [2e-4, 1e-3], 4, 165_888) is None  # UH at 1e-3 missing
+    assert choose_learning_rates(rows, "tune-other", [2e-4, 1e-3], 4, 165_888) is None
+    perplexity = [at(lr, arm, 5.0 if lr == 2e-4 else 4.0, "perplexity") for lr in (2e-4, 1e-3) for arm in ARMS]
+    assert {c.chosen for c in choose_learning_rates(perplexity, "tune-x", [2e-4, 1e-3], 4, 165_888)} == {1e-3}
+
+
+@pytest.mark.slow
+def test_study_choose_lr_tunes_on_held_out_rows_then_runs_the_arms_at_their_rates(tmp_path):
+    """The CLI end to end with the stand-in trainer, whose accuracy peaks at lr 1e-3: 14 tuning runs
+    (7 arms x 2 rates, seed 0, 40 held-out rows), then the 7 arms at 1e-3, then the verdict."""
+    from conftest import FAKE_TRAIN_CMD
+    from heterolora_core.records import worker as worker_mod
+
+    home = tmp_path / "home"
+    env = cli_env(home, **{worker_mod.TRAIN_CMD_ENV: FAKE_TRAIN_CMD, "HETEROLORA_FAKE_STEP_SECONDS": "0.01",
+                           "HETEROLORA_FAKE_BEST_LR": "1e-3"})
+    args = ("study", "--task", "mrpc", "--lora-targets", "q,v", "--rank", "4", "--seeds", "1", "--max-steps", "3",
+            "--id", "study-lr", "--choose-lr", "1e-4,1e-3", "--heldout-rows", "40", "--home", str(home))
+    queued = run_cli(*args, env=env, timeout=300)  # no --wait: the tuning runs are queued, nothing else
+    assert queued.returncode == 0, queued.stderr[-2000:]
+    assert "run this command again with --id study-lr" in queued.stdout
+    runs = RunStore(home).list_runs()
+    assert len(runs) == 14 and {r.sweep_id for r in runs} == {"tune-study-lr"}
+    assert {r.config.heldout_rows for r in runs} == {40} and {r.config.lr for r in runs} == {1e-4, 1e-3}
+    done = run_cli(*args, "--wait", env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("-> lr 1e-3") == 7, done.stdout  # every arm: its held-out accuracy peaks there
+    arms = [r for r in RunStore(home).list_runs() if r.sweep_id == "study-lr"]
+    assert len(arms) == 7 and all(r.status == "done" for r in arms)
+    assert {r.config.lr for r in arms} == {1e-3} and {r.config.heldout_rows for r in arms} == {None}
+    assert "A - U" in done.stdout
+    refused = run_cli("study", "--task", "mrpc", "--heldout-rows", "40", "--home", str(home), env=env)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        "error: --heldout-rows in a study goes with --choose-lr (the arms themselves are scored on dev)"]
+
+
+def test_an_sft_run_with_heldout_rows_scores_on_its_training_files_tail(tmp_path):
+    """Instruction data holds out the same way: the last rows of the training file, the dev file unread."""
+    from heterolora_core.tasks.registry import task_for
+    from tiny_decoders import save_tiny_decoder
+
+    model = save_tiny_decoder(tmp_path / "tiny-llama", "llama")
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({"prompt": f"say {w}", "completion": f" {w}"}) + "\n"
+                             for w in ("one", "two", "three", "four", "five")))
+    dev = tmp_path / "dev.jsonl"
+    dev.write_text(json.dumps({"prompt": "say six", "completion": " six"}) + "\n")
+    config = RunConfig(model=str(model), task="sft", objective="lm", train_file=str(train), dev_file=str(dev),
+                       max_length=32)
+    whole = task_for(config).prepare(config)
+    held = task_for(config).prepare(RunConfig.from_dict({**config.to_dict(), "heldout_rows": 2}))
+    assert (len(whole.train_rows), whole.dev_rows) == (5, 1)
+    assert (len(held.train_rows), held.dev_rows) == (3, 2)
+    assert held.train_rows == whole.train_rows[:3] and held.eval_dataset == whole.train_rows[3:]

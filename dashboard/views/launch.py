@@ -321,7 +321,9 @@ st.subheader("Does allocation pay here?")
 st.caption("The allocation study for this form's model, task, targets, learning rate and run length: uniform LoRA at "
            "rank r (U, the reference) against the zero-cost rank allocation at exactly U's parameters (A) and its "
            "controls (R: A's ranks at random; T: shuffled across layers; I: inverted), and A and uniform LoRA at half "
-           "the budget (H, UH), every arm on the same seeds. The Results page then gives the verdict, paired by seed.")
+           "the budget (H, UH), every arm on the same seeds and this form's learning rate. The Results page then gives "
+           "the verdict, paired by seed. To choose each arm's rate on held-out training rows first (never on dev): "
+           "`python -m heterolora_core study --choose-lr 2e-4,5e-4,1e-3 ...`.")
 rank_col, seeds_col, max_col = st.columns(3)
 study_rank = int(rank_col.number_input("Uniform rank r", min_value=2, max_value=256, value=4, step=2, key="study_rank",
                                        help="U's rank; an even number, so that uniform LoRA at half the budget exists"))

@@ -29,6 +29,7 @@ FIELD_LABELS = {
     "mode": "method", "enable_ratio": "enable ratio", "match_uniform_rank": "budget: match uniform rank",
     "budget_params": "budget (parameters)", "score_norm": "score normalisation", "lora_targets": "LoRA targets",
     "lr": "learning rate", "max_steps": "max steps", "train_limit": "training examples", "dev_limit": "dev examples",
+    "heldout_rows": "held-out training rows",
     "realloc_every": "reallocate every (epochs)", "proxy_batches": "extra scoring batches",
     "score_window": "score window (steps)", "sketch_rank": "sketch rank", "batch_size": "batch size",
     "max_length": "max length", "eval_every": "evaluate every (steps)", "logging_steps": "log every (steps)",
@@ -152,6 +153,7 @@ def field_token(config: RunConfig, name: str) -> str | None:
         "max_steps": lambda v: "by epochs" if v is None else f"{v} steps",
         "train_limit": lambda v: "all training rows" if v is None else f"{v} training rows",
         "dev_limit": lambda v: "whole dev split" if v is None else f"{v} dev rows",
+        "heldout_rows": lambda v: "scored on dev" if v is None else f"scored on {v} held-out training rows",
     }
     if name in tokens:
         return tokens[name](value)
@@ -163,7 +165,7 @@ def field_token(config: RunConfig, name: str) -> str | None:
 #: Label fields in the order tokens appear: what the run is, then how long it ran, then the seed.
 LABEL_FIELDS: tuple[str, ...] = (
     "task", "model", "mode", "space", "proxy", "ranking", "score_norm", "rank", *OPTION_FIELDS, "budget", "lr",
-    "epochs", "max_steps", "train_limit", "dev_limit", "batch_size", "max_length", "realloc_every",
+    "epochs", "max_steps", "train_limit", "dev_limit", "heldout_rows", "batch_size", "max_length", "realloc_every",
     "proxy_batches", "score_window", "scoring", "sketch_rank", "train_file", "dev_file", "seed",
 )
 #: Fields whose token is shown wherever they differ; any other field only where it is not the
@@ -201,7 +203,7 @@ def describe_config(config: RunConfig | None, include_seed: bool = True) -> str:
     if method is not None:
         parts += [field_token(config, name) for name in method.options if name != "budget_params"]
     parts += [budget_token(config), field_token(config, "lr")]
-    parts += [field_token(config, name) for name in ("epochs", "max_steps", "train_limit", "dev_limit")
+    parts += [field_token(config, name) for name in ("epochs", "max_steps", "train_limit", "dev_limit", "heldout_rows")
               if getattr(config, name) != getattr(default, name)]
     if include_seed:
         parts.append(field_token(config, "seed"))

@@ -131,6 +131,38 @@ def study_verdict(rows: Sequence[StoredRun], sweep_id: str) -> StudyVerdict | No
     return StudyVerdict(sweep_id, rank, budget, arms, comparisons, verdict_sentence(comparisons, metric), metric)
 
 
+@dataclass(frozen=True)
+class LrChoice:
+    """One arm's learning rate chosen on held-out training rows: each rate's score there, and the best."""
+
+    arm: str
+    scores: dict[float, float]
+    chosen: float
+    metric: str | None = None  # the held-out score's metric
+
+
+def choose_learning_rates(rows: Sequence[StoredRun], tune_id: str, lrs: Sequence[float], rank: int,
+                          budget: int) -> list[LrChoice] | None:
+    """Each arm's learning rate from the finished runs of the tuning sweep ``tune_id``
+    (:func:`heterolora_core.study.tuning_spec`): the rate in ``lrs`` whose held-out score is best in
+    the metric's direction (a tie goes to the smaller rate). None until every arm has a finished run
+    at every rate: a choice from part of the rates is no choice."""
+    runs = _finished(rows, tune_id)
+    metric = next((r.summary.metric for r in runs if r.summary.metric), None)
+    by_arm = _by_arm(runs, rank, budget)
+    rates = sorted({float(lr) for lr in lrs})
+    choices = []
+    for arm in ARMS:
+        scores = {float(r.config.lr): r.summary.final_score for r in by_arm.get(arm, [])
+                  if r.summary.final_score is not None}
+        if any(lr not in scores for lr in rates):
+            return None
+        sign = 1 if higher_is_better(metric) else -1
+        chosen = max(rates, key=lambda lr: (sign * scores[lr], -lr))
+        choices.append(LrChoice(arm, {lr: scores[lr] for lr in rates}, chosen, metric))
+    return choices
+
+
 def _finished(rows: Sequence[StoredRun], sweep_id: str) -> list[StoredRun]:
     return [r for r in rows if r.sweep_id == sweep_id and r.config is not None and r.summary.status == Status.DONE]
 

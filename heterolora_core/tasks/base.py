@@ -8,11 +8,39 @@ structure on the meta device for budgets (:meth:`Task.meta_model`).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from heterolora_core.training.run_config import RunConfig
 from heterolora_core.vocab import Objective, higher_is_better
+
+#: The evaluation split of a run with ``heldout_rows``: the training split's last rows.
+HELDOUT_SPLIT = "heldout"
+
+Row = TypeVar("Row")
+
+
+def hold_out(train: Sequence[Row], dev: dict[str, Sequence[Row]], rows: int | None
+             ) -> tuple[Sequence[Row], dict[str, Sequence[Row]]]:
+    """A run's training and evaluation examples with ``rows`` held out of the training split.
+
+    ``rows`` None: ``(train, dev)`` unchanged. Otherwise ``(train[:-rows], {"heldout": train[-rows:]})``:
+    the run trains on all but the training split's last ``rows`` examples and is scored on those, so a
+    choice made by its score (a learning rate, say) never looks at the dev split. ``train_limit`` and
+    ``dev_limit`` apply afterwards, to each part. ValueError (one line) when nothing would be left to
+    train on.
+    """
+    if not rows:
+        return train, dev
+    check_hold_out(len(train), rows)
+    return train[:-rows], {HELDOUT_SPLIT: train[-rows:]}
+
+
+def check_hold_out(train_rows: int, rows: int | None) -> None:
+    """ValueError (one line) when holding ``rows`` out of ``train_rows`` leaves nothing to train on."""
+    if rows and rows >= train_rows:
+        raise ValueError(f"heldout-rows {rows:,} leaves no training rows (the training split has {train_rows:,})")
 
 
 @dataclass
@@ -74,6 +102,10 @@ class Task(ABC):
     @abstractmethod
     def meta_model(self, config: RunConfig):
         """The model's structure on the meta device (shapes only)."""
+
+    @abstractmethod
+    def train_count(self, config: RunConfig) -> int:
+        """Rows in the run's whole training split (before ``heldout_rows`` and ``train_limit``)."""
 
     @abstractmethod
     def num_labels(self, config: RunConfig) -> int:

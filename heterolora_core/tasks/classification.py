@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from heterolora_core.tasks.base import PreparedTask, Task
+from heterolora_core.tasks.base import PreparedTask, Task, hold_out
 from heterolora_core.tasks.instructions import looks_like_sft_row
 from heterolora_core.training.data import (TASKS, DataError, check_task_source, load_task, make_collator,
                                            tokenize_examples)
@@ -32,6 +32,9 @@ class ClassificationTask(Task):
                                 f"train them with --task sft --objective lm")
         check_task_source(config.task, train_file=config.train_file, dev_file=config.dev_file)
 
+    def train_count(self, config: RunConfig) -> int:
+        return len(load_task(config.task, train_file=config.train_file, dev_file=config.dev_file).train)
+
     def num_labels(self, config: RunConfig) -> int:
         return TASKS[config.task].num_labels if config.task in TASKS else 2
 
@@ -39,17 +42,19 @@ class ClassificationTask(Task):
         self.check(config)
         task = load_task(config.task, train_file=config.train_file, dev_file=config.dev_file)
         tokenizer = load_tokenizer(config.model)
-        train_rows = tokenize_examples(task.train, tokenizer, config.max_length, config.train_limit)
+        train, dev = hold_out(task.train, task.dev, config.heldout_rows)
+        train_rows = tokenize_examples(train, tokenizer, config.max_length, config.train_limit)
         dev_rows = {split: tokenize_examples(rows, tokenizer, config.max_length, config.dev_limit)
-                    for split, rows in task.dev.items()}
+                    for split, rows in dev.items()}
         metric = headline_metric(config.task, task.is_regression)
-        split = f"{task.primary_split}_" if len(dev_rows) > 1 else ""
+        primary = next(iter(dev_rows))
+        split = f"{primary}_" if len(dev_rows) > 1 else ""
 
         def compute(eval_pred) -> dict[str, float]:
             predictions = logits_to_predictions(eval_pred.predictions, task.is_regression)
             return compute_metrics(config.task, predictions, eval_pred.label_ids, task.is_regression)
 
-        eval_dataset = dev_rows[task.primary_split] if len(dev_rows) == 1 else dev_rows
+        eval_dataset = dev_rows[primary] if len(dev_rows) == 1 else dev_rows
         return PreparedTask(tokenizer, train_rows, eval_dataset, make_collator(tokenizer), metric,
                             f"eval_{split}{metric}", compute,
                             summary=dict(num_labels=task.num_labels, label_names=task.label_names,

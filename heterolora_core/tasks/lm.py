@@ -18,7 +18,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from typing import Any, Sequence
 
-from heterolora_core.tasks.base import PreparedTask, Task
+from heterolora_core.tasks.base import PreparedTask, Task, hold_out
 from heterolora_core.tasks.glue_prompts import GLUE_PROMPTS, glue_instruction
 from heterolora_core.tasks.generation import generate
 from heterolora_core.tasks.instructions import CausalCollator, InstructionExample, encode, prompt_ids, read_sft_file
@@ -76,7 +76,8 @@ class InstructionTask(Task):
 
     @abstractmethod
     def examples(self, config: RunConfig, tokenizer) -> tuple[list[InstructionExample], dict[str, list[InstructionExample]]]:
-        """Training examples and dev examples by split (primary first)."""
+        """Training examples and dev examples by split (primary first), all of them (``prepare``
+        holds rows out and applies the limits)."""
 
     def glue_task(self) -> str | None:
         return None
@@ -84,7 +85,7 @@ class InstructionTask(Task):
     def prepare(self, config: RunConfig) -> PreparedTask:
         tokenizer = load_tokenizer(config.model)
         ensure_pad_token(tokenizer)
-        train, dev = self.examples(config, tokenizer)
+        train, dev = hold_out(*self.examples(config, tokenizer), config.heldout_rows)
         train_rows = [encode(e, tokenizer, config.max_length, self.cut_prompt) for e in train[: config.train_limit or None]]
         rows = EvalRows()
         for split, examples in dev.items():
@@ -121,6 +122,9 @@ class SftTask(InstructionTask):
     def check(self, config: RunConfig) -> None:
         self._files(config)
 
+    def train_count(self, config: RunConfig) -> int:
+        return len(self._files(config)[0])
+
     def check_lengths(self, config: RunConfig) -> None:
         train, dev = self._files(config)
         tokenizer = load_tokenizer(config.model)
@@ -155,15 +159,17 @@ class GlueInstructionTask(InstructionTask):
     def check(self, config: RunConfig) -> None:
         check_task_source(self.task)
 
+    def train_count(self, config: RunConfig) -> int:
+        return len(load_task(self.task).train)
+
     def glue_task(self) -> str:
         return self.task
 
     def examples(self, config: RunConfig, tokenizer):
         data = load_task(self.task)
         chat = bool(getattr(tokenizer, "chat_template", None))
-        train = [glue_instruction(self.task, e, chat) for e in data.train[: config.train_limit or None]]
-        dev = {split: [glue_instruction(self.task, e, chat) for e in rows[: config.dev_limit or None]]
-               for split, rows in data.dev.items()}
+        train = [glue_instruction(self.task, e, chat) for e in data.train]  # 67k SST-2 rows: 0.2 s
+        dev = {split: [glue_instruction(self.task, e, chat) for e in rows] for split, rows in data.dev.items()}
         return train, dev
 
     def headline(self, dev) -> str:

@@ -58,7 +58,7 @@ from heterolora_core.training.run_config import RunConfig
 from heterolora_core.training.trainer import finish_record
 
 #: RunConfig fields that the user's Trainer decides (given to the callback: an error naming where they go).
-TRAINER_OWNED = ("task", "model", "lr", "epochs", "max_steps", "train_limit", "dev_limit", "batch_size",
+TRAINER_OWNED = ("task", "model", "lr", "epochs", "max_steps", "train_limit", "dev_limit", "heldout_rows", "batch_size",
                  "max_length", "eval_every", "logging_steps", "device", "bf16", "train_file", "dev_file")
 SOURCE = "callback"
 

@@ -33,7 +33,7 @@ LIMITS: dict[str, int | float] = {
     "dev_limit": 100_000_000, "batch_size": 4096, "max_length": 131_072, "score_window": 10_000,
     "proxy_batches": 1024, "eval_every": 10_000_000, "logging_steps": 10_000_000, "seed": 2**31 - 1,
     "match_uniform_rank": 4096, "adalora_init_r": 4096, "adalora_target_r": 4096, "alpha": 1e6, "sketch_rank": 4096,
-    "rank_min": 4096, "budget_params": 10**12,
+    "rank_min": 4096, "budget_params": 10**12, "heldout_rows": 100_000_000,
 }
 
 
@@ -82,6 +82,9 @@ class RunConfig:
         "stop after this many optimizer steps (overrides --epochs)"))
     train_limit: int | None = field(default=None, metadata=_help("use only the first N training rows (short runs)"))
     dev_limit: int | None = field(default=None, metadata=_help("evaluate on the first N dev rows only"))
+    heldout_rows: int | None = field(default=None, metadata=_help(
+        "evaluate on the training split's last N rows instead of the dev split (never read), and train on "
+        "the rest: to choose a setting such as the learning rate without looking at dev"))
     realloc_every: float = field(default=0.2, metadata=_help(
         "dynamic search: reallocate every this fraction of an epoch"))
     proxy_batches: int | None = field(default=None, metadata=_help(
@@ -232,8 +235,8 @@ _TEXT_FIELDS = ("task", "model", "objective", "mode", "proxy", "ranking", "score
                 "rank_init")
 _INT_FIELDS = ("rank", "batch_size", "max_length", "score_window", "adalora_init_r", "adalora_target_r", "seed",
                "sketch_rank", "rank_min")
-_OPTIONAL_INT_FIELDS = ("max_steps", "train_limit", "dev_limit", "proxy_batches", "eval_every", "logging_steps",
-                        "match_uniform_rank", "budget_params")
+_OPTIONAL_INT_FIELDS = ("max_steps", "train_limit", "dev_limit", "heldout_rows", "proxy_batches", "eval_every",
+                        "logging_steps", "match_uniform_rank", "budget_params")
 _FLOAT_FIELDS = ("lr", "epochs", "realloc_every", "enable_ratio", "alpha")
 
 
