@@ -606,6 +606,7 @@ def _study_learning_rates(store, plan, args: argparse.Namespace, heldout: int) -
 
 
 def _print_verdict(store, study_id: str) -> int:
+    from heterolora_core.analysis.labels import format_lr
     from heterolora_core.analysis.study import study_verdict
     from heterolora_core.analysis.units import format_interval, format_score
 
@@ -618,7 +619,8 @@ def _print_verdict(store, study_id: str) -> int:
         n = len(arm.scores)
         score = "-" if arm.mean is None else (format_score(arm.mean, verdict.metric)
                                               + (f" ± {format_score(arm.std, verdict.metric)}" if n > 1 else ""))
-        print(f"  {arm.arm:<3} {arm.label:<40} {score:>14}  ({n} seed{'s' if n != 1 else ''})")
+        rates = ", ".join(format_lr(lr) for lr in arm.lrs) or "-"
+        print(f"  {arm.arm:<3} {arm.label:<40} {score:>14}  ({n} seed{'s' if n != 1 else ''}, lr {rates})")
     for c in verdict.comparisons:
         d = c.difference
         text = "-" if d is None else (f"{format_score(d.mean, verdict.metric, signed=True)} "

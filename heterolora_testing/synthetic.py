@@ -199,10 +199,16 @@ def fake_train(config_path: Path, out: Path) -> int:
     modules = candidate_modules(EMBEDDED_LAYERS, config.lora_targets, config.shortcuts)
     rng = random.Random(config.seed)
     started = time.time()
+    # a budget in parameters is spent exactly; a method without search trains every candidate (q, v: hidden -> hidden)
+    if config.budget_params:
+        trainable = config.budget_params
+    elif not registry.info(config.mode).searches:
+        trainable = len(modules) * module_cost(config.rank)
+    else:
+        trainable = len(select_top(dict.fromkeys(modules, 1.0), config.enable_ratio, rng, config.rank)) * module_cost(config.rank)
     record.update_summary(status=Status.RUNNING, **process_identity(), started_at=started,
                           step=0, max_steps=max_steps, progress=0.0, metric="accuracy", n_layers=EMBEDDED_LAYERS,
-                          trainable_params=len(select_top(dict.fromkeys(modules, 1.0), config.enable_ratio, rng, config.rank))
-                          * module_cost(config.rank))
+                          trainable_params=trainable)
     print(f"fake training {out.name}: {max_steps} steps", flush=True)
     best = 0.0
     n_realloc = 0

@@ -342,10 +342,13 @@ def hold_index_lock(home: Path, seconds: float) -> subprocess.Popen:
 
 def test_a_long_held_index_lock_fails_the_sweep_in_one_line_with_nothing_queued(home, tmp_path):
     path = sweep_file(tmp_path, f"sweep: s\nfolder: exp/{{seed}}\n{BASE}axes: {{seed: [0, 1]}}\n")
-    holder = hold_index_lock(home, 6)
+    # held far longer than the CLI can take to reach the index on a loaded machine, and released
+    # (the holder stopped: this test started it) as soon as the CLI has answered
+    holder = hold_index_lock(home, 120)
     try:
         line = one_error_line(cli(["sweep", path], home, HETEROLORA_INDEX_WAIT="1"))
     finally:
+        holder.terminate()
         holder.wait(timeout=30)
     assert "stayed locked by another process for 1 s; nothing was changed" in line
     assert record_folders(home) == [] and RunStore(home).queued() == []

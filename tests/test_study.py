@@ -83,6 +83,7 @@ def test_the_verdict_follows_the_intervals():
                                       " over 3 seeds")
     assert "beat inverted ranks (+12.00)" in better.sentence
     assert better.comparison("H", "U").verdict == "worse" and better.comparison("H", "UH").verdict == "better"
+    assert {a.lrs for a in better.arms.values()} == {(RunConfig().lr,)}  # one rate: the study chose none
     noise = study_verdict(study({**base, "A": [0.81, 0.81, 0.85]}), "study-x")  # +1, -1, +1
     assert noise.comparison("A", "U").verdict == "noise"
     assert noise.sentence.startswith("On this model and task, the allocation was indistinguishable from uniform LoRA "
@@ -224,7 +225,7 @@ def test_study_choose_lr_tunes_on_held_out_rows_then_runs_the_arms_at_their_rate
     arms = [r for r in RunStore(home).list_runs() if r.sweep_id == "study-lr"]
     assert len(arms) == 7 and all(r.status == "done" for r in arms)
     assert {r.config.lr for r in arms} == {1e-3} and {r.config.heldout_rows for r in arms} == {None}
-    assert "A - U" in done.stdout
+    assert "A - U" in done.stdout and done.stdout.count("(1 seed, lr 1e-3)") == 7  # the report names each arm's rate
     refused = run_cli("study", "--task", "mrpc", "--heldout-rows", "40", "--home", str(home), env=env)
     assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
         "error: --heldout-rows in a study goes with --choose-lr (the arms themselves are scored on dev)"]

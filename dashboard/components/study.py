@@ -7,7 +7,7 @@ import streamlit as st
 
 from dashboard import data
 from dashboard.components import charts
-from dashboard.components.formatting import format_difference, format_score_stats, plural
+from dashboard.components.formatting import format_difference, format_lr, format_score_stats, plural
 from heterolora_core.analysis import allocation as alloc
 from heterolora_core.analysis.compare import mean_grid
 from heterolora_core.analysis.study import arm_runs, study_verdict
@@ -48,7 +48,7 @@ def study_section(rows: list[StoredRun]) -> None:
         "seeds": len(c.difference.seeds) if c.difference else 0, "verdict": c.verdict} for c in verdict.comparisons])
     arms = pd.DataFrame([{"arm": a.arm, "what": a.label, "final score (mean ± std)":
                           format_score_stats(a.mean, a.std, len(a.scores), with_n=False, metric=verdict.metric),
-                          "seeds": len(a.scores)}
+                          "seeds": len(a.scores), "lr": ", ".join(format_lr(lr) for lr in a.lrs)}
                          for a in verdict.arms.values()])
     left, right = st.columns(2)
     left.dataframe(comparisons, hide_index=True, key="study_comparisons")

@@ -32,6 +32,7 @@ class ArmScores:
     scores: dict[int, float]
     mean: float | None
     std: float | None
+    lrs: tuple[float, ...] = ()  # the learning rates of its runs (one, unless the study chose per arm)
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,8 @@ def study_verdict(rows: Sequence[StoredRun], sweep_id: str) -> StudyVerdict | No
     for arm in ARMS:
         scores = seed_scores((r.config.seed, r.summary.final_score) for r in by_arm.get(arm, []))
         stats = describe(scores.values())
-        arms[arm] = ArmScores(arm, ARM_LABELS[arm], scores, stats.mean, stats.std)
+        lrs = tuple(sorted({float(r.config.lr) for r in by_arm.get(arm, [])}))
+        arms[arm] = ArmScores(arm, ARM_LABELS[arm], scores, stats.mean, stats.std, lrs)
     comparisons = tuple(StudyComparison(a, b, paired_difference(arms[a].scores, arms[b].scores,
                                                                 higher_is_better(metric)))
                         for a, b in COMPARISONS)
