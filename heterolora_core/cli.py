@@ -541,11 +541,11 @@ def cmd_study(args: argparse.Namespace) -> int:
         raise ValueError("--heldout-rows in a study goes with --choose-lr (the arms themselves are scored on dev)")
     config = config_from_args(argparse.Namespace(**settings))
     plan = study_spec(config, rank, args.seeds, args.max_rank, args.study_id, args.folder)
-    started = time.monotonic()
+    deadline = time.monotonic() + 60 * args.deadline_minutes if args.deadline_minutes else None
     if args.choose_lr:
-        chosen = _study_learning_rates(store, plan, args, heldout or DEFAULT_HELDOUT_ROWS)
+        chosen, code = _study_learning_rates(store, plan, args, heldout or DEFAULT_HELDOUT_ROWS, deadline)
         if chosen is None:
-            return 0
+            return code
         plan = study_spec(config, rank, args.seeds, args.max_rank, plan.spec.sweep, args.folder, arm_lrs=chosen)
     planned = plan_sweep(store, expand(plan.spec), plan.spec.sweep)
     print(f"study {plan.spec.sweep}: uniform rank {plan.rank}, budget {plan.budget:,} adapter parameters "
@@ -558,21 +558,21 @@ def cmd_study(args: argparse.Namespace) -> int:
           flush=True)
     if not args.wait:
         return 0
-    code = drain(store, plan.spec.sweep, slots=args.slots, deadline_minutes=_minutes_left(args, started))
+    code = drain(store, plan.spec.sweep, slots=args.slots, deadline_minutes=_minutes_left(deadline))
     _print_verdict(store, plan.spec.sweep)
     return code
 
 
-def _minutes_left(args: argparse.Namespace, started: float) -> float | None:
-    """What is left of ``--deadline-minutes`` (None: no deadline; a spent one leaves a moment, so no run starts)."""
-    if not args.deadline_minutes:
-        return None
-    return max(args.deadline_minutes - (time.monotonic() - started) / 60, 1e-6)
+def _minutes_left(deadline: float | None) -> float | None:
+    """Minutes to a ``time.monotonic()`` deadline (None: none; a passed one leaves a moment, so no run starts)."""
+    return None if deadline is None else max((deadline - time.monotonic()) / 60, 1e-6)
 
 
-def _study_learning_rates(store, plan, args: argparse.Namespace, heldout: int) -> dict[str, float] | None:
+def _study_learning_rates(store, plan, args: argparse.Namespace, heldout: int,
+                          deadline: float | None) -> tuple[dict[str, float] | None, int]:
     """``study --choose-lr``: queue (and with --wait train) every arm at every rate on held-out training
-    rows; each arm's chosen rate once all have finished, else None (said in a line)."""
+    rows. Returns (each arm's chosen rate, 0) once all have finished, else (None, the exit code),
+    having said why in a line."""
     from heterolora_core.analysis.labels import format_lr
     from heterolora_core.analysis.study import choose_learning_rates
     from heterolora_core.analysis.text import terminal_text
@@ -580,29 +580,26 @@ def _study_learning_rates(store, plan, args: argparse.Namespace, heldout: int) -
     from heterolora_core.study import tuning_spec
     from heterolora_core.sweeps import drain, expand, plan_sweep, submit
 
-    started = time.monotonic()
     tune = tuning_spec(plan, args.choose_lr, heldout)
     planned = plan_sweep(store, expand(tune), tune.sweep)
     print(f"learning rates for study {plan.spec.sweep}: {len(tune.axes['lr'])} rates x {len(plan.spec.rows)} arms on "
           f"seed {tune.axes['seed'][0]}, scored on the training split's last {heldout:,} rows", flush=True)
     print(describe_plan(tune, planned), flush=True)
     if args.dry_run:
-        return None
+        return None, 0
     submit(store, planned, tune.sweep)
-    if args.wait:
-        code = drain(store, tune.sweep, slots=args.slots, deadline_minutes=args.deadline_minutes)
-        if code:
-            return None
-        args.deadline_minutes = _minutes_left(args, started)
+    code = drain(store, tune.sweep, slots=args.slots, deadline_minutes=_minutes_left(deadline)) if args.wait else 0
     choices = choose_learning_rates(store.list_runs(), tune.sweep, tune.axes["lr"], plan.rank, plan.budget)
     if choices is None:
-        print(f"the learning-rate runs ({tune.sweep}) are not all finished; once they are, run this command again "
-              f"with --id {plan.spec.sweep} to queue the arms at their chosen rates", flush=True)
-        return None
+        why = "a learning-rate run failed (a rerun retries it)" if code else \
+              f"the learning-rate runs ({tune.sweep}) are not all finished"
+        print(f"{why}; once they are, run this command again with --id {plan.spec.sweep} to queue the arms at their "
+              "chosen rates", flush=True)
+        return None, code
     for c in choices:
         scores = "  ".join(f"{format_lr(lr)}: {terminal_text(format_score(v, c.metric))}" for lr, v in c.scores.items())
         print(f"  {c.arm:<3} {scores}  -> lr {format_lr(c.chosen)}", flush=True)
-    return {c.arm: c.chosen for c in choices}
+    return {c.arm: c.chosen for c in choices}, 0
 
 
 def _print_verdict(store, study_id: str) -> int:
