@@ -543,7 +543,8 @@ def cmd_study(args: argparse.Namespace) -> int:
     plan = study_spec(config, rank, args.seeds, args.max_rank, args.study_id, args.folder)
     deadline = time.monotonic() + 60 * args.deadline_minutes if args.deadline_minutes else None
     if args.choose_lr:
-        chosen, code = _study_learning_rates(store, plan, args, heldout or DEFAULT_HELDOUT_ROWS, deadline)
+        chosen, code = _study_learning_rates(store, plan, args, DEFAULT_HELDOUT_ROWS if heldout is None else heldout,
+                                             deadline)  # 0 is refused by the runs' checks, not replaced
         if chosen is None:
             return code
         plan = study_spec(config, rank, args.seeds, args.max_rank, plan.spec.sweep, args.folder, arm_lrs=chosen)
