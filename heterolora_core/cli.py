@@ -625,7 +625,41 @@ def _print_verdict(store, study_id: str) -> int:
                                       f"{format_interval(d.ci95, metric=verdict.metric)}")
         print(f"  {c.arm} - {c.against:<3} {text:<22} {c.verdict}")
     print(verdict.sentence)
+    placement = _allocation_placement(store, verdict)
+    if placement is not None:
+        print(_placement_text(placement, verdict.rank))
     return 0
+
+
+def _allocation_placement(store, verdict):
+    """Where arm A's final ranks went over its finished seeds (None: no run of A carries ranks)."""
+    from heterolora_core.analysis import allocation as alloc
+    from heterolora_core.analysis.study import arm_runs, rank_placement
+    from heterolora_core.records.record import RunRecord, read_reallocations
+
+    frames, n_layers = [], 0
+    for run in arm_runs(store.list_runs(), verdict, "A"):
+        lines = read_reallocations(run.path / RunRecord.REALLOCATIONS).lines
+        if alloc.has_ranks(lines):
+            frame = alloc.rank_frame(lines)
+            frames.append(frame)
+            n_layers = max(n_layers, alloc.n_layers_of(frame["module"], run.summary.n_layers))
+    return rank_placement(frames, n_layers or None)
+
+
+def _placement_text(placement, uniform_rank: int) -> str:
+    """The terminal form of a :class:`~heterolora_core.analysis.study.RankPlacement`: each kind's and
+    each layer's share of the rank, then the layers x kinds mean ranks."""
+    grid = placement.grid
+    width = max([6, *(len(str(k)) + 1 for k in grid.columns)])
+    lines = [f"Where A's ranks went (final allocation, mean over {placement.seeds} seed"
+             f"{'s' if placement.seeds != 1 else ''}; U puts rank {uniform_rank} everywhere):",
+             f"  share of the rank by kind:  {placement.shares_text('kind')}",
+             f"  share of the rank by layer: {placement.shares_text('layer')}",
+             "  layer" + "".join(f"{k:>{width}}" for k in grid.columns)]
+    for layer, row in grid.iterrows():
+        lines.append(f"  {layer:>5}" + "".join(f"{'-' if v != v else f'{v:.1f}':>{width}}" for v in row))
+    return "\n".join(lines)
 
 
 COMMANDS = {"train": cmd_train, "score": cmd_score, "runs": cmd_runs, "sweep": cmd_sweep, "predict": cmd_predict,

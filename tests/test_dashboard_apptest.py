@@ -919,3 +919,14 @@ def test_results_show_a_studys_verdict(home):
     assert at.error[0].value.startswith("On this model and task, the allocation lost to uniform LoRA by -5.00 points")
     comparisons = next(d.value for d in at.dataframe if "comparison" in d.value.columns).set_index("comparison")
     assert comparisons.loc["A − U", "verdict"] == "worse" and comparisons.loc["A − T", "verdict"] == "not run"
+    # where A's ranks went: the mean over A's three seeds (and only A's: R's random ranks differ)
+    from heterolora_core.analysis import allocation as alloc
+    from heterolora_core.analysis.study import rank_placement
+    from heterolora_core.records.record import read_reallocations
+
+    frames = [alloc.rank_frame(read_reallocations(home / "results" / "study" / "A" / f"seed{s}" / "reallocations.jsonl").lines)
+              for s in range(3)]
+    expected = rank_placement(frames)
+    share = next(c.value for c in at.caption if c.value.startswith("Share of A's rank by kind: "))
+    assert share.startswith(f"Share of A's rank by kind: {expected.shares_text('kind')} (uniform LoRA: ")
+    assert abs(sum(expected.by_kind) - 100) < 1e-9 and expected.seeds == 3

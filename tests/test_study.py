@@ -107,6 +107,30 @@ def test_a_study_of_perplexities_reads_lower_as_better_and_keeps_their_unit():
     assert "beat inverted ranks (-0.70)" in verdict.sentence  # -0.7, -0.75, -0.65
 
 
+def test_where_the_ranks_went_is_the_mean_over_seeds_with_shares_of_the_total():
+    """Two seeds over 2 layers x (q, v), hand-computed: seed 0 ranks q0=4, v0=0 (off), q1=2, v1=2;
+    seed 1 q0=2, v0=2, q1=2, v1=2 (v0 enabled at rank 2). Mean grid q=(3, 2), v=(1, 2); total 8, so
+    q holds 5/8 = 62.5% and v 37.5%; layer 0 4/8 = 50%, layer 1 50%."""
+    from heterolora_core.analysis import allocation as alloc
+    from heterolora_core.analysis.study import rank_placement
+    from heterolora_core.records.record import ReallocationLine
+
+    def frame(ranks):
+        names = ["layer.0.lora.q", "layer.0.lora.v", "layer.1.lora.q", "layer.1.lora.v"]
+        enabled = [n for n in names if ranks.get(n, 0) > 0]
+        return alloc.rank_frame([ReallocationLine(0, {n: 1.0 for n in names}, enabled, ranks)])
+
+    seed0 = frame({"layer.0.lora.q": 4, "layer.1.lora.q": 2, "layer.1.lora.v": 2})
+    seed1 = frame({"layer.0.lora.q": 2, "layer.0.lora.v": 2, "layer.1.lora.q": 2, "layer.1.lora.v": 2})
+    placement = rank_placement([seed0, seed1], n_layers=2)
+    assert placement.seeds == 2
+    assert placement.grid.to_dict() == {"q": {0: 3.0, 1: 2.0}, "v": {0: 1.0, 1: 2.0}}
+    assert placement.by_kind.to_dict() == {"q": 62.5, "v": 37.5} and placement.by_layer.to_dict() == {0: 50.0, 1: 50.0}
+    assert placement.shares_text("kind") == "q 62%, v 38%"  # rounded half to even, as Python formats
+    assert placement.shares_text("layer") == "layer 0 50%, layer 1 50%"
+    assert rank_placement([frame({})]) is None  # nothing enabled: no placement to show
+
+
 @pytest.mark.slow
 def test_a_smoke_study_of_two_short_arms_trains_and_reports(tmp_path):
     """CI's smoke study: U and A only (rows filtered), one seed, a few steps of the embedded model."""
@@ -125,6 +149,13 @@ def test_a_smoke_study_of_two_short_arms_trains_and_reports(tmp_path):
     report = run_cli("study", "--report", "--id", "study-smoke", "--home", str(home), env=cli_env(home), timeout=300)
     assert report.returncode == 0, report.stderr[-2000:]
     assert "A - U" in report.stdout and "on one seed: no verdict" in report.stdout
+    # where A's ranks went: its mean ranks over the 6 layers x (q, v), which must spend the budget
+    # exactly (each rank of a 384 x 384 projection costs 384 + 384 parameters)
+    lines = report.stdout.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("Where A's ranks went (final allocation, mean over 1 seed"))
+    assert lines[head + 3].split() == ["layer", "q", "v"]
+    grid = [[float(x) for x in line.split()[1:]] for line in lines[head + 4:head + 10]]
+    assert sum(map(sum, grid)) * (384 + 384) == plan.budget
 
 
 # ----------------------------------------------------------------------------------------------

@@ -8,9 +8,7 @@ import streamlit as st
 from dashboard import data
 from dashboard.components import charts
 from dashboard.components.formatting import format_difference, format_lr, format_score_stats, plural
-from heterolora_core.analysis import allocation as alloc
-from heterolora_core.analysis.compare import mean_grid
-from heterolora_core.analysis.study import arm_runs, study_verdict
+from heterolora_core.analysis.study import arm_runs, rank_placement, study_verdict
 from heterolora_core.analysis.text import markdown_text
 from heterolora_core.records.store import StoredRun
 from heterolora_core.study import ARM_LABELS, STUDY_PREFIX
@@ -58,11 +56,14 @@ def study_section(rows: list[StoredRun]) -> None:
                "Differences are paired by seed; noise where the 95% interval holds 0.")
     allocated = arm_runs(rows, verdict, "A")
     maps = [view for r in allocated if (view := data.rank_view(r)) is not None]
-    if maps:
-        n_layers = max(data.allocation_view(r).n_layers for r in allocated)
-        lora = mean_grid([alloc.rank_grid(frame, "lora", n_layers) for frame, _ in maps])
+    placement = rank_placement([frame for frame, _ in maps],
+                               max(data.allocation_view(r).n_layers for r in allocated) if maps else None)
+    if placement is not None:
+        lora = placement.grid
         st.plotly_chart(charts.allocation_heatmaps(lora, pd.DataFrame(index=lora.index),
-                                                   title=f"Where A's ranks went (mean over {plural(len(maps), 'seed')})",
+                                                   title=f"Where A's ranks went (mean over {plural(placement.seeds, 'seed')})",
                                                    coloraxis=charts.rank_coloraxis(float(lora.max().max())),
                                                    hover=charts.RANK_HOVER),
                         key="study_ranks", config=charts.png_config(f"{chosen}-ranks"))
+        st.caption(f"Share of A's rank by kind: {placement.shares_text('kind')} (uniform LoRA: "
+                   f"{100 / len(placement.by_kind):.0f}% each). By layer: {placement.shares_text('layer')}.")

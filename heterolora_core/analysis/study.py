@@ -11,7 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import pandas as pd
+
+from heterolora_core.analysis import allocation as alloc
 from heterolora_core.analysis import units
+from heterolora_core.analysis.compare import mean_grid
 from heterolora_core.analysis.stats import PairedDifference, describe, paired_difference, seed_scores
 from heterolora_core.methods import registry
 from heterolora_core.records.record import Status
@@ -176,6 +180,37 @@ def _by_arm(runs: Sequence[StoredRun], rank: int, budget: int) -> dict[str, list
         if arm is not None:
             by_arm.setdefault(arm, []).append(r)
     return by_arm
+
+
+@dataclass(frozen=True)
+class RankPlacement:
+    """Where an arm's final ranks went, over its seeds: ``grid`` is the layers x kinds mean rank of
+    the LoRA group (0 = off; :func:`~.allocation.rank_grid`), ``by_kind`` and ``by_layer`` each
+    kind's and each layer's share of the grid's total rank, in percent (they sum to 100)."""
+
+    grid: pd.DataFrame
+    by_kind: pd.Series
+    by_layer: pd.Series
+    seeds: int
+
+    def shares_text(self, by: str) -> str:
+        """``q 4%, k 13%, …`` (``by="kind"``) or ``layer 0 10%, layer 1 12%, …`` (``by="layer"``)."""
+        shares = self.by_kind if by == "kind" else self.by_layer.rename(lambda i: f"layer {i}")
+        return ", ".join(f"{k} {v:.0f}%" for k, v in shares.items())
+
+
+def rank_placement(frames: Sequence[pd.DataFrame], n_layers: int | None = None) -> RankPlacement | None:
+    """The :class:`RankPlacement` of an arm's seeds, from one :func:`~.allocation.rank_frame` per
+    seed (its final allocation). None when no frame holds a LoRA rank.
+
+    grid[layer, kind] = mean over seeds of that module's rank; by_kind[k] = 100 · Σ_layers grid[·, k] / Σ grid.
+    """
+    grids = [alloc.rank_grid(f, "lora", n_layers) for f in frames if len(f)]
+    grid = mean_grid([g for g in grids if g.size])
+    total = float(grid.sum().sum()) if grid.size else 0.0
+    if total <= 0:
+        return None
+    return RankPlacement(grid, 100 * grid.sum(axis=0) / total, 100 * grid.sum(axis=1) / total, len(grids))
 
 
 def arm_runs(rows: Sequence[StoredRun], verdict: StudyVerdict, arm: str) -> list[StoredRun]:
