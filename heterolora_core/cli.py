@@ -625,6 +625,8 @@ def _print_verdict(store, study_id: str) -> int:
                                       f"{format_interval(d.ci95, metric=verdict.metric)}")
         print(f"  {c.arm} - {c.against:<3} {text:<22} {c.verdict}")
     print(verdict.sentence)
+    if (cost := verdict.search_cost_text()) is not None:
+        print(cost)
     placement = _allocation_placement(store, verdict)
     if placement is not None:
         print(_placement_text(placement, verdict.rank))

@@ -49,7 +49,7 @@ def test_every_arm_plans_its_budget_exactly():
             study_spec({"task": "mrpc"}, rank=4, seeds=seeds)
 
 
-def run(arm: str, seed: int, final: float, rank=4, budget=165_888, metric="accuracy"):
+def run(arm: str, seed: int, final: float, rank=4, budget=165_888, metric="accuracy", seconds=None):
     modes = {"U": ("lora", rank, None), "UH": ("lora", rank // 2, None), "A": ("rank_static", 32, budget),
              "R": ("rank_random", 32, budget), "T": ("rank_layers", 32, budget), "I": ("rank_inverted", 32, budget),
              "H": ("rank_static", 32, budget // 2)}
@@ -59,7 +59,7 @@ def run(arm: str, seed: int, final: float, rank=4, budget=165_888, metric="accur
     return StoredRun(run_id=f"{arm}-{seed}", path=Path("/x"), created_at=0.0, sweep_id="study-x", queue_seq=None,
                      config=config, summary=RunSummary.from_dict({"status": "done", "final_score": final,
                                                                   "best_score": final, "trainable_params": spent,
-                                                                  "metric": metric}))
+                                                                  "metric": metric, **(seconds or {})}))
 
 
 def study(scores: dict[str, list[float]], metric="accuracy"):
@@ -105,6 +105,20 @@ def test_a_study_of_perplexities_reads_lower_as_better_and_keeps_their_unit():
     assert verdict.sentence.startswith("On this model and task, the allocation beat uniform LoRA by -0.20 perplexity "
                                        "[-0.3, -0.1] over 3 seeds")
     assert "beat inverted ranks (-0.70)" in verdict.sentence  # -0.7, -0.75, -0.65
+
+
+def test_the_search_cost_is_the_median_share_of_wall_time_over_the_allocating_arms():
+    """A 4 s of 200 s (2%) and 6 s of 200 s (3%), R 1 s of 100 s (1%); the uniform arms' seconds
+    (50% here) are no search and stay out: median 2.0% over 3 runs, range 1.0-3.0%."""
+    runs = [run("U", 0, 0.8, seconds={"search_seconds": 50, "wall_seconds": 100}),
+            run("A", 0, 0.8, seconds={"search_seconds": 4, "wall_seconds": 200}),
+            run("A", 1, 0.8, seconds={"search_seconds": 6, "wall_seconds": 200}),
+            run("R", 0, 0.8, seconds={"search_seconds": 1, "wall_seconds": 100}),
+            run("T", 0, 0.8, seconds={"search_seconds": 1})]  # no wall time: left out, not divided by zero
+    verdict = study_verdict(runs, "study-x")
+    assert sorted(verdict.search_shares) == [1.0, 2.0, 3.0]
+    assert verdict.search_cost_text() == "Search cost: median 2.0% of wall time (1.0–3.0%, 3 runs of the allocating arms)"
+    assert study_verdict([run("U", 0, 0.8), run("A", 0, 0.8)], "study-x").search_cost_text() is None
 
 
 def test_where_the_ranks_went_is_the_mean_over_seeds_with_shares_of_the_total():

@@ -53,7 +53,8 @@ def study_section(rows: list[StoredRun]) -> None:
     right.dataframe(arms, hide_index=True, key="study_arms")
     st.caption(f"Study {markdown_text(chosen)}: uniform rank {verdict.rank}, {verdict.budget:,} adapter parameters "
                f"({plural(sum(len(a.scores) for a in verdict.arms.values()), 'finished seed')} over the arms). "
-               "Differences are paired by seed; noise where the 95% interval holds 0.")
+               "Differences are paired by seed; noise where the 95% interval holds 0."
+               + (f" {cost}." if (cost := verdict.search_cost_text()) else ""))
     allocated = arm_runs(rows, verdict, "A")
     maps = [view for r in allocated if (view := data.rank_view(r)) is not None]
     placement = rank_placement([frame for frame, _ in maps],
