@@ -21,7 +21,7 @@ from heterolora_core.analysis.stats import PairedDifference, describe, paired_di
 from heterolora_core.methods import registry
 from heterolora_core.records.record import Status
 from heterolora_core.records.store import StoredRun
-from heterolora_core.study import ARM_LABELS, ARMS, arm_of
+from heterolora_core.study import ARM_LABELS, ARM_MODES, ARMS, arm_of
 from heterolora_core.vocab import higher_is_better
 
 #: The comparisons a verdict reports: (arm, against).
@@ -145,9 +145,9 @@ def study_verdict(rows: Sequence[StoredRun], sweep_id: str) -> StudyVerdict | No
     comparisons = tuple(StudyComparison(a, b, paired_difference(arms[a].scores, arms[b].scores,
                                                                 higher_is_better(metric)))
                         for a, b in COMPARISONS)
-    searching = [r for rs in by_arm.values() for r in rs if not registry.find(r.config.mode).baseline]
-    shares = tuple(100 * r.summary.search_seconds / r.summary.wall_seconds for r in searching
-                   if r.summary.search_seconds is not None and r.summary.wall_seconds)
+    searching = [r for arm, rs in by_arm.items() if not registry.info(ARM_MODES[arm]).baseline for r in rs]
+    shares = tuple(100 * r.summary.search_seconds / r.summary.wall_seconds for r in searching  # a record's
+                   if r.summary.search_seconds is not None and (r.summary.wall_seconds or 0) > 0)  # 0 or < 0: left out
     return StudyVerdict(sweep_id, rank, budget, arms, comparisons, verdict_sentence(comparisons, metric), metric,
                         shares)
 
