@@ -917,7 +917,10 @@ def test_results_show_a_studys_verdict(home):
     assert not at.exception, [e.message for e in at.exception]
     assert any(h.value == "Does allocation pay here?" for h in at.subheader)
     assert at.error[0].value.startswith("On this model and task, the allocation lost to uniform LoRA by -5.00 points")
-    comparisons = next(d.value for d in at.dataframe if "comparison" in d.value.columns).set_index("comparison")
+    comparisons = next(d.value for d in at.dataframe if "comparison" in d.value.columns)
+    # the numbers and the verdict come before the prose, so a narrow window still shows them
+    assert list(comparisons.columns) == ["comparison", "Δ (95% interval)", "verdict", "seeds", "what"]
+    comparisons = comparisons.set_index("comparison")
     assert comparisons.loc["A − U", "verdict"] == "worse" and comparisons.loc["A − T", "verdict"] == "not run"
     # where A's ranks went: the mean over A's three seeds (and only A's: R's random ranks differ)
     from heterolora_core.analysis import allocation as alloc

@@ -38,19 +38,21 @@ def study_section(rows: list[StoredRun]) -> None:
         return
     head = verdict.comparison("A", "U")
     VERDICT_BOX.get(head.verdict, st.info)(verdict.sentence)
+    # The numbers and the verdict first and the prose last, one table above the other: side by side, the
+    # long "what" column pushed Δ and the verdict out of sight at a laptop's width.
     comparisons = pd.DataFrame([{
-        "comparison": f"{c.arm} − {c.against}", "what": f"{ARM_LABELS[c.arm]} vs {ARM_LABELS[c.against]}",
+        "comparison": f"{c.arm} − {c.against}",
         "Δ (95% interval)": format_difference(*((c.difference.mean, *c.difference.ci95) if c.difference and c.difference.ci95
                                                 else ((c.difference.mean,) if c.difference else (None,))),
                                               metric=verdict.metric),
-        "seeds": len(c.difference.seeds) if c.difference else 0, "verdict": c.verdict} for c in verdict.comparisons])
-    arms = pd.DataFrame([{"arm": a.arm, "what": a.label, "final score (mean ± std)":
+        "verdict": c.verdict, "seeds": len(c.difference.seeds) if c.difference else 0,
+        "what": f"{ARM_LABELS[c.arm]} vs {ARM_LABELS[c.against]}"} for c in verdict.comparisons])
+    arms = pd.DataFrame([{"arm": a.arm, "final score (mean ± std)":
                           format_score_stats(a.mean, a.std, len(a.scores), with_n=False, metric=verdict.metric),
-                          "seeds": len(a.scores), "lr": ", ".join(format_lr(lr) for lr in a.lrs)}
+                          "seeds": len(a.scores), "lr": ", ".join(format_lr(lr) for lr in a.lrs), "what": a.label}
                          for a in verdict.arms.values()])
-    left, right = st.columns(2)
-    left.dataframe(comparisons, hide_index=True, key="study_comparisons")
-    right.dataframe(arms, hide_index=True, key="study_arms")
+    st.dataframe(comparisons, hide_index=True, key="study_comparisons")
+    st.dataframe(arms, hide_index=True, key="study_arms")
     st.caption(f"Study {markdown_text(chosen)}: uniform rank {verdict.rank}, {verdict.budget:,} adapter parameters "
                f"({plural(sum(len(a.scores) for a in verdict.arms.values()), 'finished seed')} over the arms). "
                "Differences are paired by seed; noise where the 95% interval holds 0."
