@@ -604,7 +604,7 @@ def _study_learning_rates(store, plan, args: argparse.Namespace, heldout: int,
 
 
 def _print_verdict(store, study_id: str) -> int:
-    from heterolora_core.analysis.labels import format_lr
+    from heterolora_core.analysis.labels import format_lr, plural
     from heterolora_core.analysis.study import study_verdict
     from heterolora_core.analysis.units import format_interval, format_score
 
@@ -618,7 +618,7 @@ def _print_verdict(store, study_id: str) -> int:
         score = "-" if arm.mean is None else (format_score(arm.mean, verdict.metric)
                                               + (f" ± {format_score(arm.std, verdict.metric)}" if n > 1 else ""))
         rates = ", ".join(format_lr(lr) for lr in arm.lrs) or "-"
-        print(f"  {arm.arm:<3} {arm.label:<40} {score:>14}  ({n} seed{'s' if n != 1 else ''}, lr {rates})")
+        print(f"  {arm.arm:<3} {arm.label:<40} {score:>14}  ({plural(n, 'seed')}, lr {rates})")
     for c in verdict.comparisons:
         d = c.difference
         text = "-" if d is None else (f"{format_score(d.mean, verdict.metric, signed=True)} "
@@ -652,10 +652,12 @@ def _allocation_placement(store, verdict):
 def _placement_text(placement, uniform_rank: int) -> str:
     """The terminal form of a :class:`~heterolora_core.analysis.study.RankPlacement`: each kind's and
     each layer's share of the rank, then the layers x kinds mean ranks."""
+    from heterolora_core.analysis.labels import plural
+
     grid = placement.grid
     width = max([6, *(len(str(k)) + 1 for k in grid.columns)])
-    lines = [f"Where A's ranks went (final allocation, mean over {placement.seeds} seed"
-             f"{'s' if placement.seeds != 1 else ''}; U puts rank {uniform_rank} everywhere):",
+    lines = [f"Where A's ranks went (final allocation, mean over {plural(placement.seeds, 'seed')}; "
+             f"U puts rank {uniform_rank} everywhere):",
              f"  share of the rank by kind:  {placement.shares_text('kind')}",
              f"  share of the rank by layer: {placement.shares_text('layer')}",
              "  layer" + "".join(f"{k:>{width}}" for k in grid.columns)]

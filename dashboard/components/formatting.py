@@ -14,7 +14,8 @@ from collections.abc import Iterable, Mapping
 import pandas as pd
 
 from heterolora_core.analysis import units
-from heterolora_core.analysis.labels import SEARCH_FIELDS, describe_config, field_label, format_field, format_lr
+from heterolora_core.analysis.labels import (SEARCH_FIELDS, describe_config, field_label, format_field, format_lr,
+                                             plural)
 from heterolora_core.methods import registry
 from heterolora_core.training.run_config import RunConfig
 
@@ -96,12 +97,6 @@ def format_difference(mean: float | None, low: float | None = None, high: float 
 #: The help of a table's score column: what its numbers are.
 SCORE_HELP = ("GLUE points (×100) for accuracy, F1 and correlations; a loss or perplexity as it is "
               "(lower is better); the metric column says which")
-
-
-def plural(n: int, noun: str, nouns: str | None = None) -> str:
-    """``plural(1, "run")`` -> ``"1 run"``, ``plural(11, "run")`` -> ``"11 runs"`` (``nouns`` for an
-    irregular plural)."""
-    return f"{n:,} {noun if n == 1 else (nouns or noun + 's')}"
 
 
 def format_duration(seconds: float | None) -> str:

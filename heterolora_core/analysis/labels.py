@@ -52,6 +52,12 @@ def field_label(name: str) -> str:
     return FIELD_LABELS.get(name, name.replace("_", " "))
 
 
+def plural(n: int, noun: str, nouns: str | None = None) -> str:
+    """``plural(1, "run")`` -> ``"1 run"``, ``plural(11, "run")`` -> ``"11 runs"`` (``nouns`` for an
+    irregular plural)."""
+    return f"{n:,} {noun if n == 1 else (nouns or noun + 's')}"
+
+
 def format_lr(lr: object) -> str:
     """A learning rate as people write it: ``0.0005`` -> ``"5e-4"``, ``0.00125`` -> ``"1.25e-3"``."""
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr):

@@ -17,6 +17,7 @@ import pandas as pd
 from heterolora_core.analysis import allocation as alloc
 from heterolora_core.analysis import units
 from heterolora_core.analysis.compare import mean_grid
+from heterolora_core.analysis.labels import plural
 from heterolora_core.analysis.stats import PairedDifference, describe, paired_difference, seed_scores
 from heterolora_core.methods import registry
 from heterolora_core.records.record import Status
@@ -71,9 +72,9 @@ class StudyVerdict:
         if not self.search_shares:
             return None
         shares = sorted(self.search_shares)
-        spread = f" ({shares[0]:.1f}–{shares[-1]:.1f}%" if len(shares) > 1 else " ("
-        return (f"Search cost: median {statistics.median(shares):.1f}% of wall time{spread}"
-                f"{', ' if len(shares) > 1 else ''}{len(shares)} run{'s' if len(shares) != 1 else ''} of the allocating arms)")
+        spread = f"{shares[0]:.1f}–{shares[-1]:.1f}%, " if len(shares) > 1 else ""
+        return (f"Search cost: median {statistics.median(shares):.1f}% of wall time "
+                f"({spread}{plural(len(shares), 'run')} of the allocating arms)")
 
     def comparison(self, arm: str, against: str) -> StudyComparison:
         return next(c for c in self.comparisons if (c.arm, c.against) == (arm, against))
@@ -103,7 +104,7 @@ def verdict_sentence(comparisons: Sequence[StudyComparison], metric: str | None 
     if head is None or head.difference is None:
         return "Not decided yet: the allocation and uniform LoRA share no finished seed."
     d = head.difference
-    n = f"{len(d.seeds)} seed{'s' if len(d.seeds) != 1 else ''}"
+    n = plural(len(d.seeds), "seed")
     if d.verdict == "better":
         sentence = f"On this model and task, the allocation beat uniform LoRA by {_amount(d, metric)} over {n}"
     elif d.verdict == "worse":
@@ -145,9 +146,12 @@ def study_verdict(rows: Sequence[StoredRun], sweep_id: str) -> StudyVerdict | No
     comparisons = tuple(StudyComparison(a, b, paired_difference(arms[a].scores, arms[b].scores,
                                                                 higher_is_better(metric)))
                         for a, b in COMPARISONS)
+    # A record's times are finite or None (records.record); one with no positive wall time or a negative
+    # search time says nothing about the share, so it is left out rather than divided by.
     searching = [r for arm, rs in by_arm.items() if not registry.info(ARM_MODES[arm]).baseline for r in rs]
-    shares = tuple(100 * r.summary.search_seconds / r.summary.wall_seconds for r in searching  # a record's
-                   if r.summary.search_seconds is not None and (r.summary.wall_seconds or 0) > 0)  # 0 or < 0: left out
+    shares = tuple(100 * r.summary.search_seconds / r.summary.wall_seconds for r in searching
+                   if r.summary.search_seconds is not None and r.summary.search_seconds >= 0
+                   and (r.summary.wall_seconds or 0) > 0)
     return StudyVerdict(sweep_id, rank, budget, arms, comparisons, verdict_sentence(comparisons, metric), metric,
                         shares)
 
